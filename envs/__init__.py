@@ -1,0 +1,1 @@
+"""Batched memory POMDPs (torch, any device) and adapters; imports nothing else of memrl's."""

@@ -1,0 +1,135 @@
+"""Batched torch environments: many episodes stepped at once on one device.
+
+    env = EndlessTMaze(num_envs=4096, device="cuda", seed=0)
+    obs, info = env.reset()                       # obs [N, obs_dim] float32
+    obs, reward, terminated, truncated, info = env.step(action)   # action int64 [N]
+
+Every tensor stays on `env.device`. Episodes auto-reset in the same step: where an episode
+ended (terminated or truncated), `obs` is already the first observation of the next one,
+`info["is_first"]` is True, and the observation the finished episode ended on is in
+`info["final_obs"]` (needed to bootstrap a truncated episode). For the episodes that ended
+in this step, `info["episode_done"]` is True and `info["success"]`, `info["episode_return"]`
+and `info["episode_length"]` describe them (those entries are zero elsewhere).
+
+A task subclasses `BatchedEnv` and provides `_start_episodes(mask)`, `_transition(action)`
+and `_observe()`; the base class does the bookkeeping (time limit, statistics, auto-reset,
+input checks). Every task also provides `oracle_action()` (a perfect-memory policy that
+reads the hidden state) and `memoryless_action(obs)` (the best policy that sees only the
+current observation), which the tests use to prove the task needs memory.
+"""
+
+from __future__ import annotations
+
+import gymnasium
+import numpy as np
+import torch
+
+
+class BatchedEnv:
+    """Base of memrl's native envs; see the module docstring for the interface."""
+
+    obs_dim: int
+    num_actions: int
+    max_episode_steps: int
+    chance_success: float
+    """Success rate of the best memoryless policy (what a policy without memory can reach)."""
+
+    def __init__(self, num_envs: int, device: torch.device | str = "cpu", seed: int | None = None):
+        if not isinstance(num_envs, int) or num_envs <= 0:
+            raise ValueError(f"num_envs must be a positive integer, got {num_envs!r}")
+        self.num_envs = num_envs
+        self.device = torch.device(device)
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(seed if seed is not None else int(torch.randint(2**62, ()).item()))
+        self.single_observation_space = gymnasium.spaces.Box(-np.inf, np.inf, (self.obs_dim,), np.float32)
+        self.single_action_space = gymnasium.spaces.Discrete(self.num_actions)
+        self.elapsed_steps = torch.zeros(num_envs, dtype=torch.int64, device=self.device)
+        self.episode_return = torch.zeros(num_envs, dtype=torch.float32, device=self.device)
+
+    # -- what a task provides ------------------------------------------------------------
+
+    def _start_episodes(self, mask: torch.Tensor) -> None:
+        """Draw a fresh episode for every env where `mask` [N] is True (draw for all, keep masked)."""
+        raise NotImplementedError
+
+    def _transition(self, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Apply `action` [N] -> (reward float32 [N], terminated bool [N], success bool [N])."""
+        raise NotImplementedError
+
+    def _observe(self) -> torch.Tensor:
+        """The current observation of every env, float32 [N, obs_dim]."""
+        raise NotImplementedError
+
+    def oracle_action(self) -> torch.Tensor:
+        """A perfect-memory action for every env (reads the hidden state), int64 [N]."""
+        raise NotImplementedError
+
+    def memoryless_action(self, obs: torch.Tensor) -> torch.Tensor:
+        """The best action from the current observation alone, int64 [N]."""
+        raise NotImplementedError
+
+    # -- the interface -------------------------------------------------------------------
+
+    def seed(self, seed: int) -> None:
+        self.generator.manual_seed(seed)
+
+    def random(self, *shape: int) -> torch.Tensor:
+        """Uniform [0, 1) floats from this env's generator, on its device."""
+        return torch.rand(shape, generator=self.generator, device=self.device)
+
+    def randint(self, low: int | torch.Tensor, high: int | torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+        """Integers uniform in [low, high) (bounds may be tensors broadcast to `shape`)."""
+        return (low + (self.random(*shape) * (high - low)).floor()).long()
+
+    def reset(self, seed: int | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Start a new episode in every env -> (obs [N, obs_dim], info with is_first all True)."""
+        if seed is not None:
+            self.seed(seed)
+        everyone = torch.ones(self.num_envs, dtype=torch.bool, device=self.device)
+        self._start_episodes(everyone)
+        self.elapsed_steps.zero_()
+        self.episode_return.zero_()
+        return self._observe(), {"is_first": everyone}
+
+    def step(self, action: torch.Tensor):
+        """Step every env -> (obs, reward, terminated, truncated, info); see the module docstring."""
+        self._check_action(action)
+        reward, terminated, success = self._transition(action)
+        self.elapsed_steps += 1
+        self.episode_return += reward
+        truncated = ~terminated & (self.elapsed_steps >= self.max_episode_steps)
+        done = terminated | truncated
+        final_obs = self._observe()
+        info = {
+            "is_first": done,
+            "final_obs": final_obs,
+            "episode_done": done,
+            "success": success & done,
+            "episode_return": torch.where(done, self.episode_return, 0.0),
+            "episode_length": torch.where(done, self.elapsed_steps, 0),
+        }
+        self._start_episodes(done)
+        self.elapsed_steps.masked_fill_(done, 0)
+        self.episode_return.masked_fill_(done, 0.0)
+        obs = torch.where(done[:, None], self._observe(), final_obs)
+        return obs, reward, terminated, truncated, info
+
+    def _check_action(self, action: torch.Tensor) -> None:
+        name = type(self).__name__
+        if not isinstance(action, torch.Tensor):
+            raise TypeError(f"{name}.step: action must be a torch.Tensor, got {type(action).__name__}")
+        if action.shape != (self.num_envs,):
+            raise ValueError(f"{name}.step: action must have shape ({self.num_envs},), got {tuple(action.shape)}")
+        if action.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
+            raise ValueError(f"{name}.step: action must be an integer tensor, got {action.dtype}")
+        if action.device != self.device:
+            raise ValueError(f"{name}.step: action is on {action.device}, the env is on {self.device}")
+        out_of_range = (action < 0) | (action >= self.num_actions)
+        message = f"{name}.step: actions must be in [0, {self.num_actions})"
+        if self.device.type == "cpu":
+            if bool(out_of_range.any()):
+                bad = action[out_of_range][:8].tolist()
+                raise ValueError(f"{message}, got {bad}")
+        else:
+            # No host sync on accelerators: the check runs on the device and fails the stream.
+            torch._assert_async(~out_of_range.any(), message)

@@ -1,0 +1,50 @@
+"""Resettable diagonal linear recurrence h_t = a_t * (0 if reset_t else h_{t-1}) + b_t."""
+
+from __future__ import annotations
+
+import torch
+
+from kernels.linear_scan.naive import linear_scan_naive
+from kernels.linear_scan.parallel import linear_scan_parallel
+
+IMPLEMENTATIONS = ("auto", "naive", "parallel")
+
+
+def linear_scan(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    reset: torch.Tensor,
+    initial_state: torch.Tensor | None = None,
+    impl: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Resettable linear scan over time.
+
+    a, b: [B, T, *S], real or complex, same dtype; reset: bool [B, T] (True where a new
+    episode starts: the carried state is dropped to zero before step t); initial_state:
+    [B, *S] or None (zeros). Returns (h [B, T, *S], final state h[:, -1] [B, *S]).
+    impl: "auto" (Triton on CUDA once available, else "parallel"), "parallel" (log-depth
+    torch), "naive" (Python loop reference).
+    """
+    if a.shape != b.shape or a.dim() < 3 or a.dtype != b.dtype:
+        raise ValueError(
+            f"a and b must share one dtype and a shape [B, T, ...], got {a.dtype}{tuple(a.shape)} "
+            f"and {b.dtype}{tuple(b.shape)}"
+        )
+    if reset.dtype != torch.bool or tuple(reset.shape) != tuple(a.shape[:2]):
+        raise ValueError(f"reset must be bool [B, T] = {tuple(a.shape[:2])}, got {reset.dtype}{tuple(reset.shape)}")
+    if initial_state is None:
+        initial_state = torch.zeros_like(a[:, 0])
+    elif tuple(initial_state.shape) != (a.shape[0], *a.shape[2:]):
+        raise ValueError(
+            f"initial_state must be [B, ...] = {(a.shape[0], *a.shape[2:])}, got {tuple(initial_state.shape)}"
+        )
+    if a.shape[1] == 0:
+        raise ValueError("linear_scan needs at least one time step, got T = 0")
+    if impl == "naive":
+        return linear_scan_naive(a, b, reset, initial_state)
+    if impl in ("auto", "parallel"):
+        return linear_scan_parallel(a, b, reset, initial_state)
+    raise ValueError(f"impl must be one of {IMPLEMENTATIONS}, got {impl!r}")
+
+
+__all__ = ["linear_scan", "linear_scan_naive", "linear_scan_parallel"]

@@ -1,0 +1,1 @@
+"""Studies and benchmarks: backbone comparisons, the Atari100k suite, timing scripts."""
