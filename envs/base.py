@@ -33,6 +33,9 @@ class BatchedEnv:
     max_episode_steps: int
     chance_success: float
     """Success rate of the best memoryless policy (what a policy without memory can reach)."""
+    obs_low: float = -np.inf
+    obs_high: float = np.inf
+    """Bounds of every observation entry (the gymnasium observation space)."""
 
     def __init__(self, num_envs: int, device: torch.device | str = "cpu", seed: int | None = None):
         if not isinstance(num_envs, int) or num_envs <= 0:
@@ -41,7 +44,7 @@ class BatchedEnv:
         self.device = torch.device(device)
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(seed if seed is not None else int(torch.randint(2**62, ()).item()))
-        self.single_observation_space = gymnasium.spaces.Box(-np.inf, np.inf, (self.obs_dim,), np.float32)
+        self.single_observation_space = gymnasium.spaces.Box(self.obs_low, self.obs_high, (self.obs_dim,), np.float32)
         self.single_action_space = gymnasium.spaces.Discrete(self.num_actions)
         self.elapsed_steps = torch.zeros(num_envs, dtype=torch.int64, device=self.device)
         self.episode_return = torch.zeros(num_envs, dtype=torch.float32, device=self.device)
@@ -113,6 +116,22 @@ class BatchedEnv:
         self.episode_return.masked_fill_(done, 0.0)
         obs = torch.where(done[:, None], self._observe(), final_obs)
         return obs, reward, terminated, truncated, info
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Every tensor of the env's current episodes plus its generator state (for checkpoints)."""
+        state = {name: value.clone() for name, value in vars(self).items() if isinstance(value, torch.Tensor)}
+        state["generator_state"] = self.generator.get_state()
+        return state
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore what `state_dict` returned, so a resumed run continues the same episodes."""
+        state = dict(state)
+        self.generator.set_state(state.pop("generator_state"))
+        for name, value in state.items():
+            current = getattr(self, name, None)
+            if not isinstance(current, torch.Tensor) or current.shape != value.shape:
+                raise ValueError(f"{type(self).__name__}: env state entry {name!r} does not match this env")
+            setattr(self, name, value.to(self.device))
 
     def _check_action(self, action: torch.Tensor) -> None:
         name = type(self).__name__

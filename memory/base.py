@@ -92,6 +92,8 @@ class Backbone(nn.Module):
         if not isinstance(x, torch.Tensor) or x.dim() != expected_dims or x.shape[-1] != self.input_dim:
             got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise ValueError(f"{name}: x must be {layout} with D = {self.input_dim}, got {got}")
+        if sequence and x.shape[1] == 0:
+            raise ValueError(f"{name}: x must hold at least one time step, got T = 0")
         if not x.is_floating_point():
             raise ValueError(f"{name}: x must be a floating-point tensor, got {x.dtype}")
         expected_reset = tuple(x.shape[:-1])

@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+import functools
+import types
+
 import torch
 
 from kernels.linear_scan.naive import linear_scan_naive
 from kernels.linear_scan.parallel import linear_scan_parallel
 
-IMPLEMENTATIONS = ("auto", "naive", "parallel")
+IMPLEMENTATIONS = ("auto", "naive", "parallel", "triton")
+
+
+@functools.cache
+def _triton_module() -> types.ModuleType | None:
+    """kernels.linear_scan.triton, or None where triton cannot be imported (kept lazy so this
+    package imports on machines without triton)."""
+    try:
+        from kernels.linear_scan import triton as triton_module
+    except ImportError:
+        return None
+    return triton_module
 
 
 def linear_scan(
@@ -22,8 +36,9 @@ def linear_scan(
     a, b: [B, T, *S], real or complex, same dtype; reset: bool [B, T] (True where a new
     episode starts: the carried state is dropped to zero before step t); initial_state:
     [B, *S] or None (zeros). Returns (h [B, T, *S], final state h[:, -1] [B, *S]).
-    impl: "auto" (Triton on CUDA once available, else "parallel"), "parallel" (log-depth
-    torch), "naive" (Python loop reference).
+    impl: "auto" (Triton for CUDA tensors of a dtype it supports when triton imports, else
+    "parallel"), "triton" (fused kernel; CUDA, or CPU under TRITON_INTERPRET=1), "parallel"
+    (log-depth torch), "naive" (Python loop reference).
     """
     if a.shape != b.shape or a.dim() < 3 or a.dtype != b.dtype:
         raise ValueError(
@@ -42,8 +57,18 @@ def linear_scan(
         raise ValueError("linear_scan needs at least one time step, got T = 0")
     if impl == "naive":
         return linear_scan_naive(a, b, reset, initial_state)
-    if impl in ("auto", "parallel"):
+    if impl == "auto":
+        triton_module = _triton_module() if a.is_cuda else None
+        if triton_module is not None and a.dtype in triton_module.SUPPORTED_DTYPES and initial_state.dtype == a.dtype:
+            return triton_module.linear_scan_triton(a, b, reset, initial_state)
         return linear_scan_parallel(a, b, reset, initial_state)
+    if impl == "parallel":
+        return linear_scan_parallel(a, b, reset, initial_state)
+    if impl == "triton":
+        triton_module = _triton_module()
+        if triton_module is None:
+            raise ValueError("impl='triton' needs the triton package, which cannot be imported here")
+        return triton_module.linear_scan_triton(a, b, reset, initial_state)
     raise ValueError(f"impl must be one of {IMPLEMENTATIONS}, got {impl!r}")
 
 

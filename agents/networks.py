@@ -1,0 +1,127 @@
+"""Networks shared by memrl's agents: observation encoders and action distributions."""
+
+from __future__ import annotations
+
+import math
+
+import gymnasium
+import numpy as np
+import torch
+from torch import nn
+
+
+def orthogonal_init(layer: nn.Module, gain: float = math.sqrt(2), bias: float = 0.0) -> nn.Module:
+    """Orthogonal weights and constant bias, the usual PPO initialisation."""
+    nn.init.orthogonal_(layer.weight, gain)
+    nn.init.constant_(layer.bias, bias)
+    return layer
+
+
+class MLPEncoder(nn.Module):
+    """Vector observations [..., obs_dim] -> features [..., output_dim]."""
+
+    def __init__(self, obs_dim: int, output_dim: int):
+        super().__init__()
+        self.output_dim = output_dim
+        self.net = nn.Sequential(
+            orthogonal_init(nn.Linear(obs_dim, output_dim)),
+            nn.Tanh(),
+            orthogonal_init(nn.Linear(output_dim, output_dim)),
+            nn.Tanh(),
+        )
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.net(obs)
+
+
+class CNNEncoder(nn.Module):
+    """Images [..., H, W, C] (uint8 0..255 or float 0..1, channels last) -> features [..., output_dim].
+
+    Three strided convolutions (the Nature-DQN stack), then a linear layer; works for 64x64
+    and 84x84 inputs.
+    """
+
+    def __init__(self, obs_shape: tuple[int, int, int], output_dim: int):
+        super().__init__()
+        height, width, channels = obs_shape
+        self.output_dim = output_dim
+        self.convs = nn.Sequential(
+            orthogonal_init(nn.Conv2d(channels, 32, 8, stride=4)),
+            nn.ReLU(),
+            orthogonal_init(nn.Conv2d(32, 64, 4, stride=2)),
+            nn.ReLU(),
+            orthogonal_init(nn.Conv2d(64, 64, 3, stride=1)),
+            nn.ReLU(),
+            nn.Flatten(),
+        )
+        with torch.no_grad():
+            flat_dim = self.convs(torch.zeros(1, channels, height, width)).shape[-1]
+        self.project = nn.Sequential(orthogonal_init(nn.Linear(flat_dim, output_dim)), nn.ReLU())
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        leading = obs.shape[:-3]
+        images = obs.reshape(-1, *obs.shape[-3:]).permute(0, 3, 1, 2).float()
+        if obs.dtype == torch.uint8:
+            images = images / 255.0
+        return self.project(self.convs(images)).reshape(*leading, self.output_dim)
+
+
+def make_encoder(observation_space: gymnasium.Space, output_dim: int) -> nn.Module:
+    """An MLP for flat Box observations, a CNN for images [H, W, C]; anything else is refused."""
+    if isinstance(observation_space, gymnasium.spaces.Box):
+        if len(observation_space.shape) == 1:
+            return MLPEncoder(observation_space.shape[0], output_dim)
+        if len(observation_space.shape) == 3:
+            return CNNEncoder(observation_space.shape, output_dim)
+    raise ValueError(
+        f"observation space {observation_space} is not supported; memrl agents take a flat Box "
+        "(vector) or a Box of shape [H, W, C] (image)"
+    )
+
+
+class ActionHead(nn.Module):
+    """Features -> action distribution: Categorical for Discrete, diagonal Gaussian for Box."""
+
+    def __init__(self, action_space: gymnasium.Space, feature_dim: int):
+        super().__init__()
+        if isinstance(action_space, gymnasium.spaces.Discrete):
+            self.discrete = True
+            self.logits = orthogonal_init(nn.Linear(feature_dim, int(action_space.n)), gain=0.01)
+        elif isinstance(action_space, gymnasium.spaces.Box) and len(action_space.shape) == 1:
+            self.discrete = False
+            action_dim = action_space.shape[0]
+            self.mean = orthogonal_init(nn.Linear(feature_dim, action_dim), gain=0.01)
+            self.log_std = nn.Parameter(torch.zeros(action_dim))
+        else:
+            raise ValueError(
+                f"action space {action_space} is not supported; memrl agents take Discrete or a flat Box"
+            )
+
+    def forward(self, features: torch.Tensor) -> torch.distributions.Distribution:
+        if self.discrete:
+            return torch.distributions.Categorical(logits=self.logits(features))
+        mean = self.mean(features)
+        return torch.distributions.Normal(mean, self.log_std.exp().expand_as(mean))
+
+    def log_prob(self, distribution: torch.distributions.Distribution, action: torch.Tensor) -> torch.Tensor:
+        log_prob = distribution.log_prob(action)
+        return log_prob if self.discrete else log_prob.sum(-1)
+
+    def entropy(self, distribution: torch.distributions.Distribution) -> torch.Tensor:
+        entropy = distribution.entropy()
+        return entropy if self.discrete else entropy.sum(-1)
+
+    def mode(self, distribution: torch.distributions.Distribution) -> torch.Tensor:
+        return distribution.probs.argmax(-1) if self.discrete else distribution.mean
+
+
+def action_dtype(action_space: gymnasium.Space) -> torch.dtype:
+    return torch.int64 if isinstance(action_space, gymnasium.spaces.Discrete) else torch.float32
+
+
+def action_shape(action_space: gymnasium.Space) -> tuple[int, ...]:
+    return () if isinstance(action_space, gymnasium.spaces.Discrete) else tuple(action_space.shape)
+
+
+def observation_dtype(observation_space: gymnasium.Space) -> torch.dtype:
+    return torch.uint8 if observation_space.dtype == np.uint8 else torch.float32

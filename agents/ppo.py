@@ -1,0 +1,346 @@
+"""Recurrent PPO over any memrl backbone, on batched (GPU-vectorised) environments.
+
+Read top to bottom: config, network, advantages, rollout, update, the training loop.
+
+- A rollout is `[num_envs, num_steps]`, collected with `backbone.step`; the backbone state at
+  the start of the rollout is stored with it.
+- The update re-runs whole windows through `backbone.forward` with their `is_first` flags,
+  so windows cross episode boundaries without padding or splitting; minibatches are slices
+  along the env axis.
+- Truncation bootstraps from the value of the final observation (computed with the state the
+  episode had reached); termination does not.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable
+
+import gymnasium
+import numpy as np
+import torch
+from torch import nn
+
+from agents.networks import ActionHead, action_dtype, action_shape, make_encoder, observation_dtype, orthogonal_init
+from agents.run import (
+    EpisodeStatistics,
+    flatten,
+    ProgressLine,
+    TrainingDiverged,
+    load_checkpoint,
+    open_writer,
+    restore_rng_state,
+    rng_state,
+    save_checkpoint,
+)
+from memory import State, make_backbone
+
+
+@dataclass
+class PPOConfig:
+    """PPO hyperparameters (CleanRL's names and defaults where they apply)."""
+
+    num_steps: int = field(default=128, metadata={"help": "rollout length per env per update (the training window T)"})
+    learning_rate: float = field(default=3e-4, metadata={"help": "Adam learning rate"})
+    anneal_lr: bool = field(default=True, metadata={"help": "anneal the learning rate linearly to 0 over training"})
+    gamma: float = field(default=0.99, metadata={"help": "discount factor"})
+    gae_lambda: float = field(default=0.95, metadata={"help": "GAE lambda"})
+    num_minibatches: int = field(default=4, metadata={"help": "minibatches per epoch (slices of the env axis)"})
+    update_epochs: int = field(default=4, metadata={"help": "passes over each rollout"})
+    norm_adv: bool = field(default=True, metadata={"help": "normalise advantages per minibatch"})
+    clip_coef: float = field(default=0.2, metadata={"help": "PPO ratio clip"})
+    clip_vloss: bool = field(default=True, metadata={"help": "clip the value loss as in the PPO paper's code"})
+    ent_coef: float = field(default=0.01, metadata={"help": "entropy bonus coefficient"})
+    vf_coef: float = field(default=0.5, metadata={"help": "value loss coefficient"})
+    max_grad_norm: float = field(default=0.5, metadata={"help": "global gradient-norm clip"})
+    target_kl: float | None = field(default=None, metadata={"help": "stop the epochs early once approx KL exceeds this"})
+    hidden_dim: int = field(default=128, metadata={"help": "encoder width and backbone hidden size"})
+    backbone_options: dict = field(default_factory=dict, metadata={"help": "extra backbone options as JSON, e.g. '{\"num_layers\": 1}'"})
+    checkpoint_every: int = field(default=10, metadata={"help": "save a checkpoint every N updates (and at the end)"})
+
+
+class RecurrentActorCritic(nn.Module):
+    """encoder -> memory backbone -> (policy head, value head); actor and critic share the memory."""
+
+    def __init__(self, observation_space: gymnasium.Space, action_space: gymnasium.Space,
+                 backbone: str, hidden_dim: int, backbone_options: dict | None = None):
+        super().__init__()
+        self.encoder = make_encoder(observation_space, hidden_dim)
+        self.backbone = make_backbone(backbone, hidden_dim, hidden_dim, **(backbone_options or {}))
+        self.actor = ActionHead(action_space, hidden_dim)
+        self.critic = orthogonal_init(nn.Linear(hidden_dim, 1), gain=1.0)
+
+    def initial_state(self, batch_size: int, device: torch.device | None = None) -> State:
+        return self.backbone.initial_state(batch_size, device)
+
+    def step(self, obs: torch.Tensor, state: State, is_first: torch.Tensor):
+        """obs [B, ...], is_first [B] -> (action distribution, value [B], next state)."""
+        features, state = self.backbone.step(self.encoder(obs), state, is_first)
+        return self.actor(features), self.critic(features).squeeze(-1), state
+
+    def act(self, obs: torch.Tensor, state: State, is_first: torch.Tensor, deterministic: bool = False):
+        """The policy interface `evaluate` uses: obs [B, ...], is_first [B] -> (action [B, ...], next state)."""
+        distribution, _, state = self.step(obs, state, is_first)
+        action = self.actor.mode(distribution) if deterministic else distribution.sample()
+        return action, state
+
+    def value(self, obs: torch.Tensor, state: State, is_first: torch.Tensor) -> torch.Tensor:
+        features, _ = self.backbone.step(self.encoder(obs), state, is_first)
+        return self.critic(features).squeeze(-1)
+
+    def forward(self, obs: torch.Tensor, state: State, is_first: torch.Tensor):
+        """obs [B, T, ...], is_first [B, T] -> (action distribution over [B, T], values [B, T])."""
+        features, _ = self.backbone(self.encoder(obs), state, is_first)
+        return self.actor(features), self.critic(features).squeeze(-1)
+
+
+def compute_gae(rewards: torch.Tensor, values: torch.Tensor, terminated: torch.Tensor, truncated: torch.Tensor,
+                final_values: torch.Tensor, last_value: torch.Tensor, gamma: float, gae_lambda: float):
+    """Generalised advantage estimation over [N, T] with terminated and truncated kept apart.
+
+    values[:, t] = V(obs_t); last_value [N] = V of the observation after the rollout;
+    final_values[:, t] = V(final observation) of an episode truncated at t (ignored elsewhere).
+    The bootstrap target after step t is: 0 if terminated, final_values if truncated,
+    else the next value. Advantages do not flow across an episode end.
+    Returns (advantages [N, T], returns [N, T]).
+    """
+    num_steps = rewards.shape[1]
+    done = terminated | truncated
+    next_values = torch.cat([values[:, 1:], last_value[:, None]], dim=1)
+    next_values = torch.where(truncated, final_values, torch.where(terminated, 0.0, next_values))
+    deltas = rewards + gamma * next_values - values
+    advantages = torch.zeros_like(rewards)
+    running = torch.zeros_like(last_value)
+    for t in reversed(range(num_steps)):
+        running = deltas[:, t] + gamma * gae_lambda * (~done[:, t]) * running
+        advantages[:, t] = running
+    return advantages, advantages + values
+
+
+@dataclass
+class Rollout:
+    """One rollout window [num_envs, num_steps] plus the backbone state at its start."""
+
+    obs: torch.Tensor
+    is_first: torch.Tensor
+    actions: torch.Tensor
+    log_probs: torch.Tensor
+    values: torch.Tensor
+    rewards: torch.Tensor
+    terminated: torch.Tensor
+    truncated: torch.Tensor
+    final_values: torch.Tensor
+    start_state: State
+
+    @classmethod
+    def empty(cls, env, num_steps: int, device: torch.device) -> "Rollout":
+        shape = (env.num_envs, num_steps)
+        obs_space, act_space = env.single_observation_space, env.single_action_space
+        floats = partial(torch.zeros, shape, device=device)
+        flags = partial(torch.zeros, shape, dtype=torch.bool, device=device)
+        return cls(
+            obs=torch.zeros((*shape, *obs_space.shape), dtype=observation_dtype(obs_space), device=device),
+            is_first=flags(),
+            actions=torch.zeros((*shape, *action_shape(act_space)), dtype=action_dtype(act_space), device=device),
+            log_probs=floats(), values=floats(), rewards=floats(),
+            terminated=flags(), truncated=flags(), final_values=floats(), start_state={},
+        )
+
+
+class PPOTrainer:
+    """Owns the agent, optimiser, env carry and counters; `train` runs to `total_steps`."""
+
+    def __init__(self, config: PPOConfig, env, total_steps: int, device: torch.device,
+                 backbone: str, run_dir: Path | None = None, progress: bool = True):
+        if total_steps <= 0:
+            raise ValueError(f"total_steps must be positive, got {total_steps}")
+        if env.num_envs % config.num_minibatches != 0:
+            raise ValueError(
+                f"num_envs ({env.num_envs}) must be divisible by num_minibatches ({config.num_minibatches}): "
+                "minibatches are slices of the env axis"
+            )
+        self.config, self.env, self.device = config, env, device
+        self.total_steps = total_steps
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.show_progress = progress
+        self.agent = RecurrentActorCritic(
+            env.single_observation_space, env.single_action_space, backbone, config.hidden_dim, config.backbone_options
+        ).to(device)
+        self.optimizer = torch.optim.Adam(self.agent.parameters(), lr=config.learning_rate, eps=1e-5)
+        self.batch_size = env.num_envs * config.num_steps
+        self.num_updates = math.ceil(total_steps / self.batch_size)
+        self.update = 0
+        self.global_step = 0
+        self.elapsed_seconds = 0.0
+        self.statistics = EpisodeStatistics()
+        self.next_obs, info = env.reset()
+        self.next_is_first = info["is_first"]
+        self.state = self.agent.initial_state(env.num_envs, device)
+
+    # -- checkpoints ---------------------------------------------------------------------
+
+    def checkpoint_payload(self, extra: dict[str, Any]) -> dict:
+        env_state = self.env.state_dict() if hasattr(self.env, "state_dict") else None
+        return {
+            **extra,
+            "agent": self.agent.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "update": self.update,
+            "global_step": self.global_step,
+            "elapsed_seconds": self.elapsed_seconds,
+            "rng": rng_state(),
+            "env": env_state,
+            "carry": {"obs": self.next_obs, "is_first": self.next_is_first, "state": self.state},
+            "statistics": self.statistics.state_dict(),
+        }
+
+    def restore(self, payload: dict) -> None:
+        """Continue from a checkpoint: weights, optimiser, counters, RNG, and (native envs) the episodes."""
+        self.agent.load_state_dict(payload["agent"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.update, self.global_step = payload["update"], payload["global_step"]
+        self.elapsed_seconds = payload["elapsed_seconds"]
+        self.statistics.load_state_dict(payload["statistics"])
+        restore_rng_state(payload["rng"])
+        if payload["env"] is not None and hasattr(self.env, "load_state_dict"):
+            self.env.load_state_dict(payload["env"])
+            carry = payload["carry"]
+            self.next_obs = carry["obs"].to(self.device)
+            self.next_is_first = carry["is_first"].to(self.device)
+            self.state = {key: value.to(self.device) for key, value in carry["state"].items()}
+
+    # -- rollout and update --------------------------------------------------------------
+
+    @torch.no_grad()
+    def collect(self, writer) -> Rollout:
+        rollout = Rollout.empty(self.env, self.config.num_steps, self.device)
+        rollout.start_state = {key: value.clone() for key, value in self.state.items()}
+        for t in range(self.config.num_steps):
+            obs, is_first = self.next_obs, self.next_is_first
+            distribution, value, self.state = self.agent.step(obs, self.state, is_first)
+            action = distribution.sample()
+            self.next_obs, reward, terminated, truncated, info = self.env.step(action)
+            self.next_is_first = info["is_first"]
+            self.global_step += self.env.num_envs
+            rollout.obs[:, t], rollout.is_first[:, t], rollout.actions[:, t] = obs, is_first, action
+            rollout.log_probs[:, t] = self.agent.actor.log_prob(distribution, action)
+            rollout.values[:, t], rollout.rewards[:, t] = value, reward
+            rollout.terminated[:, t], rollout.truncated[:, t] = terminated, truncated
+            if bool(truncated.any()):
+                no_reset = torch.zeros_like(truncated)
+                rollout.final_values[:, t] = self.agent.value(info["final_obs"], self.state, no_reset)
+            self.statistics.record(info, writer, self.global_step)
+        return rollout
+
+    def ppo_update(self, rollout: Rollout) -> dict[str, float]:
+        config = self.config
+        with torch.no_grad():
+            last_value = self.agent.value(self.next_obs, self.state, self.next_is_first)
+            advantages, returns = compute_gae(
+                rollout.rewards, rollout.values, rollout.terminated, rollout.truncated,
+                rollout.final_values, last_value, config.gamma, config.gae_lambda,
+            )
+        envs_per_minibatch = self.env.num_envs // config.num_minibatches
+        clip_fractions, approx_kl, old_approx_kl = [], torch.zeros(()), torch.zeros(())
+        for _ in range(config.update_epochs):
+            order = torch.randperm(self.env.num_envs, device=self.device)
+            for start in range(0, self.env.num_envs, envs_per_minibatch):
+                envs = order[start:start + envs_per_minibatch]
+                start_state = {key: value[envs] for key, value in rollout.start_state.items()}
+                distribution, new_values = self.agent(rollout.obs[envs], start_state, rollout.is_first[envs])
+                new_log_probs = self.agent.actor.log_prob(distribution, rollout.actions[envs])
+                entropy = self.agent.actor.entropy(distribution)
+                log_ratio = new_log_probs - rollout.log_probs[envs]
+                ratio = log_ratio.exp()
+                with torch.no_grad():
+                    old_approx_kl = (-log_ratio).mean()
+                    approx_kl = ((ratio - 1) - log_ratio).mean()
+                    clip_fractions.append(((ratio - 1.0).abs() > config.clip_coef).float().mean().item())
+                minibatch_advantages = advantages[envs]
+                if config.norm_adv:
+                    minibatch_advantages = (minibatch_advantages - minibatch_advantages.mean()) / (
+                        minibatch_advantages.std() + 1e-8
+                    )
+                policy_loss = torch.max(
+                    -minibatch_advantages * ratio,
+                    -minibatch_advantages * ratio.clamp(1 - config.clip_coef, 1 + config.clip_coef),
+                ).mean()
+                value_error = (new_values - returns[envs]).square()
+                if config.clip_vloss:
+                    clipped_values = rollout.values[envs] + (new_values - rollout.values[envs]).clamp(
+                        -config.clip_coef, config.clip_coef
+                    )
+                    value_error = torch.max(value_error, (clipped_values - returns[envs]).square())
+                value_loss = 0.5 * value_error.mean()
+                entropy_loss = entropy.mean()
+                loss = policy_loss - config.ent_coef * entropy_loss + config.vf_coef * value_loss
+                if not torch.isfinite(loss):
+                    raise TrainingDiverged(
+                        f"the PPO loss became {loss.item()} at update {self.update + 1} (step {self.global_step}); "
+                        "training stopped and the last good checkpoint was kept"
+                    )
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                nn.utils.clip_grad_norm_(self.agent.parameters(), config.max_grad_norm)
+                self.optimizer.step()
+            if config.target_kl is not None and approx_kl > config.target_kl:
+                break
+        predicted, actual = rollout.values.flatten(), returns.flatten()
+        variance = actual.var()
+        explained_variance = float("nan") if variance == 0 else (1 - (actual - predicted).var() / variance).item()
+        return {
+            "losses/value_loss": value_loss.item(),
+            "losses/policy_loss": policy_loss.item(),
+            "losses/entropy": entropy_loss.item(),
+            "losses/old_approx_kl": old_approx_kl.item(),
+            "losses/approx_kl": approx_kl.item(),
+            "losses/clipfrac": float(np.mean(clip_fractions)),
+            "losses/explained_variance": explained_variance,
+        }
+
+    # -- the loop ------------------------------------------------------------------------
+
+    def train(self, checkpoint_extra: dict[str, Any] | None = None,
+              on_update: Callable[["PPOTrainer", dict[str, float]], None] | None = None) -> dict[str, float]:
+        """Run updates until `total_steps`; checkpoints every `checkpoint_every` updates and at the end.
+
+        `checkpoint_extra` (e.g. the resolved config) is stored in every checkpoint and, on a
+        fresh run, logged once to tensorboard as the hyperparameter table.
+        """
+        config = self.config
+        writer = open_writer(self.run_dir, purge_step=self.global_step) if self.run_dir is not None else None
+        if writer is not None and self.global_step == 0 and checkpoint_extra:
+            rows = "\n".join(f"|{key}|{value}|" for key, value in flatten(checkpoint_extra).items())
+            writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{rows}")
+        progress = ProgressLine(self.total_steps, enabled=self.show_progress)
+        metrics: dict[str, float] = {}
+        try:
+            while self.update < self.num_updates:
+                started = time.perf_counter()
+                if config.anneal_lr:
+                    self.optimizer.param_groups[0]["lr"] = config.learning_rate * (1.0 - self.update / self.num_updates)
+                rollout = self.collect(writer)
+                metrics = self.ppo_update(rollout)
+                self.update += 1
+                self.elapsed_seconds += time.perf_counter() - started
+                steps_per_second = self.global_step / max(self.elapsed_seconds, 1e-9)
+                metrics["charts/SPS"] = steps_per_second
+                metrics["charts/learning_rate"] = self.optimizer.param_groups[0]["lr"]
+                if writer is not None:
+                    for key, value in metrics.items():
+                        writer.add_scalar(key, value, self.global_step)
+                progress.update(self.global_step, steps_per_second, self.statistics,
+                                final=self.update == self.num_updates)
+                last = self.update == self.num_updates
+                if self.run_dir is not None and (self.update % config.checkpoint_every == 0 or last):
+                    save_checkpoint(self.run_dir, self.checkpoint_payload(checkpoint_extra or {}))
+                if on_update is not None:
+                    on_update(self, metrics)
+        finally:
+            if writer is not None:
+                writer.close()
+        return metrics

@@ -1,0 +1,210 @@
+"""What every training run shares, whatever the agent: run directory, atomic files,
+checkpoints, tensorboard, episode statistics, the progress line and seeding."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import sys
+import tempfile
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+import numpy as np
+import torch
+from torch.utils.tensorboard import SummaryWriter
+
+CHECKPOINT_NAME = "checkpoint.pkl"
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss became NaN or inf; the last good checkpoint is left as it was."""
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write `data` to a temp file beside `path`, then rename: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp_name, path)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, data: dict) -> None:
+    write_atomically(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
+
+
+def save_checkpoint(run_dir: Path, payload: dict) -> None:
+    """cloudpickle of plain data (config, state_dicts, counters, RNG states), written atomically."""
+    write_atomically(Path(run_dir) / CHECKPOINT_NAME, cloudpickle.dumps(payload))
+
+
+def load_checkpoint(run_dir: Path) -> dict:
+    path = Path(run_dir) / CHECKPOINT_NAME
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint to resume from: {path} does not exist")
+    with open(path, "rb") as handle:
+        return cloudpickle.load(handle)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def open_writer(run_dir: Path, purge_step: int | None = None) -> SummaryWriter:
+    """Tensorboard writer in the run dir; on resume, events after `purge_step` are dropped."""
+    return SummaryWriter(str(run_dir), purge_step=purge_step)
+
+
+class EpisodeStatistics:
+    """Finished-episode returns, lengths and successes: logged per episode, averaged for the bar."""
+
+    def __init__(self, window: int = 100):
+        self.returns: deque[float] = deque(maxlen=window)
+        self.lengths: deque[int] = deque(maxlen=window)
+        self.successes: deque[float] = deque(maxlen=window)
+        self.episodes = 0
+
+    def record(self, info: dict[str, torch.Tensor], writer: SummaryWriter | None, global_step: int) -> None:
+        """Record the episodes that `info["episode_done"]` marks (one host copy, only when some ended)."""
+        done = info["episode_done"]
+        if not bool(done.any()):
+            return
+        returns = info["episode_return"][done].tolist()
+        lengths = info["episode_length"][done].tolist()
+        successes = info["success"][done].float().tolist()
+        self.returns.extend(returns)
+        self.lengths.extend(lengths)
+        self.successes.extend(successes)
+        self.episodes += len(returns)
+        if writer is not None:
+            writer.add_scalar("charts/episodic_return", float(np.mean(returns)), global_step)
+            writer.add_scalar("charts/episodic_length", float(np.mean(lengths)), global_step)
+            writer.add_scalar("charts/success_rate", float(np.mean(successes)), global_step)
+
+    def mean_return(self) -> float:
+        return float(np.mean(self.returns)) if self.returns else float("nan")
+
+    def success_rate(self) -> float:
+        return float(np.mean(self.successes)) if self.successes else float("nan")
+
+    def state_dict(self) -> dict:
+        return {"returns": list(self.returns), "lengths": list(self.lengths),
+                "successes": list(self.successes), "episodes": self.episodes}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.returns.extend(state["returns"])
+        self.lengths.extend(state["lengths"])
+        self.successes.extend(state["successes"])
+        self.episodes = state["episodes"]
+
+
+class ProgressLine:
+    """One self-overwriting status line on stderr: step, SPS, recent success and return, ETA."""
+
+    def __init__(self, total_steps: int, enabled: bool = True):
+        self.total_steps = total_steps
+        self.enabled = enabled and sys.stderr is not None
+        self.interactive = self.enabled and sys.stderr.isatty()
+        self.last_print = 0.0
+
+    def update(self, step: int, steps_per_second: float, statistics: EpisodeStatistics, final: bool = False) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if not final and now - self.last_print < (0.5 if self.interactive else 10.0):
+            return
+        self.last_print = now
+        fraction = min(step / self.total_steps, 1.0)
+        eta = (self.total_steps - step) / steps_per_second if steps_per_second > 0 else float("inf")
+        eta_text = time.strftime("%H:%M:%S", time.gmtime(eta)) if np.isfinite(eta) else "--:--:--"
+        line = (
+            f"[{fraction:6.1%}] step {step:,}/{self.total_steps:,} | {steps_per_second:,.0f} SPS | "
+            f"success {statistics.success_rate():.2f} | return {statistics.mean_return():.3f} | "
+            f"episodes {statistics.episodes:,} | eta {eta_text}"
+        )
+        end = "\n" if final or not self.interactive else ""
+        sys.stderr.write(("\r" if self.interactive else "") + line + end)
+        sys.stderr.flush()
+
+
+def flatten(nested: dict, prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}."""
+    flat = {}
+    for key, value in nested.items():
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+@torch.no_grad()
+def evaluate(agent: torch.nn.Module, env, deterministic: bool = True) -> dict[str, float]:
+    """Run `agent` until every env of `env` has finished one episode; each env's first counts.
+
+    `agent` provides `initial_state(batch_size, device)` and
+    `act(obs, state, is_first, deterministic) -> (action, state)` (PPO's and Dreamer's do).
+
+    Counting only each env's first episode keeps the estimate unbiased (counting episodes as
+    they finish would favour short ones). Returns success rate, return mean/std, mean length,
+    episodes, steps and wall time.
+    """
+    started = time.perf_counter()
+    device = next(agent.parameters()).device
+    obs, info = env.reset()
+    is_first = info["is_first"]
+    state = agent.initial_state(env.num_envs, device)
+    finished = torch.zeros(env.num_envs, dtype=torch.bool, device=device)
+    returns = torch.zeros(env.num_envs, device=device)
+    lengths = torch.zeros(env.num_envs, device=device)
+    successes = torch.zeros(env.num_envs, device=device)
+    steps = 0
+    while not bool(finished.all()):
+        action, state = agent.act(obs, state, is_first, deterministic)
+        obs, _, _, _, info = env.step(action)
+        is_first = info["is_first"]
+        steps += env.num_envs
+        first_finish = info["episode_done"] & ~finished
+        returns = torch.where(first_finish, info["episode_return"].float(), returns)
+        lengths = torch.where(first_finish, info["episode_length"].float(), lengths)
+        successes = torch.where(first_finish, info["success"].float(), successes)
+        finished |= first_finish
+    return {
+        "success_rate": successes.mean().item(),
+        "return_mean": returns.mean().item(),
+        "return_std": returns.std(unbiased=False).item(),
+        "length_mean": lengths.mean().item(),
+        "episodes": env.num_envs,
+        "steps": steps,
+        "wall_time_seconds": time.perf_counter() - started,
+        "deterministic": deterministic,
+    }

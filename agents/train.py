@@ -1,0 +1,254 @@
+"""`train-agent`: train an agent with a memory backbone on a task, log it, checkpoint it, evaluate it.
+
+    train-agent --backbone s5 --env memory-rewrite
+    train-agent --backbone lstm --env memory-retention --total-steps 200000 --seed 3
+    train-agent --run-dir runs/my-run --resume
+
+Settings are layered: the config defaults, then the preset (`--preset auto` picks the preset
+named like the env, then the one named "<env>/<backbone>" if present), then the flags given
+on the command line. The resolved config is saved as `config.json` in the run dir, next to
+tensorboard logs, `checkpoint.pkl` and, at the end, `eval.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import gymnasium
+import torch
+
+from agents.ppo import PPOConfig, PPOTrainer
+from agents.run import TrainingDiverged, evaluate, load_checkpoint, seed_everything, write_json
+from envs.gymnasium_adapter import GymnasiumVectorEnv
+from envs.registry import env_names, make_env
+from memory import BACKBONES
+
+AGENTS = ("ppo",)
+
+
+@dataclass
+class RunConfig:
+    """What to train, where and for how long."""
+
+    agent: str = field(default="ppo", metadata={"help": f"agent: {', '.join(AGENTS)}"})
+    backbone: str = field(default="s5", metadata={"help": "memory backbone (see memory.BACKBONES)"})
+    env: str = field(default="memory-rewrite", metadata={"help": "env short name (see envs.registry) or a gymnasium id"})
+    seed: int = field(default=1, metadata={"help": "seed for torch, numpy, python and the envs"})
+    device: str = field(default="auto", metadata={"help": "auto (cuda if available), cpu or cuda"})
+    total_steps: int = field(default=1_000_000, metadata={"help": "env steps to train for (all envs together)"})
+    num_envs: int = field(default=64, metadata={"help": "parallel envs"})
+    eval_episodes: int = field(default=200, metadata={"help": "episodes of the final evaluation (0 skips it)"})
+    eval_deterministic: bool = field(default=True, metadata={"help": "evaluate with the most likely action instead of sampling"})
+    torch_threads: int = field(default=0, metadata={"help": "torch CPU threads (0 keeps torch's default)"})
+
+
+# Presets: overrides of RunConfig and PPOConfig fields, by env and optionally "<env>/<backbone>".
+PRESETS: dict[str, dict] = {
+    "default": {},
+    "memory-retention": {"total_steps": 400_000, "num_envs": 32, "num_steps": 64, "hidden_dim": 64,
+                         "learning_rate": 1e-3, "num_minibatches": 2, "ent_coef": 0.01},
+    "memory-rewrite": {"total_steps": 1_500_000, "num_envs": 64, "num_steps": 64, "hidden_dim": 64,
+                       "learning_rate": 1e-3, "num_minibatches": 2, "ent_coef": 0.01},
+    "smoke": {"total_steps": 2_048, "num_envs": 8, "num_steps": 32, "hidden_dim": 16, "num_minibatches": 2,
+              "update_epochs": 2, "eval_episodes": 8, "checkpoint_every": 2},
+}
+
+
+class UsageError(ValueError):
+    """Bad input from the command line: reported in one sentence, exit code 2."""
+
+
+def _config_fields():
+    return [(RunConfig, f) for f in dataclasses.fields(RunConfig)] + [(PPOConfig, f) for f in dataclasses.fields(PPOConfig)]
+
+
+def _parse_json_dict(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r} ({error.msg})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
+    return value
+
+
+def _optional_float(text: str) -> float | None:
+    return None if text.lower() == "none" else float(text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="train-agent",
+        description="Train a memrl agent with a memory backbone; logs, checkpoints and eval.json go to the run dir.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--preset", default="auto", help=f"hyperparameter preset: auto, {', '.join(PRESETS)}")
+    parser.add_argument("--run-dir", default=None, help="run directory (default runs/{env}__{agent}__{backbone}__{seed}__{time})")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last checkpoint")
+    parser.add_argument("--quiet", action="store_true", help="no progress line")
+    for owner, config_field in _config_fields():
+        default = config_field.default if config_field.default is not dataclasses.MISSING else config_field.default_factory()
+        options = {"default": None, "help": f"{config_field.metadata['help']} (default {default!r})"}
+        flag = "--" + config_field.name.replace("_", "-")
+        if isinstance(default, bool):
+            options["action"] = argparse.BooleanOptionalAction
+        elif isinstance(default, dict):
+            options["type"] = _parse_json_dict
+        elif config_field.name == "target_kl":
+            options["type"] = _optional_float
+        else:
+            options["type"] = type(default)
+        parser.add_argument(flag, **options)
+    return parser
+
+
+def resolve_config(args: argparse.Namespace) -> tuple[RunConfig, PPOConfig, str]:
+    """Defaults < preset < explicit flags; validates names and budgets."""
+    explicit = {f.name: getattr(args, f.name) for _, f in _config_fields() if getattr(args, f.name) is not None}
+    env_name = explicit.get("env", RunConfig.env)
+    backbone = explicit.get("backbone", RunConfig.backbone)
+    if args.preset == "auto":
+        preset_names = [name for name in (env_name, f"{env_name}/{backbone}") if name in PRESETS] or ["default"]
+    elif args.preset in PRESETS:
+        preset_names = [args.preset]
+    else:
+        raise UsageError(f"unknown preset {args.preset!r}; choose one of: auto, {', '.join(PRESETS)}")
+    values: dict = {}
+    for name in preset_names:
+        values.update(PRESETS[name])
+    values.update(explicit)
+    run_fields = {f.name for f in dataclasses.fields(RunConfig)}
+    run_config = RunConfig(**{k: v for k, v in values.items() if k in run_fields})
+    ppo_config = PPOConfig(**{k: v for k, v in values.items() if k not in run_fields})
+    validate(run_config, ppo_config)
+    return run_config, ppo_config, "+".join(preset_names)
+
+
+def validate(run: RunConfig, ppo: PPOConfig) -> None:
+    if run.agent not in AGENTS:
+        raise UsageError(f"unknown agent {run.agent!r}; choose one of: {', '.join(AGENTS)}")
+    if run.backbone not in BACKBONES:
+        raise UsageError(f"unknown backbone {run.backbone!r}; choose one of: {', '.join(sorted(BACKBONES))}")
+    if run.env not in env_names() and run.env not in gymnasium.registry:
+        raise UsageError(
+            f"unknown env {run.env!r}; choose a memrl env ({', '.join(env_names())}) or a registered gymnasium id"
+        )
+    if run.device not in ("auto", "cpu", "cuda") and not run.device.startswith("cuda:"):
+        raise UsageError(f"device must be auto, cpu or cuda, got {run.device!r}")
+    if run.device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"device {run.device!r} was asked for but torch sees no CUDA device; use --device cpu")
+    for name in ("total_steps", "num_envs"):
+        if getattr(run, name) <= 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(run, name)}")
+    if run.eval_episodes < 0:
+        raise UsageError(f"--eval-episodes must be 0 or more, got {run.eval_episodes}")
+    for name in ("num_steps", "num_minibatches", "update_epochs", "hidden_dim", "checkpoint_every"):
+        if getattr(ppo, name) <= 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(ppo, name)}")
+    if ppo.learning_rate <= 0:
+        raise UsageError(f"--learning-rate must be positive, got {ppo.learning_rate}")
+    if run.num_envs % ppo.num_minibatches != 0:
+        raise UsageError(
+            f"--num-envs ({run.num_envs}) must be divisible by --num-minibatches ({ppo.num_minibatches}): "
+            "minibatches are slices of the env axis"
+        )
+
+
+def make_training_env(name: str, num_envs: int, device: torch.device, seed: int):
+    """A memrl env by short name, or any gymnasium id through the vector adapter."""
+    if name in env_names():
+        return make_env(name, num_envs=num_envs, device=device, seed=seed)
+    return GymnasiumVectorEnv(name, num_envs=num_envs, device=device, seed=seed)
+
+
+def default_run_dir(run: RunConfig) -> Path:
+    env = run.env.replace("/", "_")
+    return Path("runs") / f"{env}__{run.agent}__{run.backbone}__{run.seed}__{int(time.time())}"
+
+
+def check_spaces(env) -> None:
+    """Refuse, in one sentence, an env whose spaces the agents cannot handle."""
+    obs_space, action_space = env.single_observation_space, env.single_action_space
+    obs_ok = isinstance(obs_space, gymnasium.spaces.Box) and len(obs_space.shape) in (1, 3)
+    action_ok = isinstance(action_space, gymnasium.spaces.Discrete) or (
+        isinstance(action_space, gymnasium.spaces.Box) and len(action_space.shape) == 1
+    )
+    if not (obs_ok and action_ok):
+        raise UsageError(
+            f"env spaces {obs_space} -> {action_space} are not supported; memrl agents take Box observations "
+            "(flat vectors or [H, W, C] images) and Discrete or flat Box actions"
+        )
+
+
+def run_training(args: argparse.Namespace) -> dict:
+    if args.resume:
+        if args.run_dir is None:
+            raise UsageError("--resume needs --run-dir: the run directory to continue")
+        run_dir = Path(args.run_dir)
+        try:
+            checkpoint = load_checkpoint(run_dir)
+        except FileNotFoundError as error:
+            raise UsageError(str(error)) from None
+        run = RunConfig(**checkpoint["config"]["run"])
+        ppo = PPOConfig(**checkpoint["config"]["ppo"])
+        if args.total_steps is not None:
+            run = dataclasses.replace(run, total_steps=args.total_steps)
+        validate(run, ppo)
+        preset = checkpoint["config"]["preset"]
+    else:
+        run, ppo, preset = resolve_config(args)
+        run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(run)
+        checkpoint = None
+    device = torch.device("cuda" if run.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if run.device == "auto" else run.device))
+    if run.torch_threads > 0:
+        torch.set_num_threads(run.torch_threads)
+    seed_everything(run.seed)
+    env = make_training_env(run.env, run.num_envs, device, run.seed)
+    check_spaces(env)
+    config = {"run": dataclasses.asdict(run), "ppo": dataclasses.asdict(ppo), "preset": preset}
+    try:
+        trainer = PPOTrainer(ppo, env, run.total_steps, device, run.backbone, run_dir=run_dir, progress=not args.quiet)
+    except (TypeError, ValueError) as error:
+        raise UsageError(f"cannot build the agent: {error}") from None
+    if checkpoint is not None:
+        trainer.restore(checkpoint)
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(run_dir / "config.json", config)
+    print(f"train-agent: {run.agent} + {run.backbone} on {run.env} ({device}), preset {preset}, run dir {run_dir}",
+          file=sys.stderr)
+    trainer.train(checkpoint_extra={"config": config})
+    result = {"run_dir": str(run_dir), "global_step": trainer.global_step,
+              "train_success_rate": trainer.statistics.success_rate()}
+    if run.eval_episodes > 0:
+        eval_env = make_training_env(run.env, run.eval_episodes, device, run.seed + 1_000_003)
+        evaluation = evaluate(trainer.agent, eval_env, deterministic=run.eval_deterministic)
+        evaluation.update({"global_step": trainer.global_step, "train_wall_time_seconds": trainer.elapsed_seconds})
+        write_json(run_dir / "eval.json", evaluation)
+        result["eval"] = evaluation
+        print(f"train-agent: eval over {evaluation['episodes']} episodes: success {evaluation['success_rate']:.3f}, "
+              f"return {evaluation['return_mean']:.3f} ± {evaluation['return_std']:.3f}", file=sys.stderr)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        run_training(args)
+    except UsageError as error:
+        parser.exit(2, f"train-agent: error: {error}\n")
+    except TrainingDiverged as error:
+        parser.exit(1, f"train-agent: stopped: {error}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

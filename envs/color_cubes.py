@@ -1,0 +1,236 @@
+"""Color-Cubes: keep a map of coloured cubes that is shown only when something changes.
+
+Only the prose of the published task is public (see /work/shared/reference/memory_tasks.md);
+grid size, cube count, teleport rate, encodings and rewards below are memrl's choices.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from envs.base import BatchedEnv
+
+UP, DOWN, LEFT, RIGHT = 0, 1, 2, 3
+STEP_X = (0, 0, -1, 1)
+STEP_Y = (-1, 1, 0, 0)
+
+
+class ColorCubes(BatchedEnv):
+    """Reach the cube of the target colour on a G x G grid, from a remembered map.
+
+    Layout. N cubes of distinct colours 0..N-1 sit on distinct interior cells (both
+    coordinates in [1, G - 2]); the border ring is always free. The agent starts on a uniform
+    cell, the cubes on uniform interior cells other than the agent's, the target colour is
+    uniform. Cells are (x, y) with y growing downwards.
+
+    Phases. The first W steps are a watch phase: the agent's actions are ignored (it cannot
+    move). The map (every cube's cell and colour) is shown in the first observation. At each
+    of the watch steps 0 .. W - 2, with probability p one uniformly chosen NON-target cube
+    teleports to a uniform free interior cell (not a cube's, not the agent's); the
+    observation after a teleport shows the map again (an "update"): with its colours, or,
+    when `hide_colours_on_update`, only which cells are occupied. From step W on (the act
+    phase) nothing moves but the agent and no map is shown: the agent walks from memory.
+    Actions: 0 up, 1 down, 2 left, 3 right (a move into the outer wall does nothing).
+    Stepping onto a cube ends the episode: the target cube gives +1 and success, any other
+    cube gives 0 and failure. Time limit W + 4 G steps (truncation, reward 0).
+
+    Observation, float32 [2 G + N + 2 + I (N + 1)], I = (G - 2)^2 interior cells:
+    agent x one-hot (G), agent y one-hot (G), target colour one-hot (N, always shown),
+    acting flag (1 from step W on: actions move the agent), map flag (1 when the map is
+    shown), then per interior cell in row-major order [occupied, colour one-hot (N)] — all
+    zero when no map is shown, colour entries zero on colour-hidden updates.
+
+    Levels. Trivial: remember the first map while walking (W = 1, no teleports). Medium: keep
+    the latest map through teleport updates. Extreme: updates hide colours, so the target's
+    cell must be carried from the first map while the obstacles are updated.
+
+    Chance: in the act phase a memoryless policy sees no map, so its path does not depend on
+    the layout; the layout stays uniform over distinct interior cells whatever teleports
+    happened, and the colours are exchangeable, so the first cube it steps on is the target
+    with probability 1/N: chance_success = 1/N. Moving during the watch phase is disabled
+    precisely so that a memoryless policy cannot act on a shown map. With at most 3
+    non-target cubes, one of the 4 straight lines from the agent (and from the target) to the
+    border is free of them, so the target is always reachable (the oracle succeeds).
+    """
+
+    num_actions = 4
+    obs_low, obs_high = 0.0, 1.0
+
+    def __init__(
+        self,
+        num_envs: int,
+        device: torch.device | str = "cpu",
+        seed: int | None = None,
+        grid_size: int = 5,
+        num_cubes: int = 3,
+        watch_steps: int = 1,
+        teleport_prob: float = 0.0,
+        hide_colours_on_update: bool = False,
+    ):
+        if not isinstance(num_cubes, int) or not 2 <= num_cubes <= 4:
+            raise ValueError(f"num_cubes must be an integer in [2, 4] (so the target is always reachable), got {num_cubes!r}")
+        needed_cells = num_cubes + 1 + (teleport_prob > 0)
+        if not isinstance(grid_size, int) or grid_size < 3 or (grid_size - 2) ** 2 < needed_cells:
+            raise ValueError(
+                f"grid_size must be an integer whose (grid_size - 2)^2 interior cells hold {num_cubes} cubes, the agent"
+                f"{' and a free cell to teleport to' if teleport_prob > 0 else ''}, got {grid_size!r}"
+            )
+        if not isinstance(watch_steps, int) or watch_steps < 1:
+            raise ValueError(f"watch_steps must be an integer >= 1, got {watch_steps!r}")
+        if not 0.0 <= teleport_prob <= 1.0:
+            raise ValueError(f"teleport_prob must be in [0, 1], got {teleport_prob!r}")
+        self.grid_size = grid_size
+        self.num_cubes = num_cubes
+        self.watch_steps = watch_steps
+        self.teleport_prob = teleport_prob
+        self.teleports = teleport_prob > 0 and watch_steps >= 2
+        self.hide_colours_on_update = hide_colours_on_update
+        self.num_interior = (grid_size - 2) ** 2
+        self.obs_dim = 2 * grid_size + num_cubes + 2 + self.num_interior * (num_cubes + 1)
+        self.max_episode_steps = watch_steps + 4 * grid_size
+        self.chance_success = 1.0 / num_cubes
+        super().__init__(num_envs, device, seed)
+        index = dict(dtype=torch.int64, device=self.device)
+        self.agent_x = torch.zeros(num_envs, **index)
+        self.agent_y = torch.zeros(num_envs, **index)
+        self.cube_cell = torch.zeros(num_envs, num_cubes, **index)
+        """Flat cell y * G + x of the cube of each colour, [N, num_cubes]."""
+        self.target = torch.zeros(num_envs, **index)
+        self.map_shown = torch.zeros(num_envs, dtype=torch.bool, device=self.device)
+        self.colours_shown = torch.zeros(num_envs, dtype=torch.bool, device=self.device)
+        inner = torch.arange(1, grid_size - 1, **index)
+        self.interior_cells = (inner[:, None] * grid_size + inner[None, :]).flatten()
+        self.slot_of_cell = torch.zeros(grid_size * grid_size, **index)
+        self.slot_of_cell[self.interior_cells] = torch.arange(self.num_interior, **index)
+        self.step_x = torch.tensor(STEP_X, **index)
+        self.step_y = torch.tensor(STEP_Y, **index)
+        cell_x = torch.arange(grid_size * grid_size, **index) % grid_size
+        cell_y = torch.arange(grid_size * grid_size, **index) // grid_size
+        next_x = (cell_x[:, None] + self.step_x).clamp(0, grid_size - 1)
+        next_y = (cell_y[:, None] + self.step_y).clamp(0, grid_size - 1)
+        self.neighbour_cells = next_y * grid_size + next_x
+        """The cell each action leads to from each cell (itself at a wall), [G * G, 4]."""
+
+    # -- dynamics ------------------------------------------------------------------------
+
+    def _agent_cell(self) -> torch.Tensor:
+        return self.agent_y * self.grid_size + self.agent_x
+
+    def _start_episodes(self, mask: torch.Tensor) -> None:
+        size, shape = self.grid_size, (self.num_envs,)
+        agent_cell = torch.randint(size * size, shape, generator=self.generator, device=self.device)
+        # Uniform distinct interior cells in uniform order, the agent's cell ranked last.
+        keys = self.random(self.num_envs, self.num_interior) + 2.0 * (self.interior_cells == agent_cell[:, None])
+        slots = keys.topk(self.num_cubes, dim=1, largest=False).indices
+        target = torch.randint(self.num_cubes, shape, generator=self.generator, device=self.device)
+        self.agent_x = torch.where(mask, agent_cell % size, self.agent_x)
+        self.agent_y = torch.where(mask, agent_cell // size, self.agent_y)
+        self.cube_cell = torch.where(mask[:, None], self.interior_cells.take(slots), self.cube_cell)
+        self.target = torch.where(mask, target, self.target)
+        self.map_shown |= mask
+        self.colours_shown |= mask
+
+    def _teleport(self) -> torch.Tensor:
+        """Move one random non-target cube where the draw says so (watch steps 0 .. W-2) -> moved [N]."""
+        shape = (self.num_envs,)
+        in_window = self.elapsed_steps <= self.watch_steps - 2
+        moved = in_window & (self.random(self.num_envs) < self.teleport_prob)
+        pick = torch.randint(self.num_cubes - 1, shape, generator=self.generator, device=self.device)
+        cube = (pick + (pick >= self.target)).unsqueeze(1)
+        taken = (self.cube_cell.unsqueeze(2) == self.interior_cells).any(1)
+        taken |= self.interior_cells == self._agent_cell().unsqueeze(1)
+        destination = self.interior_cells.take((self.random(self.num_envs, self.num_interior) + 2.0 * taken).argmin(1))
+        new_cell = torch.where(moved, destination, self.cube_cell.gather(1, cube).squeeze(1))
+        self.cube_cell.scatter_(1, cube, new_cell.unsqueeze(1))
+        return moved
+
+    def _transition(self, action: torch.Tensor):
+        acting = self.elapsed_steps >= self.watch_steps
+        if self.teleports:
+            self.map_shown = self._teleport()
+            self.colours_shown.fill_(not self.hide_colours_on_update)
+        else:
+            self.map_shown.fill_(False)
+        last = self.grid_size - 1
+        self.agent_x = (self.agent_x + self.step_x.index_select(0, action) * acting).clamp_(0, last)
+        self.agent_y = (self.agent_y + self.step_y.index_select(0, action) * acting).clamp_(0, last)
+        touched = self.cube_cell == self._agent_cell().unsqueeze(1)
+        success = touched.gather(1, self.target.unsqueeze(1)).squeeze(1)
+        return success.float(), touched.any(1), success
+
+    def _observe(self) -> torch.Tensor:
+        size, cubes = self.grid_size, self.num_cubes
+        flags = 2 * size + cubes
+        columns = torch.arange(flags, flags + 2, device=self.device).expand(self.num_envs, 2)
+        slot_start = flags + 2 + self.slot_of_cell.take(self.cube_cell) * (cubes + 1)
+        colour_offset = torch.arange(1, cubes + 1, device=self.device)
+        index = torch.cat(
+            [
+                self.agent_x.unsqueeze(1),
+                (size + self.agent_y).unsqueeze(1),
+                (2 * size + self.target).unsqueeze(1),
+                columns,
+                slot_start,
+                slot_start + colour_offset,
+            ],
+            dim=1,
+        )
+        shown = self.map_shown.unsqueeze(1)
+        acting = (self.elapsed_steps >= self.watch_steps).unsqueeze(1)
+        value = torch.cat(
+            [
+                torch.ones(self.num_envs, 3, dtype=torch.bool, device=self.device),
+                acting,
+                shown,
+                shown.expand(-1, cubes),
+                (shown & self.colours_shown.unsqueeze(1)).expand(-1, cubes),
+            ],
+            dim=1,
+        )
+        obs = torch.zeros(self.num_envs, self.obs_dim, device=self.device)
+        return obs.scatter_(1, index, value.float())
+
+    # -- reference policies --------------------------------------------------------------
+
+    def oracle_action(self) -> torch.Tensor:
+        """Shortest path to the target around the other cubes (breadth-first distances)."""
+        cells = self.grid_size * self.grid_size
+        target_cell = self.cube_cell.gather(1, self.target.unsqueeze(1))
+        blocked = torch.zeros(self.num_envs, cells, dtype=torch.bool, device=self.device)
+        blocked.scatter_(1, self.cube_cell, True).scatter_(1, target_cell, False)
+        distance = torch.full((self.num_envs, cells), float("inf"), device=self.device)
+        distance.scatter_(1, target_cell, 0.0)
+        # No shortest path is longer than 4 G - 6 (free ray, half the border, free ray).
+        for _ in range(4 * self.grid_size):
+            nearest = distance.index_select(1, self.neighbour_cells.flatten()).view(self.num_envs, cells, 4).amin(2)
+            distance = torch.minimum(distance, nearest + 1).masked_fill_(blocked, float("inf"))
+        options = self.neighbour_cells.index_select(0, self._agent_cell())
+        best = distance.gather(1, options).argmin(1)
+        return torch.where(self.elapsed_steps >= self.watch_steps, best, UP)
+
+    def memoryless_action(self, obs: torch.Tensor) -> torch.Tensor:
+        """Blind to the layout: step off the border, then circle the interior's outer ring
+        clockwise. The first cube met has a uniform colour, so this reaches 1/N whenever a
+        cube lies on that ring, which is certain when N > (G - 4)^2 (every preset)."""
+        size = self.grid_size
+        x = obs[:, :size].argmax(1)
+        y = obs[:, size : 2 * size].argmax(1)
+        low, high = 1, size - 2
+        action = torch.full_like(x, UP)
+        action = torch.where((y == low) & (x < high), RIGHT, action)
+        action = torch.where((x == high) & (y < high), DOWN, action)
+        action = torch.where((y == high) & (x > low), LEFT, action)
+        action = torch.where((x == low) & (y > low), UP, action)
+        action = torch.where(y == 0, DOWN, torch.where(y == size - 1, UP, action))
+        return torch.where(x == 0, RIGHT, torch.where(x == size - 1, LEFT, action))
+
+
+PRESETS: dict[str, tuple[type[BatchedEnv], dict]] = {
+    "color-cubes-trivial": (ColorCubes, {"grid_size": 5, "num_cubes": 3, "watch_steps": 1, "teleport_prob": 0.0}),
+    "color-cubes-medium": (ColorCubes, {"grid_size": 5, "num_cubes": 4, "watch_steps": 8, "teleport_prob": 0.5}),
+    "color-cubes-extreme": (
+        ColorCubes,
+        {"grid_size": 5, "num_cubes": 4, "watch_steps": 8, "teleport_prob": 0.5, "hide_colours_on_update": True},
+    ),
+}
+PRESETS["color-cubes"] = PRESETS["color-cubes-trivial"]

@@ -1,0 +1,142 @@
+"""Mamba-1: stacked selective state-space blocks (Gu & Dao 2023) with episode resets.
+
+One block on hidden_dim = H channels, d_inner = expand * H:
+
+    x, z  = in_proj(u)                                       [.., d_inner] each
+    x     = silu(causal depthwise conv1d(x))                 kernel `conv_kernel`, same-episode window
+    dt, B, C = split(x_proj(x))                              [dt_rank], [N], [N]  (input-dependent)
+    delta = softplus(dt_proj(dt))                            [d_inner]
+    A     = -exp(A_log)                                      real diagonal [d_inner, N], S4D-Real init
+    h_t   = exp(delta_t A) h_{t-1} + delta_t B_t x_t,  y_t = C_t h_t + D x_t   (selective scan)
+    out   = out_proj(y * silu(z))
+
+The conv window never reaches across an episode start: taps on inputs from before the most
+recent reset read zero. The conv state holds the last conv_kernel - 1 inputs, already zeroed
+where they precede a reset, and is dropped at a reset like the SSM state.
+Stack: x + block(LayerNorm(x)) per layer.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kernels.selective_scan import selective_scan
+from memory.base import State, StateSpec
+from memory.ssm_common import ResidualSSMStack, check_positive, check_step_range, log_uniform
+
+
+class MambaMixer(nn.Module):
+    """One Mamba-1 block on [.., H]; state 'ssm' [d_inner, N] and 'conv' [conv_kernel - 1, d_inner]."""
+
+    def __init__(self, hidden_dim: int, state_size: int, expand: int, conv_kernel: int, dt_rank: int,
+                 dt_min: float, dt_max: float):
+        super().__init__()
+        inner_dim = expand * hidden_dim
+        self.in_proj = nn.Linear(hidden_dim, 2 * inner_dim, bias=False)
+        # Depthwise conv weights as [d_inner, kernel], default Conv1d init (fan_in = kernel).
+        bound = 1 / math.sqrt(conv_kernel)
+        self.conv_weight = nn.Parameter(torch.empty(inner_dim, conv_kernel).uniform_(-bound, bound))
+        self.conv_bias = nn.Parameter(torch.empty(inner_dim).uniform_(-bound, bound))
+        self.x_proj = nn.Linear(inner_dim, dt_rank + 2 * state_size, bias=False)
+        self.dt_proj = nn.Linear(dt_rank, inner_dim)
+        nn.init.uniform_(self.dt_proj.weight, -dt_rank**-0.5, dt_rank**-0.5)
+        # Bias = softplus^-1(dt) so that delta starts log-uniform in [dt_min, dt_max].
+        initial_step = log_uniform((inner_dim,), dt_min, dt_max)
+        with torch.no_grad():
+            self.dt_proj.bias.copy_(initial_step + torch.log(-torch.expm1(-initial_step)))
+        # S4D-Real: A[d, n] = -(n + 1) for every channel d.
+        self.A_log = nn.Parameter(torch.log(torch.arange(1.0, state_size + 1)).repeat(inner_dim, 1))
+        self.D = nn.Parameter(torch.ones(inner_dim))
+        self.out_proj = nn.Linear(inner_dim, hidden_dim, bias=False)
+        self.dt_rank, self.state_size = dt_rank, state_size
+
+    def state_spec(self) -> StateSpec:
+        inner_dim, kernel = self.conv_weight.shape
+        return {
+            "ssm": ((inner_dim, self.state_size), self.D.dtype),
+            "conv": ((kernel - 1, inner_dim), self.D.dtype),
+        }
+
+    def _selective_inputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """delta [.., d_inner], B [.., N], C [.., N] from the conv output x [.., d_inner]."""
+        dt, B, C = self.x_proj(x).split([self.dt_rank, self.state_size, self.state_size], dim=-1)
+        return F.softplus(self.dt_proj(dt)), B, C
+
+    def same_episode_conv(
+        self, x: torch.Tensor, conv_state: torch.Tensor, reset: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Causal depthwise conv whose taps read zero before the latest reset.
+
+        x [B, T, d_inner], conv_state [B, K-1, d_inner] (inputs at times -(K-1)..-1) ->
+        (conv output [B, T, d_inner], last K-1 inputs with pre-reset ones zeroed).
+        """
+        kernel = self.conv_weight.shape[1]
+        length = x.shape[1]
+        padded = torch.cat([conv_state, x], dim=1)  # padded[:, t + k] is the input at time t - (K-1) + k
+        times = torch.arange(length, device=x.device)
+        # Latest episode start at or before t, or -(K-1) (everything in the window is valid) if none.
+        episode_start = torch.where(reset, times, -(kernel - 1)).cummax(dim=1).values
+        tap_times = times[:, None] - (kernel - 1) + torch.arange(kernel, device=x.device)
+        valid = tap_times[None] >= episode_start[..., None]  # [B, T, K]
+        windows = padded.unfold(1, kernel, 1)  # [B, T, d_inner, K]
+        windows = torch.where(valid[:, :, None, :], windows, torch.zeros_like(windows))
+        output = (windows * self.conv_weight).sum(-1) + self.conv_bias
+        next_state = windows[:, -1, :, 1:].transpose(1, 2)
+        return output, next_state
+
+    def sequence(self, u: torch.Tensor, state: State, reset: torch.Tensor) -> tuple[torch.Tensor, State]:
+        x, z = self.in_proj(u).chunk(2, dim=-1)
+        x, conv_state = self.same_episode_conv(x, state["conv"], reset)
+        x = F.silu(x)
+        delta, B, C = self._selective_inputs(x)
+        y, ssm_state = selective_scan(
+            x, delta, -torch.exp(self.A_log), B, C, self.D, z, reset=reset, initial_state=state["ssm"]
+        )
+        return self.out_proj(y), {"ssm": ssm_state, "conv": conv_state}
+
+    def step(self, u: torch.Tensor, state: State, reset: torch.Tensor) -> tuple[torch.Tensor, State]:
+        x, z = self.in_proj(u).chunk(2, dim=-1)
+        dropped = reset[:, None, None]
+        conv_state = torch.where(dropped, torch.zeros_like(state["conv"]), state["conv"])
+        window = torch.cat([conv_state, x[:, None]], dim=1)
+        x = F.silu((window * self.conv_weight.T).sum(1) + self.conv_bias)
+        delta, B, C = self._selective_inputs(x)
+        carried = torch.where(dropped, torch.zeros_like(state["ssm"]), state["ssm"])
+        decay = torch.exp(delta[..., None] * -torch.exp(self.A_log))
+        ssm_state = decay * carried + (delta * x)[..., None] * B[:, None]
+        y = ((ssm_state * C[:, None]).sum(-1) + self.D * x) * F.silu(z)
+        return self.out_proj(y), {"ssm": ssm_state, "conv": window[:, 1:]}
+
+
+class MambaBackbone(ResidualSSMStack):
+    """Stacked Mamba-1 blocks; state {'ssm': [B, L, d_inner, N], 'conv': [B, L, conv_kernel - 1, d_inner]}.
+
+    Options: state_size (N), num_layers (L), expand (d_inner = expand * hidden_dim),
+    conv_kernel, dt_rank (default ceil(hidden_dim / 16)), dt_min / dt_max (initial delta range).
+    """
+
+    def __init__(
+        self,
+        input_dim: int,
+        hidden_dim: int = 128,
+        state_size: int = 16,
+        num_layers: int = 2,
+        expand: int = 2,
+        conv_kernel: int = 4,
+        dt_rank: int | None = None,
+        dt_min: float = 1e-3,
+        dt_max: float = 1e-1,
+    ):
+        dt_rank = math.ceil(hidden_dim / 16) if dt_rank is None else dt_rank
+        check_positive(hidden_dim=hidden_dim, state_size=state_size, num_layers=num_layers, expand=expand,
+                       conv_kernel=conv_kernel, dt_rank=dt_rank)
+        check_step_range(dt_min, dt_max)
+        mixers = [
+            MambaMixer(hidden_dim, state_size, expand, conv_kernel, dt_rank, dt_min, dt_max)
+            for _ in range(num_layers)
+        ]
+        super().__init__(input_dim, hidden_dim, mixers)

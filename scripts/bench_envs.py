@@ -1,0 +1,182 @@
+"""Measure how many env steps per second memrl's batched tasks run, and record the results.
+
+    python scripts/bench_envs.py                                   # CPU, 2 threads, default tasks
+    python scripts/bench_envs.py --threads 2 1 --envs endless-tmaze
+    python scripts/bench_envs.py --device cuda --num-envs 4096 65536 1048576
+
+For every task and num_envs: `env.step` is called on uniformly random actions drawn before
+timing (a pool of 64 action vectors is cycled, so sampling costs nothing), auto-resets
+included. A run is `steps` consecutive steps; the throughput of the best of `--repeats` runs
+is reported (the least disturbed by other processes on a shared machine) next to the median.
+Steps/s = num_envs * steps / seconds. On CUDA the device is synchronised around each run.
+The markdown table goes to --output with device, date, commit, torch version and this command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from envs.registry import env_names, make_env  # noqa: E402
+
+DEFAULT_ENVS = (
+    "endless-tmaze",
+    "endless-tmaze-uniform-l10-n5",
+    "tmaze",
+    "color-cubes-trivial",
+    "color-cubes-medium",
+    "repeat-first",
+    "repeat-previous",
+    "count-recall",
+    "autoencode",
+)
+ACTION_POOL = 64
+RUN_ELEMENTS = 2_000_000
+"""Env steps (num_envs x steps) per timed run, so every run lasts long enough to time."""
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--envs", nargs="+", default=list(DEFAULT_ENVS), help="short env names (see envs.registry)")
+    parser.add_argument("--num-envs", nargs="+", type=int, default=[1, 64, 4096, 65536], help="batch sizes to time")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    parser.add_argument("--threads", nargs="+", type=int, default=[2], help="torch CPU thread counts to time (one table each)")
+    parser.add_argument("--repeats", type=int, default=7, help="timed runs per measurement; the best is reported")
+    parser.add_argument("--max-steps", type=int, default=1000, help="at most this many steps per timed run")
+    parser.add_argument("--output", type=Path, default=REPO_ROOT / "benchmarks" / "envs.md", help="markdown file to write")
+    parser.add_argument("--note", default="", help="a line added under the table (e.g. what else ran on the machine)")
+    args = parser.parse_args(argv)
+    unknown = [name for name in args.envs if name not in env_names()]
+    if unknown:
+        parser.error(f"unknown env {unknown[0]!r}; choose from: {', '.join(env_names())}")
+    if any(n <= 0 for n in args.num_envs):
+        parser.error(f"--num-envs must be positive integers, got {args.num_envs}")
+    if min(args.threads) <= 0 or args.repeats <= 0 or args.max_steps <= 0:
+        parser.error("--threads, --repeats and --max-steps must be positive")
+    try:
+        torch.empty(0, device=args.device)
+    except (RuntimeError, AssertionError) as error:
+        parser.error(f"--device {args.device!r} is not usable here: {error}")
+    return args
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(name: str, num_envs: int, device: str, repeats: int, max_steps: int) -> tuple[float, float]:
+    """-> (best, median) env steps per second over `repeats` timed runs."""
+    env = make_env(name, num_envs=num_envs, device=device, seed=0)
+    generator = torch.Generator(device=env.device).manual_seed(1)
+    actions = torch.randint(env.num_actions, (ACTION_POOL, num_envs), generator=generator, device=env.device)
+    steps = max(10, min(max_steps, RUN_ELEMENTS // num_envs))
+    env.reset()
+    for index in range(min(steps, 20)):
+        env.step(actions[index % ACTION_POOL])
+    rates = []
+    for _ in range(repeats):
+        synchronize(env.device)
+        start = time.perf_counter()
+        for index in range(steps):
+            env.step(actions[index % ACTION_POOL])
+        synchronize(env.device)
+        rates.append(num_envs * steps / (time.perf_counter() - start))
+    return max(rates), statistics.median(rates)
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def describe_device(device: torch.device) -> str:
+    cpu = f"{cpu_model()}, {os.cpu_count()} cores visible"
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (host: {cpu})"
+    return cpu
+
+
+def git_commit() -> str:
+    try:
+        result = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return result.stdout.strip() + (" (with uncommitted changes)" if dirty.stdout.strip() else "")
+
+
+def format_rate(rate: float) -> str:
+    return f"{rate / 1e6:.2f} M" if rate >= 1e5 else f"{rate / 1e3:.1f} k"
+
+
+def write_report(args: argparse.Namespace, results: dict[tuple[int, str, int], tuple[float, float]]) -> str:
+    device = torch.device(args.device)
+    lines = [
+        "# Batched env throughput",
+        "",
+        "Env steps per second (num_envs x steps / wall time) of `env.step` on uniformly random",
+        "actions drawn beforehand, auto-resets included. Each cell: best of the timed runs",
+        "(median in brackets).",
+        "",
+        f"- device: {describe_device(device)}",
+        f"- date: {datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}",
+        f"- commit: {git_commit()}",
+        f"- torch {torch.__version__}, Python {platform.python_version()}",
+        f"- command: `{shlex.join(['python', 'scripts/bench_envs.py', *sys.argv[1:]])}`",
+        f"- runs: {args.repeats} per cell, each of min({args.max_steps}, {RUN_ELEMENTS:,} / num_envs) steps (at least 10)",
+    ]
+    for threads in args.threads:
+        lines += [
+            "",
+            f"## torch threads = {threads}",
+            "",
+            "| env | " + " | ".join(f"{n} envs" for n in args.num_envs) + " |",
+            "|" + "---|" * (len(args.num_envs) + 1),
+        ]
+        for name in args.envs:
+            rates = (results[threads, name, n] for n in args.num_envs)
+            lines.append(f"| {name} | " + " | ".join(f"{format_rate(best)} ({format_rate(median)})" for best, median in rates) + " |")
+    if args.note:
+        lines += ["", args.note]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    results = {}
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        for name in args.envs:
+            for num_envs in args.num_envs:
+                best, median = results[threads, name, num_envs] = measure(name, num_envs, args.device, args.repeats, args.max_steps)
+                print(f"threads {threads}  {name:30s} {num_envs:>7d} envs  {format_rate(best)} steps/s (median {format_rate(median)})", flush=True)
+    report = write_report(args, results)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    temporary = args.output.with_suffix(args.output.suffix + ".tmp")
+    temporary.write_text(report)
+    temporary.replace(args.output)
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()

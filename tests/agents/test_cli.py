@@ -1,0 +1,73 @@
+"""train-agent: bad input gets one sentence and exit code 2; a run leaves its files behind."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from agents.train import main
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "agents.train", *args], capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--backbone", "lsmt"], "unknown backbone 'lsmt'; choose one of: gru, lstm, mamba"),
+        (["--env", "nowhere"], "unknown env 'nowhere'; choose a memrl env"),
+        (["--preset", "huge"], "unknown preset 'huge'; choose one of: auto, default"),
+        (["--total-steps", "-5"], "--total-steps must be positive, got -5"),
+        (["--num-envs", "0"], "--num-envs must be positive, got 0"),
+        (["--num-envs", "6", "--num-minibatches", "4"], "must be divisible by --num-minibatches"),
+        (["--resume"], "--resume needs --run-dir"),
+        (["--backbone-options", '{"no_such_option": 1}'], "cannot build the agent"),
+    ],
+    ids=["backbone", "env", "preset", "negative-budget", "zero-envs", "minibatches", "resume", "options"],
+)
+def test_bad_input_is_one_sentence_and_exit_code_2(tmp_path, args, message):
+    extra = [] if "--resume" in args else ["--run-dir", str(tmp_path / "run"), "--quiet"]
+    result = run_cli(*args, *extra)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_resume_without_a_checkpoint_is_a_usage_error(tmp_path):
+    result = run_cli("--resume", "--run-dir", str(tmp_path))
+    assert result.returncode == 2
+    assert "no checkpoint to resume from" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_help_shows_every_config_field():
+    result = run_cli("--help")
+    assert result.returncode == 0
+    for text in ("--backbone", "memory backbone", "--gae-lambda", "GAE lambda", "--total-steps", "--resume"):
+        assert text in result.stdout
+
+
+def test_a_smoke_run_leaves_config_logs_checkpoint_and_eval(tmp_path):
+    run_dir = tmp_path / "run"
+    assert main(["--env", "memory-retention", "--backbone", "gru", "--preset", "smoke",
+                 "--run-dir", str(run_dir), "--quiet"]) == 0
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["run"]["backbone"] == "gru" and config["preset"] == "smoke"
+    evaluation = json.loads((run_dir / "eval.json").read_text())
+    assert evaluation["episodes"] == 8 and 0.0 <= evaluation["success_rate"] <= 1.0
+    assert (run_dir / "checkpoint.pkl").exists()
+    assert not list(run_dir.glob("*.tmp"))
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    scalars = set(events.Tags()["scalars"])
+    assert {"charts/SPS", "charts/episodic_return", "charts/success_rate", "losses/value_loss",
+            "losses/approx_kl", "losses/explained_variance"} <= scalars
+
+    resumed = run_cli("--resume", "--run-dir", str(run_dir), "--total-steps", "4096", "--quiet")
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads((run_dir / "eval.json").read_text())["global_step"] == 4096

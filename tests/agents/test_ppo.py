@@ -1,0 +1,101 @@
+"""Recurrent PPO: checkpoints, exact resume, divergence handling, truncation bootstrapping."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from agents.ppo import PPOConfig, PPOTrainer
+from agents.run import TrainingDiverged, evaluate, load_checkpoint, seed_everything
+from envs.registry import make_env
+
+SMALL = PPOConfig(num_steps=16, hidden_dim=16, num_minibatches=2, update_epochs=2, checkpoint_every=2)
+
+
+def make_trainer(run_dir: Path | None, total_steps: int = 8 * 16 * 4, backbone: str = "gru",
+                 config: PPOConfig = SMALL, env_name: str = "memory-retention") -> PPOTrainer:
+    seed_everything(3)
+    env = make_env(env_name, num_envs=8, seed=3)
+    return PPOTrainer(config, env, total_steps, torch.device("cpu"), backbone, run_dir=run_dir, progress=False)
+
+
+def parameters(trainer: PPOTrainer) -> dict[str, torch.Tensor]:
+    return {name: value.detach().clone() for name, value in trainer.agent.state_dict().items()}
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_checkpoint_round_trip(tmp_path):
+    trainer = make_trainer(tmp_path, total_steps=8 * 16 * 2)
+    trainer.train(checkpoint_extra={"config": {"note": "kept"}})
+    payload = load_checkpoint(tmp_path)
+    assert payload["config"] == {"note": "kept"}
+    assert payload["update"] == 2 and payload["global_step"] == 8 * 16 * 2
+    restored = make_trainer(None)
+    restored.restore(payload)
+    for name, value in parameters(trainer).items():
+        torch.testing.assert_close(parameters(restored)[name], value, rtol=0, atol=0)
+    assert restored.optimizer.state_dict()["state"].keys() == trainer.optimizer.state_dict()["state"].keys()
+    assert not list(tmp_path.glob("*.tmp")), "no temp file may be left behind"
+
+
+@pytest.mark.parametrize("backbone", ["gru", "s5"])
+def test_interrupted_and_resumed_run_equals_uninterrupted_run(tmp_path, backbone):
+    uninterrupted = make_trainer(tmp_path / "a", backbone=backbone)
+    uninterrupted.train()
+
+    def stop_after_second_update(trainer, metrics):
+        if trainer.update == 2:
+            raise Interrupt
+
+    interrupted = make_trainer(tmp_path / "b", backbone=backbone)
+    with pytest.raises(Interrupt):
+        interrupted.train(on_update=stop_after_second_update)
+    resumed = make_trainer(tmp_path / "b", backbone=backbone)
+    torch.manual_seed(12345)  # a different RNG state: the checkpoint must restore the right one
+    resumed.restore(load_checkpoint(tmp_path / "b"))
+    assert resumed.update == 2
+    resumed.train()
+    assert resumed.global_step == uninterrupted.global_step
+    expected = parameters(uninterrupted)
+    for name, value in parameters(resumed).items():
+        torch.testing.assert_close(value, expected[name], rtol=0, atol=0, msg=f"parameter {name} differs")
+
+
+def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
+    trainer = make_trainer(tmp_path)
+
+    def poison_after_first_checkpoint(trainer, metrics):
+        if trainer.update == 2:
+            with torch.no_grad():
+                trainer.agent.critic.weight.fill_(float("nan"))
+
+    with pytest.raises(TrainingDiverged, match="loss became nan at update 3"):
+        trainer.train(on_update=poison_after_first_checkpoint)
+    payload = load_checkpoint(tmp_path)
+    assert payload["update"] == 2
+    assert all(torch.isfinite(value).all() for value in payload["agent"].values())
+
+
+def test_truncated_steps_get_the_value_of_their_final_observation():
+    # A T-maze whose time limit is shorter than the corridor: every episode is truncated.
+    trainer = make_trainer(None, env_name="tmaze-medium")
+    trainer.env.max_episode_steps = 5
+    rollout = trainer.collect(writer=None)
+    assert rollout.truncated.any() and not rollout.terminated.any()
+    assert (rollout.final_values[rollout.truncated] != 0).all()
+    assert (rollout.final_values[~rollout.truncated] == 0).all()
+    assert torch.equal(rollout.is_first[:, 1:], rollout.truncated[:, :-1])
+
+
+def test_evaluate_counts_each_envs_first_episode():
+    trainer = make_trainer(None)
+    env = make_env("memory-retention", num_envs=12, seed=5)
+    result = evaluate(trainer.agent, env)
+    assert result["episodes"] == 12
+    assert 0.0 <= result["success_rate"] <= 1.0
+    assert result["steps"] >= 12 * result["length_mean"] / 12
