@@ -31,7 +31,6 @@ from agents.run import (
     flatten,
     ProgressLine,
     TrainingDiverged,
-    load_checkpoint,
     open_writer,
     restore_rng_state,
     rng_state,

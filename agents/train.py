@@ -53,7 +53,7 @@ PRESETS: dict[str, dict] = {
     "default": {},
     "memory-retention": {"total_steps": 400_000, "num_envs": 32, "num_steps": 64, "hidden_dim": 64,
                          "learning_rate": 1e-3, "num_minibatches": 2, "ent_coef": 0.01},
-    "memory-rewrite": {"total_steps": 1_500_000, "num_envs": 64, "num_steps": 64, "hidden_dim": 64,
+    "memory-rewrite": {"total_steps": 400_000, "num_envs": 64, "num_steps": 64, "hidden_dim": 64,
                        "learning_rate": 1e-3, "num_minibatches": 2, "ent_coef": 0.01},
     "smoke": {"total_steps": 2_048, "num_envs": 8, "num_steps": 32, "hidden_dim": 16, "num_minibatches": 2,
               "update_epochs": 2, "eval_episodes": 8, "checkpoint_every": 2},

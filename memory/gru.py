@@ -1,8 +1,8 @@
 """Stacked GRU with per-step resets.
 
 Each layer runs in two parts: the input projection for all T steps at once (one matmul),
-then the recurrence over time, where `gru_recurrence` is the only sequential code and the
-piece a fused kernel replaces. The initial state is zero; a reset zeroes the carried hidden
+then the recurrence over time through `kernels.gru.gru_sequence` (the fused Triton kernel
+on CUDA, a reference loop elsewhere). The initial state is zero; a reset zeroes the carried hidden
 state before the step reads its input.
 """
 
@@ -12,32 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kernels.gru import gru_sequence
 from memory.base import Backbone, State, StateSpec
-
-
-def gru_cell(
-    input_gates: torch.Tensor, hidden: torch.Tensor, weight_hh: torch.Tensor, bias_hh: torch.Tensor
-) -> torch.Tensor:
-    """One GRU step. input_gates [B, 3H] = x W_ih^T + b_ih (gate order r, z, n as in
-    torch.nn.GRU), hidden [B, H], weight_hh [3H, H], bias_hh [3H] -> hidden [B, H]."""
-    input_reset, input_update, input_candidate = input_gates.chunk(3, dim=-1)
-    hidden_reset, hidden_update, hidden_candidate = F.linear(hidden, weight_hh, bias_hh).chunk(3, dim=-1)
-    reset_gate = torch.sigmoid(input_reset + hidden_reset)
-    update_gate = torch.sigmoid(input_update + hidden_update)
-    candidate = torch.tanh(input_candidate + reset_gate * hidden_candidate)
-    return candidate + update_gate * (hidden - candidate)
-
-
-def gru_recurrence(
-    input_gates: torch.Tensor, hidden: torch.Tensor, weight_hh: torch.Tensor, bias_hh: torch.Tensor, reset: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One GRU layer over time. input_gates [B, T, 3H], hidden [B, H], reset bool [B, T]
-    (zero the carried state before step t) -> (outputs [B, T, H], final hidden)."""
-    outputs = []
-    for t in range(input_gates.shape[1]):
-        hidden = gru_cell(input_gates[:, t], hidden.masked_fill(reset[:, t, None], 0.0), weight_hh, bias_hh)
-        outputs.append(hidden)
-    return torch.stack(outputs, dim=1), hidden
 
 
 class GRUBackbone(Backbone):
@@ -53,7 +29,7 @@ class GRUBackbone(Backbone):
         self.hidden_dim = hidden_dim
         self.num_layers = num_layers
         # nn.GRUCell only holds the parameters (PyTorch's layout and initialisation); the
-        # recurrence above is ours so that resets, and later a fused kernel, fit in.
+        # recurrence is kernels.gru's, which takes resets.
         self.cells = nn.ModuleList(
             nn.GRUCell(input_dim if layer == 0 else hidden_dim, hidden_dim) for layer in range(num_layers)
         )
@@ -65,8 +41,8 @@ class GRUBackbone(Backbone):
         layer_input, hiddens = x, []
         for layer, parameters in enumerate(self.cells):
             input_gates = F.linear(layer_input, parameters.weight_ih, parameters.bias_ih)
-            layer_input, hidden = gru_recurrence(
-                input_gates, state["hidden"][:, layer], parameters.weight_hh, parameters.bias_hh, reset
+            layer_input, hidden = gru_sequence(
+                input_gates, parameters.weight_hh, parameters.bias_hh, reset, state["hidden"][:, layer]
             )
             hiddens.append(hidden)
         return layer_input, {"hidden": torch.stack(hiddens, dim=1)}

@@ -1,8 +1,8 @@
 """Stacked LSTM with per-step resets.
 
 Each layer runs in two parts: the input projection for all T steps at once (one matmul),
-then the recurrence over time, where `lstm_recurrence` is the only sequential code and the
-piece a fused kernel replaces. The initial state is zero; a reset zeroes the carried
+then the recurrence over time through `kernels.lstm.lstm_sequence` (the fused Triton kernel
+on CUDA, a reference loop elsewhere). The initial state is zero; a reset zeroes the carried
 (hidden, cell) before the step reads its input.
 """
 
@@ -12,32 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kernels.lstm import lstm_sequence
 from memory.base import Backbone, State, StateSpec
-
-
-def lstm_cell(
-    input_gates: torch.Tensor, hidden: torch.Tensor, cell: torch.Tensor, weight_hh: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One LSTM step. input_gates [B, 4H] = x W_ih^T + b_ih + b_hh (gate order i, f, g, o
-    as in torch.nn.LSTM), hidden/cell [B, H], weight_hh [4H, H] -> (hidden, cell)."""
-    gates = input_gates + F.linear(hidden, weight_hh)
-    input_gate, forget_gate, candidate, output_gate = gates.chunk(4, dim=-1)
-    cell = torch.sigmoid(forget_gate) * cell + torch.sigmoid(input_gate) * torch.tanh(candidate)
-    hidden = torch.sigmoid(output_gate) * torch.tanh(cell)
-    return hidden, cell
-
-
-def lstm_recurrence(
-    input_gates: torch.Tensor, hidden: torch.Tensor, cell: torch.Tensor, weight_hh: torch.Tensor, reset: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One LSTM layer over time. input_gates [B, T, 4H], hidden/cell [B, H], reset bool [B, T]
-    (zero the carried state before step t) -> (outputs [B, T, H], final hidden, final cell)."""
-    outputs = []
-    for t in range(input_gates.shape[1]):
-        starts = reset[:, t, None]
-        hidden, cell = lstm_cell(input_gates[:, t], hidden.masked_fill(starts, 0.0), cell.masked_fill(starts, 0.0), weight_hh)
-        outputs.append(hidden)
-    return torch.stack(outputs, dim=1), hidden, cell
 
 
 class LSTMBackbone(Backbone):
@@ -53,7 +29,7 @@ class LSTMBackbone(Backbone):
         self.hidden_dim = hidden_dim
         self.num_layers = num_layers
         # nn.LSTMCell only holds the parameters (PyTorch's layout and initialisation); the
-        # recurrence above is ours so that resets, and later a fused kernel, fit in.
+        # recurrence is kernels.lstm's, which takes resets.
         self.cells = nn.ModuleList(
             nn.LSTMCell(input_dim if layer == 0 else hidden_dim, hidden_dim) for layer in range(num_layers)
         )
@@ -67,8 +43,8 @@ class LSTMBackbone(Backbone):
         layer_input, hiddens, cells = x, [], []
         for layer, parameters in enumerate(self.cells):
             input_gates = F.linear(layer_input, parameters.weight_ih, parameters.bias_ih + parameters.bias_hh)
-            layer_input, hidden, cell = lstm_recurrence(
-                input_gates, state["hidden"][:, layer], state["cell"][:, layer], parameters.weight_hh, reset
+            layer_input, (hidden, cell) = lstm_sequence(
+                input_gates, parameters.weight_hh, None, reset, (state["hidden"][:, layer], state["cell"][:, layer])
             )
             hiddens.append(hidden)
             cells.append(cell)
