@@ -239,20 +239,24 @@ class WorldModel(nn.Module):
     def prior_distribution(self, deter: torch.Tensor) -> UnimixCategorical:
         return self.latent_distribution(self.prior(deter))
 
-    def reward(self, deter: torch.Tensor) -> torch.Tensor:
-        return self.two_hot.decode(self.reward_head(deter))
+    def reward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Expected reward of the transition out of the step whose backbone output is `hidden` [..., H] -> [...]."""
+        return self.two_hot.decode(self.reward_head(hidden))
 
-    def continue_probability(self, deter: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.continue_head(deter).squeeze(-1))
+    def continue_probability(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Probability that the episode goes on after that transition [...]."""
+        return torch.sigmoid(self.continue_head(hidden).squeeze(-1))
 
-    def observe(self, obs: torch.Tensor, actions: torch.Tensor, is_first: torch.Tensor) -> dict[str, Any]:
+    def observe(self, obs: torch.Tensor, actions: torch.Tensor, is_first: torch.Tensor,
+                collect_states: bool = True) -> dict[str, Any]:
         """Posterior pass over replayed windows, each started from the initial state.
 
         obs [B, T, ...], actions [B, T, action_dim], is_first bool [B, T] -> dict of
         "posterior", "prior" (distributions over [B, T, num_latents, num_classes]),
         "latents" [B, T, latent_dim], "deter" d [B, T, hidden_dim], "hidden" h [B, T, hidden_dim],
         "features" [B, T, feature_dim], "states": backbone state carried into each row, every
-        leaf [B, T, ...] (detached: only imagination reads it), and "is_first".
+        leaf [B, T, ...] (detached: only imagination reads it; None when the parallel model is
+        asked not to `collect_states`), and "is_first".
         """
         batch_size = is_first.shape[0]
         embedding = self.encoder(obs)
@@ -263,7 +267,7 @@ class WorldModel(nn.Module):
         inputs = torch.cat([latents, actions], -1)
         hidden, _ = self.backbone(inputs, self.backbone.initial_state(batch_size, obs.device), is_first)
         deter = torch.cat([torch.zeros_like(hidden[:, :1]), hidden[:, :-1]], 1).masked_fill(is_first[..., None], 0.0)
-        states = self._states_before_each_row(inputs.detach(), is_first)
+        states = self._states_before_each_row(inputs.detach(), is_first) if collect_states else None
         return self._assemble(posterior, latents, deter, hidden, states, is_first)
 
     @torch.no_grad()
@@ -309,10 +313,11 @@ class WorldModel(nn.Module):
             "states": states,
         }
 
-    def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, Any]]:
+    def loss(self, batch: dict[str, torch.Tensor], collect_states: bool = True
+             ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, Any]]:
         """World-model loss on a replayed batch [B, T] -> (scalar loss, per-term means, observe() output)."""
         config = self.config
-        outputs = self.observe(batch["obs"], batch["action"], batch["is_first"])
+        outputs = self.observe(batch["obs"], batch["action"], batch["is_first"], collect_states)
         prediction = self.decoder(outputs["features"])
         if self.image:
             target = batch["obs"].float() / 255.0 if batch["obs"].dtype == torch.uint8 else batch["obs"]
@@ -650,12 +655,14 @@ class DreamerTrainer:
                  self.replay.sample(config.batch_size, config.batch_length).items()}
         world_model_loss, terms, start = agent.world_model.loss(batch)
         actor_loss, critic_loss, ac_metrics = agent.actor_critic_loss(start)
-        for name, loss in (("world model", world_model_loss), ("actor", actor_loss), ("critic", critic_loss)):
-            if not torch.isfinite(loss):
-                raise TrainingDiverged(
-                    f"the Dreamer {name} loss became {loss.item()} at update {self.update + 1} "
-                    f"(step {self.global_step}); training stopped and the last good checkpoint was kept"
-                )
+        losses = torch.stack([world_model_loss, actor_loss, critic_loss]).detach()
+        if not bool(torch.isfinite(losses).all()):  # one host sync for the three checks
+            name, value = next((name, value) for name, value in zip(("world model", "actor", "critic"), losses.tolist())
+                               if not math.isfinite(value))
+            raise TrainingDiverged(
+                f"the Dreamer {name} loss became {value} at update {self.update + 1} "
+                f"(step {self.global_step}); training stopped and the last good checkpoint was kept"
+            )
         optimizers = (self.world_model_optimizer, self.actor_optimizer, self.critic_optimizer)
         for optimizer in optimizers:
             optimizer.zero_grad(set_to_none=True)
@@ -670,7 +677,8 @@ class DreamerTrainer:
         metrics.update({"losses/world_model/total": world_model_loss, "losses/actor": actor_loss,
                         "losses/critic": critic_loss})
         metrics.update({f"losses/{name}": value for name, value in ac_metrics.items()})
-        return {key: float(value) for key, value in metrics.items()}
+        values = torch.stack([value.detach().float() for value in metrics.values()]).tolist()  # one host sync
+        return dict(zip(metrics, values))
 
     # -- the loop ------------------------------------------------------------------------
 
