@@ -26,7 +26,7 @@ def parameters(trainer: PPOTrainer) -> dict[str, torch.Tensor]:
 
 
 class Interrupt(Exception):
-    pass
+    """Raised from a callback to simulate a run killed between updates."""
 
 
 def test_checkpoint_round_trip(tmp_path):
