@@ -23,13 +23,15 @@ from pathlib import Path
 import gymnasium
 import torch
 
+from agents.dreamer import DreamerConfig, DreamerTrainer
 from agents.ppo import PPOConfig, PPOTrainer
 from agents.run import TrainingDiverged, evaluate, load_checkpoint, seed_everything, write_json
 from envs.gymnasium_adapter import GymnasiumVectorEnv
 from envs.registry import env_names, make_env
 from memory import BACKBONES
 
-AGENTS = ("ppo",)
+AGENTS = {"ppo": (PPOConfig, PPOTrainer), "dreamer": (DreamerConfig, DreamerTrainer)}
+"""agent name -> (config dataclass, trainer class); both trainers share one shape."""
 
 
 @dataclass
@@ -48,7 +50,8 @@ class RunConfig:
     torch_threads: int = field(default=0, metadata={"help": "torch CPU threads (0 keeps torch's default)"})
 
 
-# Presets: overrides of RunConfig and PPOConfig fields, by env and optionally "<env>/<backbone>".
+# Presets: overrides of RunConfig and the agent's config fields, by env and optionally "<env>/<backbone>";
+# presets of an agent other than PPO are named "<agent>:<name>" (e.g. "dreamer:memory-retention").
 PRESETS: dict[str, dict] = {
     "default": {},
     "memory-retention": {"total_steps": 400_000, "num_envs": 32, "num_steps": 64, "hidden_dim": 64,
@@ -57,6 +60,16 @@ PRESETS: dict[str, dict] = {
                        "learning_rate": 1e-3, "num_minibatches": 2, "ent_coef": 0.01},
     "smoke": {"total_steps": 2_048, "num_envs": 8, "num_steps": 32, "hidden_dim": 16, "num_minibatches": 2,
               "update_epochs": 2, "eval_episodes": 8, "checkpoint_every": 2},
+    "dreamer:default": {"num_envs": 16},
+    "dreamer:memory-retention": {"total_steps": 15_000, "num_envs": 8, "hidden_dim": 32, "encoder_dim": 32,
+                                 "mlp_units": 32, "mlp_layers": 1, "num_latents": 4, "num_classes": 4,
+                                 "reward_bins": 63, "batch_size": 8, "batch_length": 32, "train_ratio": 128,
+                                 "prefill": 1000, "world_model_lr": 3e-3, "actor_lr": 1e-3, "critic_lr": 1e-3,
+                                 "actor_entropy": 3e-3, "replay_capacity": 100_000, "checkpoint_every": 500},
+    "dreamer:smoke": {"total_steps": 512, "num_envs": 4, "hidden_dim": 16, "encoder_dim": 16, "mlp_units": 16,
+                      "mlp_layers": 1, "num_latents": 4, "num_classes": 4, "reward_bins": 31, "batch_size": 4,
+                      "batch_length": 8, "train_ratio": 8, "prefill": 64, "imagination_horizon": 5,
+                      "replay_capacity": 4_000, "eval_episodes": 8, "checkpoint_every": 8},
 }
 
 
@@ -65,7 +78,14 @@ class UsageError(ValueError):
 
 
 def _config_fields():
-    return [(RunConfig, f) for f in dataclasses.fields(RunConfig)] + [(PPOConfig, f) for f in dataclasses.fields(PPOConfig)]
+    """RunConfig's fields, then every agent's; a name two agents share (gamma, hidden_dim, ...) appears once."""
+    fields, seen = [(RunConfig, f) for f in dataclasses.fields(RunConfig)], set()
+    for config_class, _ in AGENTS.values():
+        for config_field in dataclasses.fields(config_class):
+            if config_field.name not in seen:
+                fields.append((config_class, config_field))
+                seen.add(config_field.name)
+    return fields
 
 
 def _parse_json_dict(text: str) -> dict:
@@ -108,15 +128,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def resolve_config(args: argparse.Namespace) -> tuple[RunConfig, PPOConfig, str]:
+def resolve_config(args: argparse.Namespace) -> tuple[RunConfig, PPOConfig | DreamerConfig, str]:
     """Defaults < preset < explicit flags; validates names and budgets."""
     explicit = {f.name: getattr(args, f.name) for _, f in _config_fields() if getattr(args, f.name) is not None}
     env_name = explicit.get("env", RunConfig.env)
     backbone = explicit.get("backbone", RunConfig.backbone)
+    agent = explicit.get("agent", RunConfig.agent)
+    if agent not in AGENTS:
+        raise UsageError(f"unknown agent {agent!r}; choose one of: {', '.join(AGENTS)}")
+    prefix = "" if agent == "ppo" else f"{agent}:"
     if args.preset == "auto":
-        preset_names = [name for name in (env_name, f"{env_name}/{backbone}") if name in PRESETS] or ["default"]
-    elif args.preset in PRESETS:
-        preset_names = [args.preset]
+        candidates = (f"{prefix}{env_name}", f"{prefix}{env_name}/{backbone}")
+        preset_names = [name for name in candidates if name in PRESETS] or [f"{prefix}default"]
+    elif f"{prefix}{args.preset}" in PRESETS:
+        preset_names = [f"{prefix}{args.preset}"]
     else:
         raise UsageError(f"unknown preset {args.preset!r}; choose one of: auto, {', '.join(PRESETS)}")
     values: dict = {}
@@ -124,13 +149,19 @@ def resolve_config(args: argparse.Namespace) -> tuple[RunConfig, PPOConfig, str]
         values.update(PRESETS[name])
     values.update(explicit)
     run_fields = {f.name for f in dataclasses.fields(RunConfig)}
+    config_class = AGENTS[agent][0]
+    agent_fields = {f.name for f in dataclasses.fields(config_class)}
+    foreign = sorted(name for name in explicit if name not in run_fields | agent_fields)
+    if foreign:
+        raise UsageError(f"--{foreign[0].replace('_', '-')} is not a setting of the {agent} agent; "
+                         f"see train-agent --help for its options")
     run_config = RunConfig(**{k: v for k, v in values.items() if k in run_fields})
-    ppo_config = PPOConfig(**{k: v for k, v in values.items() if k not in run_fields})
-    validate(run_config, ppo_config)
-    return run_config, ppo_config, "+".join(preset_names)
+    agent_config = config_class(**{k: v for k, v in values.items() if k in agent_fields})
+    validate(run_config, agent_config)
+    return run_config, agent_config, "+".join(preset_names)
 
 
-def validate(run: RunConfig, ppo: PPOConfig) -> None:
+def validate(run: RunConfig, agent_config: PPOConfig | DreamerConfig) -> None:
     if run.agent not in AGENTS:
         raise UsageError(f"unknown agent {run.agent!r}; choose one of: {', '.join(AGENTS)}")
     if run.backbone not in BACKBONES:
@@ -148,6 +179,13 @@ def validate(run: RunConfig, ppo: PPOConfig) -> None:
             raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(run, name)}")
     if run.eval_episodes < 0:
         raise UsageError(f"--eval-episodes must be 0 or more, got {run.eval_episodes}")
+    if isinstance(agent_config, DreamerConfig):
+        try:
+            agent_config.validate()
+        except ValueError as error:
+            raise UsageError(str(error)) from None
+        return
+    ppo = agent_config
     for name in ("num_steps", "num_minibatches", "update_epochs", "hidden_dim", "checkpoint_every"):
         if getattr(ppo, name) <= 0:
             raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(ppo, name)}")
@@ -196,13 +234,13 @@ def run_training(args: argparse.Namespace) -> dict:
         except FileNotFoundError as error:
             raise UsageError(str(error)) from None
         run = RunConfig(**checkpoint["config"]["run"])
-        ppo = PPOConfig(**checkpoint["config"]["ppo"])
+        agent_config = AGENTS[run.agent][0](**checkpoint["config"][run.agent])
         if args.total_steps is not None:
             run = dataclasses.replace(run, total_steps=args.total_steps)
-        validate(run, ppo)
+        validate(run, agent_config)
         preset = checkpoint["config"]["preset"]
     else:
-        run, ppo, preset = resolve_config(args)
+        run, agent_config, preset = resolve_config(args)
         run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(run)
         checkpoint = None
     device = torch.device("cuda" if run.device == "auto" and torch.cuda.is_available() else
@@ -212,9 +250,11 @@ def run_training(args: argparse.Namespace) -> dict:
     seed_everything(run.seed)
     env = make_training_env(run.env, run.num_envs, device, run.seed)
     check_spaces(env)
-    config = {"run": dataclasses.asdict(run), "ppo": dataclasses.asdict(ppo), "preset": preset}
+    config = {"run": dataclasses.asdict(run), run.agent: dataclasses.asdict(agent_config), "preset": preset}
+    trainer_class = AGENTS[run.agent][1]
     try:
-        trainer = PPOTrainer(ppo, env, run.total_steps, device, run.backbone, run_dir=run_dir, progress=not args.quiet)
+        trainer = trainer_class(agent_config, env, run.total_steps, device, run.backbone, run_dir=run_dir,
+                                progress=not args.quiet)
     except (TypeError, ValueError) as error:
         raise UsageError(f"cannot build the agent: {error}") from None
     if checkpoint is not None:

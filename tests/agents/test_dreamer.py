@@ -1,0 +1,334 @@
+"""The Dreamer-style agent: time alignment, imagination, returns, training, checkpoints, learning."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import gymnasium
+import pytest
+import torch
+import torch.nn.functional as F
+
+from agents.dreamer import DreamerAgent, DreamerConfig, DreamerTrainer, lambda_returns
+from agents.run import TrainingDiverged, evaluate, load_checkpoint, seed_everything
+from envs.gymnasium_adapter import GymnasiumVectorEnv
+from envs.registry import make_env
+
+TINY = DreamerConfig(
+    hidden_dim=16, encoder_dim=16, mlp_units=16, mlp_layers=1, num_latents=4, num_classes=4, reward_bins=31,
+    batch_size=4, batch_length=8, train_ratio=32, prefill=32, imagination_horizon=5, replay_capacity=2000,
+    world_model_lr=1e-3, actor_lr=1e-3, critic_lr=1e-3, log_every=1, checkpoint_every=4,
+)
+BACKBONE_OPTIONS = {"gru": {}, "s5": {"num_layers": 1, "state_size": 8},
+                    "transformer": {"num_layers": 1, "num_heads": 2, "window": 8}}
+
+
+def make_trainer(run_dir: Path | None, total_steps: int = 96, backbone: str = "gru", config: DreamerConfig = TINY,
+                 env=None) -> DreamerTrainer:
+    seed_everything(5)
+    env = env if env is not None else make_env("memory-retention", num_envs=4, seed=5, corridor_length=3)
+    config = dataclasses.replace(config, backbone_options=BACKBONE_OPTIONS.get(backbone, {}))
+    return DreamerTrainer(config, env, total_steps, torch.device("cpu"), backbone, run_dir=run_dir, progress=False)
+
+
+def replayed_batch(trainer: DreamerTrainer, batch_size: int = 4) -> dict[str, torch.Tensor]:
+    while not trainer.replay.can_sample(trainer.config.batch_length):
+        trainer.env_step(writer=None)
+    return trainer.replay.sample(batch_size, trainer.config.batch_length)
+
+
+def parameters(trainer: DreamerTrainer) -> dict[str, torch.Tensor]:
+    return {name: value.detach().clone() for name, value in trainer.agent.state_dict().items()}
+
+
+class Interrupt(Exception):
+    pass
+
+
+# -- time alignment and imagination --------------------------------------------------------
+
+
+def test_deter_is_the_previous_hidden_and_zero_at_episode_starts():
+    trainer = make_trainer(None)
+    torch.manual_seed(0)
+    batch = replayed_batch(trainer, batch_size=16)
+    assert batch["is_first"][:, 1:].any(), "the windows must cross episode starts for this test"
+    outputs = trainer.agent.world_model.observe(batch["obs"], batch["action"], batch["is_first"])
+    deter, hidden, is_first = outputs["deter"], outputs["hidden"], batch["is_first"]
+    assert (deter[:, 0] == 0).all()
+    assert (deter[is_first] == 0).all()
+    carried = ~is_first[:, 1:]
+    torch.testing.assert_close(deter[:, 1:][carried], hidden[:, :-1][carried])
+    assert (hidden[:, :-1][carried] != 0).any()
+    features = outputs["features"]
+    assert features.shape == (16, TINY.batch_length, TINY.hidden_dim + TINY.num_latents * TINY.num_classes)
+
+
+def test_replay_rows_hold_the_action_taken_after_the_observation_and_its_reward():
+    trainer = make_trainer(None)
+    batch = replayed_batch(trainer, batch_size=32)
+    env = trainer.env
+    obs, action, reward, terminated = batch["obs"], batch["action"].argmax(-1), batch["reward"], batch["terminated"]
+    at_junction = obs[..., 3] > 0.5
+    # Turning at the junction ends the episode: +1 or -0.01, and the next row starts a new episode.
+    turned = at_junction & (action != 0)
+    assert torch.equal(terminated, turned)
+    assert ((reward[turned] == 1.0) | (reward[turned] == -0.01)).all()
+    assert batch["is_first"][:, 1:][turned[:, :-1]].all()
+    # Moving forward in the corridor is free and advances x by 1 / L in the next row.
+    moved = ~at_junction[:, :-1] & (action[:, :-1] == 0) & ~batch["is_first"][:, 1:]
+    assert (reward[:, :-1][moved] == 0).all()
+    torch.testing.assert_close((obs[:, 1:, 0] - obs[:, :-1, 0])[moved],
+                               torch.full_like(obs[:, 1:, 0][moved], 1 / env.corridor_length))
+
+
+@pytest.mark.parametrize("backbone", ["gru", "s5", "transformer"])
+def test_imagination_with_step_equals_the_same_rollout_through_forward(backbone):
+    """Imagine from the state collected at row t; then run `forward` from the initial state over
+    the replayed rows 0..t-1 followed by the imagined (latent, action) pairs: same hidden, same prior."""
+    trainer = make_trainer(None, backbone=backbone)
+    world_model = trainer.agent.world_model
+    torch.manual_seed(1)
+    batch = replayed_batch(trainer, batch_size=6)
+    start_row, horizon = 5, 4
+    with torch.no_grad():
+        outputs = world_model.observe(batch["obs"], batch["action"], batch["is_first"])
+        state = {key: value[:, start_row] for key, value in outputs["states"].items()}
+        trajectory = world_model.imagine(
+            lambda features: trainer.agent.actor(features).sample(),
+            outputs["deter"][:, start_row], outputs["latents"][:, start_row], state,
+            batch["is_first"][:, start_row], horizon,
+        )
+        replayed_inputs = torch.cat([outputs["latents"], batch["action"]], -1)[:, :start_row]
+        imagined_inputs = torch.cat([trajectory["latents"][:, :-1], trajectory["actions"]], -1)
+        resets = torch.cat([batch["is_first"][:, : start_row + 1],
+                            torch.zeros(6, horizon - 1, dtype=torch.bool)], 1)
+        hidden, _ = world_model.backbone(torch.cat([replayed_inputs, imagined_inputs], 1),
+                                         world_model.backbone.initial_state(6), resets)
+    torch.testing.assert_close(trajectory["hidden"], hidden[:, start_row:], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(world_model.prior_distribution(trajectory["hidden"]).logits,
+                               world_model.prior_distribution(hidden[:, start_row:]).logits, rtol=1e-4, atol=1e-5)
+    assert trajectory["features"].shape == (6, horizon + 1, world_model.feature_dim)
+    torch.testing.assert_close(trajectory["features"][:, 1:, : TINY.hidden_dim], trajectory["hidden"])
+
+
+def test_rssm_posterior_reads_the_memory_and_walks_the_window_step_by_step():
+    config = dataclasses.replace(TINY, world_model="rssm")
+    trainer = make_trainer(None, config=config)
+    world_model = trainer.agent.world_model
+    batch = replayed_batch(trainer)
+    embedding = world_model.encoder(batch["obs"][:, 0])
+    deter = torch.randn(4, TINY.hidden_dim)
+    assert not torch.allclose(world_model.posterior_distribution(embedding, deter).probs,
+                              world_model.posterior_distribution(embedding, torch.zeros_like(deter)).probs)
+    outputs = world_model.observe(batch["obs"], batch["action"], batch["is_first"])
+    carried = ~batch["is_first"][:, 1:]
+    torch.testing.assert_close(outputs["deter"][:, 1:][carried], outputs["hidden"][:, :-1][carried])
+    # The state carried into row t + 1 is h_t even where row t + 1 starts an episode (step applies the reset).
+    torch.testing.assert_close(outputs["states"]["hidden"][:, 1:, 0], outputs["hidden"][:, :-1])
+
+
+def test_lambda_returns_match_their_definition():
+    rewards = torch.tensor([[1.0, 0.0, 2.0]])
+    continues = torch.tensor([[1.0, 1.0, 0.0]])
+    values = torch.tensor([[0.5, 1.0, 3.0, 100.0]])
+    gamma = 0.9
+    # lambda = 1: discounted rewards until the predicted end, no bootstrap past it.
+    torch.testing.assert_close(lambda_returns(rewards, continues, values, gamma, 1.0),
+                               torch.tensor([[1.0 + 0.9 * 0.0 + 0.81 * 2.0, 0.0 + 0.9 * 2.0, 2.0]]))
+    # lambda = 0: one-step targets r_i + gamma c_i v_{i+1}.
+    torch.testing.assert_close(lambda_returns(rewards, continues, values, gamma, 0.0),
+                               torch.tensor([[1.0 + 0.9 * 1.0, 0.0 + 0.9 * 3.0, 2.0]]))
+
+
+def test_image_observations_use_the_cnn_encoder_and_transposed_cnn_decoder():
+    torch.manual_seed(2)
+    config = dataclasses.replace(TINY, decoder_channels=4)
+    observation_space = gymnasium.spaces.Box(0, 255, (64, 64, 3), dtype="uint8")
+    agent = DreamerAgent(observation_space, gymnasium.spaces.Discrete(5), "gru", config)
+    batch = {
+        "obs": torch.randint(0, 256, (2, 6, 64, 64, 3), dtype=torch.uint8),
+        "action": F.one_hot(torch.randint(0, 5, (2, 6)), 5).float(),
+        "is_first": torch.zeros(2, 6, dtype=torch.bool),
+        "reward": torch.randn(2, 6),
+        "terminated": torch.zeros(2, 6, dtype=torch.bool),
+    }
+    loss, terms, outputs = agent.world_model.loss(batch)
+    assert agent.world_model.decoder(outputs["features"]).shape == (2, 6, 64, 64, 3)
+    # Uniform pixels against a prediction near 0 cost about 64 * 64 * 3 / 3 per image.
+    assert 2000 < terms["rec"].item() < 8000
+    actor_loss, critic_loss, _ = agent.actor_critic_loss(outputs)
+    (loss + actor_loss + critic_loss).backward()
+    assert all(torch.isfinite(value) for value in (loss, actor_loss, critic_loss))
+    action, state = agent.act(batch["obs"][:, 0], agent.initial_state(2), torch.ones(2, dtype=torch.bool))
+    assert action.dtype == torch.int64 and action.shape == (2,) and state["deter"].shape == (2, TINY.hidden_dim)
+
+
+# -- training ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backbone", ["gru", "s5", "transformer"])
+def test_a_few_updates_run_with_finite_losses(backbone):
+    trainer = make_trainer(None, backbone=backbone)
+    logged = []
+    trainer.train(on_update=lambda trainer, metrics: logged.append(metrics))
+    assert trainer.global_step == 96 and trainer.update == len(logged) >= 4
+    for key in ("losses/world_model/dyn", "losses/world_model/rep", "losses/world_model/rec", "losses/world_model/rew",
+                "losses/world_model/con", "losses/actor", "losses/critic", "charts/SPS"):
+        assert all(torch.isfinite(torch.tensor(metrics[key])) for metrics in logged), key
+    assert logged[-1]["losses/world_model/dyn"] >= TINY.free_nats
+
+
+def test_rssm_world_model_trains():
+    trainer = make_trainer(None, config=dataclasses.replace(TINY, world_model="rssm"))
+    metrics = trainer.train()
+    assert trainer.update >= 4 and all(torch.isfinite(torch.tensor(value)) for value in metrics.values())
+
+
+def test_continuous_actions_train_through_the_gymnasium_adapter():
+    env = GymnasiumVectorEnv("Pendulum-v1", num_envs=2, seed=0)
+    trainer = make_trainer(None, total_steps=48, env=env)
+    metrics = trainer.train()
+    assert trainer.update >= 2 and all(torch.isfinite(torch.tensor(value)) for value in metrics.values())
+    stored = trainer.replay.storage["action"][:, : trainer.replay.size]
+    assert stored.shape[-1] == 1 and stored.abs().max() <= 1.0
+    action, _ = trainer.agent.act(trainer.next_obs, trainer.state, trainer.next_is_first)
+    assert action.shape == (2, 1) and action.abs().max() <= 2.0  # Pendulum's torque bound
+
+
+def test_random_prefill_then_train_ratio_sets_the_number_of_updates():
+    trainer = make_trainer(None, total_steps=96)
+    trainer.train()
+    # Training starts once 32 steps are stored; then each 4-env step adds 4 * 32 / (4 * 8) = 4 updates.
+    steps_with_credit = (96 - 32) // 4 + 1
+    assert trainer.update == steps_with_credit * 4
+
+
+def test_evaluate_runs_the_dreamer_agent():
+    trainer = make_trainer(None)
+    result = evaluate(trainer.agent, make_env("memory-retention", num_envs=6, seed=1, corridor_length=3))
+    assert result["episodes"] == 6 and 0.0 <= result["success_rate"] <= 1.0
+
+
+def test_bad_settings_are_refused_in_one_sentence():
+    with pytest.raises(ValueError, match="unknown world_model 'lstm'; choose one of: parallel, rssm"):
+        make_trainer(None, config=dataclasses.replace(TINY, world_model="lstm"))
+    with pytest.raises(ValueError, match="batch_length must be positive, got 0"):
+        make_trainer(None, config=dataclasses.replace(TINY, batch_length=0))
+    with pytest.raises(ValueError, match="replay_capacity .* must hold at least batch_length"):
+        make_trainer(None, config=dataclasses.replace(TINY, replay_capacity=16))
+    with pytest.raises(ValueError, match="total_steps must be positive"):
+        make_trainer(None, total_steps=0)
+
+
+# -- checkpoints ---------------------------------------------------------------------------
+
+
+def test_checkpoint_round_trip(tmp_path):
+    trainer = make_trainer(tmp_path)
+    trainer.train(checkpoint_extra={"config": {"note": "kept"}})
+    payload = load_checkpoint(tmp_path)
+    assert payload["config"] == {"note": "kept"}
+    assert payload["update"] == trainer.update and payload["global_step"] == 96
+    assert payload["replay"] is not None
+    restored = make_trainer(None)
+    restored.restore(payload)
+    for name, value in parameters(trainer).items():
+        torch.testing.assert_close(parameters(restored)[name], value, rtol=0, atol=0)
+    assert restored.replay.size == trainer.replay.size
+    assert torch.equal(restored.replay.storage["obs"], trainer.replay.storage["obs"])
+    assert restored.train_credit == trainer.train_credit
+    assert not list(tmp_path.glob("*.tmp")), "no temp file may be left behind"
+
+
+def test_interrupted_and_resumed_run_equals_uninterrupted_run(tmp_path):
+    uninterrupted = make_trainer(tmp_path / "a")
+    uninterrupted.train()
+
+    def stop_at_a_checkpoint(trainer, metrics):
+        if trainer.update == 8:
+            raise Interrupt
+
+    interrupted = make_trainer(tmp_path / "b")
+    with pytest.raises(Interrupt):
+        interrupted.train(on_update=stop_at_a_checkpoint)
+    resumed = make_trainer(tmp_path / "b")
+    torch.manual_seed(12345)  # a different RNG state: the checkpoint must restore the right one
+    resumed.restore(load_checkpoint(tmp_path / "b"))
+    assert resumed.update == 8
+    resumed.train()
+    assert (resumed.global_step, resumed.update) == (uninterrupted.global_step, uninterrupted.update)
+    expected = parameters(uninterrupted)
+    for name, value in parameters(resumed).items():
+        torch.testing.assert_close(value, expected[name], rtol=0, atol=0, msg=f"parameter {name} differs")
+
+
+def test_a_large_replay_is_left_out_and_refilled_with_the_policy_on_resume(tmp_path):
+    config = dataclasses.replace(TINY, replay_checkpoint_mb=0.0)
+    trainer = make_trainer(tmp_path, total_steps=64, config=config)
+    trainer.train()
+    payload = load_checkpoint(tmp_path)
+    assert payload["replay"] is None
+    resumed = make_trainer(tmp_path, total_steps=128, config=config)
+    resumed.restore(payload)
+    assert resumed.replay.size == 0 and not resumed.ready_to_train()
+    updates_before = resumed.update
+    resumed.train()
+    # 32 prefill steps (8 env steps of 4 envs) refill the replay, then training goes on.
+    assert resumed.update == updates_before + ((128 - 64 - 32) // 4 + 1) * 4
+
+
+def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
+    trainer = make_trainer(tmp_path)
+
+    def poison_after_first_checkpoint(trainer, metrics):
+        if trainer.update == 4:
+            with torch.no_grad():
+                trainer.agent.world_model.decoder[-1].weight.fill_(float("nan"))
+
+    with pytest.raises(TrainingDiverged, match="world model loss became nan at update 5"):
+        trainer.train(on_update=poison_after_first_checkpoint)
+    payload = load_checkpoint(tmp_path)
+    assert payload["update"] == 4
+    assert all(torch.isfinite(value).all() for value in payload["agent"].values() if value.is_floating_point())
+
+
+# -- learning ------------------------------------------------------------------------------
+
+LEARNING = DreamerConfig(
+    hidden_dim=32, encoder_dim=32, mlp_units=32, mlp_layers=1, num_latents=4, num_classes=4, reward_bins=63,
+    batch_size=8, batch_length=16, train_ratio=64, prefill=1000, imagination_horizon=10, replay_capacity=100_000,
+    world_model_lr=3e-3, actor_lr=1e-3, critic_lr=1e-3, actor_entropy=3e-3, checkpoint_every=10**9,
+)
+
+
+def train_on_memory_retention(backbone: str, seed: int = 0) -> tuple[DreamerTrainer, list[float], dict, float]:
+    """Dreamer on memory-retention with a 4-step corridor (the cue must be held for 5 steps)."""
+    torch.set_num_threads(1)
+    seed_everything(seed)
+    env = make_env("memory-retention", num_envs=8, seed=seed, corridor_length=4)
+    trainer = DreamerTrainer(LEARNING, env, 4500, torch.device("cpu"), backbone, progress=False)
+    world_model_losses: list[float] = []
+    started = time.perf_counter()
+    trainer.train(on_update=lambda trainer, metrics: world_model_losses.append(metrics["losses/world_model/total"]))
+    seconds = time.perf_counter() - started
+    result = evaluate(trainer.agent, make_env("memory-retention", num_envs=200, seed=seed + 100, corridor_length=4))
+    return trainer, world_model_losses, result, seconds
+
+
+@pytest.mark.slow
+def test_dreamer_with_memory_beats_the_memoryless_ceiling_on_memory_retention():
+    trainer, losses, result, seconds = train_on_memory_retention("gru")
+    print(f"dreamer+gru on memory-retention (corridor 4): {trainer.update} updates, {seconds:.0f} s, "
+          f"world-model loss {sum(losses[:20]) / 20:.2f} -> {sum(losses[-20:]) / 20:.2f}, eval {result}")
+    assert sum(losses[-20:]) / 20 < 0.5 * sum(losses[:20]) / 20
+    assert result["success_rate"] >= 0.9 > trainer.env.chance_success + 0.3
+
+
+@pytest.mark.slow
+def test_memoryless_dreamer_stays_at_chance_on_memory_retention():
+    trainer, losses, result, seconds = train_on_memory_retention("none")
+    print(f"dreamer+none on memory-retention (corridor 4): {seconds:.0f} s, eval {result}")
+    assert result["success_rate"] <= trainer.env.chance_success + 0.1
