@@ -15,14 +15,18 @@ from agents.dreamer import DreamerAgent, DreamerConfig, DreamerTrainer, lambda_r
 from agents.run import TrainingDiverged, evaluate, load_checkpoint, seed_everything
 from envs.gymnasium_adapter import GymnasiumVectorEnv
 from envs.registry import make_env
+from memory import BACKBONES
 
 TINY = DreamerConfig(
     hidden_dim=16, encoder_dim=16, mlp_units=16, mlp_layers=1, num_latents=4, num_classes=4, reward_bins=31,
     batch_size=4, batch_length=8, train_ratio=32, prefill=32, imagination_horizon=5, replay_capacity=2000,
     world_model_lr=1e-3, actor_lr=1e-3, critic_lr=1e-3, log_every=1, checkpoint_every=4,
 )
-BACKBONE_OPTIONS = {"gru": {}, "s5": {"num_layers": 1, "state_size": 8},
-                    "transformer": {"num_layers": 1, "num_heads": 2, "window": 8}}
+BACKBONE_OPTIONS = {"s4": {"num_layers": 1, "state_size": 8}, "s5": {"num_layers": 1, "state_size": 8},
+                    "mamba": {"num_layers": 1, "state_size": 4},
+                    "transformer": {"num_layers": 1, "num_heads": 2, "window": 8},
+                    "memory_tokens": {"num_layers": 1, "num_heads": 2, "num_tokens": 2}}
+EVERY_BACKBONE = sorted(BACKBONES)
 
 
 def make_trainer(run_dir: Path | None, total_steps: int = 96, backbone: str = "gru", config: DreamerConfig = TINY,
@@ -44,7 +48,7 @@ def parameters(trainer: DreamerTrainer) -> dict[str, torch.Tensor]:
 
 
 class Interrupt(Exception):
-    pass
+    """Raised from a callback to simulate a run killed between updates."""
 
 
 # -- time alignment and imagination --------------------------------------------------------
@@ -84,7 +88,7 @@ def test_replay_rows_hold_the_action_taken_after_the_observation_and_its_reward(
                                torch.full_like(obs[:, 1:, 0][moved], 1 / env.corridor_length))
 
 
-@pytest.mark.parametrize("backbone", ["gru", "s5", "transformer"])
+@pytest.mark.parametrize("backbone", EVERY_BACKBONE)
 def test_imagination_with_step_equals_the_same_rollout_through_forward(backbone):
     """Imagine from the state collected at row t; then run `forward` from the initial state over
     the replayed rows 0..t-1 followed by the imagined (latent, action) pairs: same hidden, same prior."""
@@ -169,7 +173,7 @@ def test_image_observations_use_the_cnn_encoder_and_transposed_cnn_decoder():
 # -- training ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("backbone", ["gru", "s5", "transformer"])
+@pytest.mark.parametrize("backbone", EVERY_BACKBONE)
 def test_a_few_updates_run_with_finite_losses(backbone):
     trainer = make_trainer(None, backbone=backbone)
     logged = []
@@ -318,7 +322,6 @@ def train_on_memory_retention(backbone: str, seed: int = 0) -> tuple[DreamerTrai
     return trainer, world_model_losses, result, seconds
 
 
-@pytest.mark.slow
 def test_dreamer_with_memory_beats_the_memoryless_ceiling_on_memory_retention():
     trainer, losses, result, seconds = train_on_memory_retention("gru")
     print(f"dreamer+gru on memory-retention (corridor 4): {trainer.update} updates, {seconds:.0f} s, "
