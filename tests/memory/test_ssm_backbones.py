@@ -57,7 +57,7 @@ def test_forward_runs_one_scan_per_layer_not_a_loop_over_time(name, monkeypatch)
         return original(*args, **kwargs)
 
     monkeypatch.setattr(module, scan, counting_scan)
-    backbone = build(name, num_layers=3)
+    backbone = build(name, num_layers=3, **({"mode": "scan"} if name == "s4" else {}))
     backbone(torch.randn(2, 40, INPUT_DIM, dtype=torch.float64), backbone.initial_state(2), no_reset(2, 40))
     assert calls == [40, 40, 40]
 
@@ -68,6 +68,7 @@ def test_forward_runs_one_scan_per_layer_not_a_loop_over_time(name, monkeypatch)
         ("s4", {"state_size": 7}, "state_size must be an even integer >= 2"),
         ("s4", {"init": "legs"}, r"init must be one of \('lin', 'inv'\), got 'legs'"),
         ("s4", {"num_layers": 0}, "num_layers must be a positive integer, got 0"),
+        ("s4", {"mode": "fft"}, r"mode must be one of \('auto', 'scan', 'convolution'\), got 'fft'"),
         ("s5", {"state_size": 0}, "state_size must be an even integer >= 2"),
         ("s5", {"dt_min": 0.5, "dt_max": 0.1}, "dt_min and dt_max must satisfy 0 < dt_min <= dt_max"),
         ("mamba", {"conv_kernel": 0}, "conv_kernel must be a positive integer, got 0"),
@@ -114,6 +115,42 @@ def test_s4d_recurrence_equals_its_convolution_kernel_restarted_at_resets():
                 lags = torch.arange(t - start + 1)
                 expected = (kernel[lags] * u[0, t - lags]).sum(0) + mixer.D * u[0, t]
                 torch.testing.assert_close(y[0, t], expected, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("length", [1, 17, 40])
+def test_s4d_convolution_mode_equals_the_scan_with_resets_initial_state_and_gradients(length):
+    torch.manual_seed(length)
+    x = torch.randn(3, length, INPUT_DIM, dtype=torch.float64)
+    reset = torch.rand(3, length) < 0.2
+    reset[1, 0] = True
+    initial = {name: torch.randn_like(value) for name, value in build("s4", state_size=8).initial_state(3).items()}
+    results = {}
+    for mode in ("scan", "convolution"):
+        backbone = build("s4", state_size=8, num_layers=2, mode=mode)
+        inputs = x.clone().requires_grad_()
+        state = {name: value.clone().requires_grad_() for name, value in initial.items()}
+        y, final = backbone(inputs, state, reset)
+        loss = (y * torch.linspace(-1, 1, y.numel(), dtype=torch.float64).view_as(y)).sum()
+        loss = loss + sum((value.real ** 3 + value.imag).sum() for value in final.values())
+        gradients = torch.autograd.grad(loss, [inputs, *state.values(), *backbone.parameters()])
+        results[mode] = (y, final, gradients)
+    (y_scan, final_scan, grads_scan), (y_conv, final_conv, grads_conv) = results.values()
+    torch.testing.assert_close(y_conv, y_scan, rtol=1e-10, atol=1e-10)
+    for name in final_scan:
+        torch.testing.assert_close(final_conv[name], final_scan[name], rtol=1e-10, atol=1e-10)
+    for grad_conv, grad_scan in zip(grads_conv, grads_scan):
+        torch.testing.assert_close(grad_conv, grad_scan, rtol=1e-9, atol=1e-9)
+
+
+def test_s4d_auto_mode_takes_the_convolution_for_windows_up_to_the_state_size(monkeypatch):
+    calls = []
+    original = memory.s4.linear_scan
+    monkeypatch.setattr(memory.s4, "linear_scan", lambda *args, **kwargs: calls.append(1) or original(*args, **kwargs))
+    backbone = build("s4", state_size=8, num_layers=1)
+    backbone(torch.randn(2, 8, INPUT_DIM, dtype=torch.float64), backbone.initial_state(2), no_reset(2, 8))
+    assert calls == []
+    backbone(torch.randn(2, 9, INPUT_DIM, dtype=torch.float64), backbone.initial_state(2), no_reset(2, 9))
+    assert calls == [1]
 
 
 # -- S5 ---------------------------------------------------------------------------------------
