@@ -55,11 +55,12 @@ def run_with_grads(a, b, reset, initial_state, grad_h, grad_final, impl, dtype):
     return (h.detach(), final_state.detach(), *grads)
 
 
-def assert_matches_reference(batch_size, length, state_shape, reset_probability, dtype, device="cpu", tolerance=None):
+def assert_matches_reference(batch_size, length, state_shape, reset_probability, dtype, device="cpu", tolerance=None,
+                             impl="triton"):
     reset, a, b, initial_state, grad_h, grad_final = random_inputs(
         batch_size, length, state_shape, reset_probability, dtype, device
     )
-    got = run_with_grads(a, b, reset, initial_state, grad_h, grad_final, "triton", dtype)
+    got = run_with_grads(a, b, reset, initial_state, grad_h, grad_final, impl, dtype)
     expected = run_with_grads(a, b, reset, initial_state, grad_h, grad_final, "naive", WIDE[dtype])
     for name, value, reference in zip(("h", "final_state", "grad_a", "grad_b", "grad_initial_state"), got, expected):
         assert value.dtype == dtype, name
@@ -84,6 +85,24 @@ CASES = [
 @pytest.mark.parametrize("batch_size, length, channels, reset_probability, dtype", CASES)
 def test_triton_matches_naive(batch_size, length, channels, reset_probability, dtype):
     assert_matches_reference(batch_size, length, (channels,), reset_probability, dtype)
+
+
+@pytest.mark.parametrize("batch_size, length, channels, reset_probability, dtype", CASES)
+def test_parallel_torch_scan_matches_naive(batch_size, length, channels, reset_probability, dtype):
+    assert_matches_reference(batch_size, length, (channels,), reset_probability, dtype, impl="parallel")
+
+
+def test_parallel_torch_scan_takes_expanded_decays_and_a_missing_upstream_gradient():
+    """S4 passes one decay per channel expanded over [B, T]; only the final state may be used."""
+    reset, a, b, initial_state, _, grad_final = random_inputs(2, 37, (6,), 0.1, torch.complex64)
+    results = []
+    for impl in ("parallel", "naive"):
+        decay = a[:1, :1].clone().requires_grad_()
+        drive, initial = b.clone().requires_grad_(), initial_state.clone().requires_grad_()
+        _, final_state = linear_scan(decay.expand_as(b), drive, reset, initial, impl=impl)
+        results.append((final_state, *torch.autograd.grad(final_state, (decay, drive, initial), grad_final)))
+    for got, expected in zip(*results):
+        torch.testing.assert_close(got, expected, **TOLERANCES[torch.complex64])
 
 
 def test_trailing_state_dims_are_flattened():
