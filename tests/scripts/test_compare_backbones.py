@@ -1,0 +1,175 @@
+"""compare-backbones: the grid, resumption, bad input, and a tiny end-to-end study."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from memory import BACKBONES
+from scripts import compare_backbones
+from scripts.compare_backbones import (
+    build_grid,
+    curve_on_grid,
+    main,
+    normalised_auc,
+    run_grid,
+)
+
+SMOKE = ["--preset", "smoke", "--total-steps", "1024", "--eval-episodes", "8"]
+
+
+def read_csv(path):
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_grid_nests_env_agent_backbone_seed_into_run_dirs(tmp_path):
+    runs = build_grid(["ppo"], ["s5", "none"], ["memory-retention", "memory-rewrite"], 2, tmp_path)
+    assert len(runs) == 8
+    assert [(run.env, run.backbone, run.seed) for run in runs[:4]] == [
+        ("memory-retention", "s5", 1), ("memory-retention", "s5", 2),
+        ("memory-retention", "none", 1), ("memory-retention", "none", 2)]
+    assert runs[-1].run_dir == tmp_path / "memory-rewrite" / "ppo__none" / "seed2"
+
+
+def test_dry_run_prints_each_run_with_its_status(tmp_path, capsys):
+    study = tmp_path / "study"
+    done = study / "memory-retention" / "ppo__gru" / "seed1"
+    done.mkdir(parents=True)
+    (done / "eval.json").write_text("{}")
+    (done / "checkpoint.pkl").write_bytes(b"")
+    half = study / "memory-retention" / "ppo__gru" / "seed2"
+    half.mkdir(parents=True)
+    (half / "checkpoint.pkl").write_bytes(b"")
+    assert main(["--backbones", "none", "gru", "--envs", "memory-retention", "--seeds", "2",
+                 "--study-dir", str(study), "--dry-run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == ["new", "new", "done", "resume"]
+    assert lines[3].endswith(str(half)) and "ppo__gru seed2" in lines[3]
+    assert not (study / "memory-retention" / "ppo__none").exists()
+
+    assert main(["--backbones", "all", "--envs", "memory-retention", "--seeds", "1",
+                 "--study-dir", str(study), "--dry-run"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == len(BACKBONES)
+
+
+def test_run_grid_skips_finished_runs_resumes_checkpointed_ones_and_counts_failures(tmp_path, monkeypatch, capsys):
+    runs = build_grid(["ppo"], ["gru"], ["memory-retention"], 3, tmp_path)
+    runs[0].run_dir.mkdir(parents=True)
+    (runs[0].run_dir / "eval.json").write_text("{}")
+    runs[1].run_dir.mkdir(parents=True)
+    (runs[1].run_dir / "checkpoint.pkl").write_bytes(b"")
+    calls = []
+
+    def fake_execute(arguments, log_path, torch_threads):
+        calls.append(arguments)
+        run_dir = arguments[arguments.index("--run-dir") + 1]
+        if "--resume" in arguments:
+            evaluation = {"success_rate": 1.0, "return_mean": 0.5, "global_step": 1024, "train_wall_time_seconds": 2.0}
+            (tmp_path / run_dir / "eval.json").write_text(json.dumps(evaluation))
+            return 0, 3.0
+        return 1, 1.0
+
+    monkeypatch.setattr(compare_backbones, "execute", fake_execute)
+    failures = run_grid(runs, ["--total-steps", "1024"], workers=2, torch_threads=1)
+    assert failures == 1
+    by_seed = {call[call.index("--seed") + 1]: call for call in calls}
+    assert sorted(by_seed) == ["2", "3"]
+    assert "--resume" in by_seed["2"] and "--resume" not in by_seed["3"]
+    assert by_seed["3"][-2:] == ["--total-steps", "1024"]
+    out = capsys.readouterr().out
+    assert "seed2: success 1.000, return 0.500, 512 SPS" in out
+    assert "seed3: FAILED (exit 1); see" in out
+
+
+def test_learning_curve_is_binned_then_interpolated_and_its_auc_is_normalised():
+    grid = np.linspace(0, 100, 11)
+    curve = curve_on_grid(np.array([12.0, 18.0, 95.0]), np.array([0.0, 1.0, 1.0]), grid)
+    assert curve[0] == curve[1] == 0.5  # the first cell's mean, held before its centre
+    assert curve[-1] == 1.0
+    assert 0.0 <= normalised_auc(curve) <= 1.0
+    assert normalised_auc(np.ones(11)) == 1.0
+    assert np.isnan(curve_on_grid(np.zeros(0), np.zeros(0), grid)).all()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--backbones", "lsmt"], "unknown backbone 'lsmt'; choose from: all, none"),
+        (["--envs", "nowhere"], "unknown env 'nowhere'"),
+        (["--agents", "sarsa"], "unknown agent 'sarsa'"),
+        (["--seeds", "0"], "--seeds must be 1 or more, got 0"),
+        (["--train-arg", "seed=4"], "sets seed, which the study sets itself"),
+        (["--train-arg", "no_such_setting=1"], "must be KEY=VALUE with KEY a train-agent setting"),
+        (["--train-arg", "num_envs=6", "--train-arg", "num_minibatches=4"], "must be divisible by --num-minibatches"),
+        (["--eval-episodes", "0"], "--eval-episodes must be 1 or more"),
+    ],
+    ids=["backbone", "env", "agent", "seeds", "grid-setting", "unknown-setting", "train-agent-check", "no-eval"],
+)
+def test_bad_input_is_one_sentence_and_exit_code_2(tmp_path, capsys, args, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, "--study-dir", str(tmp_path / "study"), "--dry-run"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.skipif(importlib.util.find_spec("ray") is not None, reason="ray is installed")
+def test_ray_address_without_ray_asks_to_install_it_without_a_traceback(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "scripts.compare_backbones", "--ray-address", "auto",
+                             "--study-dir", str(tmp_path), "--dry-run"],
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 2
+    assert "pip install ray" in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_tiny_study_trains_aggregates_plots_and_resumes(tmp_path, capsys):
+    study, output = tmp_path / "study", tmp_path / "out"
+    argv = ["--backbones", "none", "gru", "--envs", "memory-retention", "--seeds", "2", "--workers", "2",
+            "--study-dir", str(study), "--output-dir", str(output), *SMOKE]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "4 runs: 4 new, 0 to resume, 0 done" in out and out.count("SPS") == 4
+
+    runs = read_csv(output / "runs.csv")
+    assert [(row["backbone"], row["seed"]) for row in runs] == [("none", "1"), ("none", "2"), ("gru", "1"), ("gru", "2")]
+    for row in runs:
+        assert 0.0 <= float(row["success_rate"]) <= 1.0 and 0.0 <= float(row["auc"]) <= 1.0
+        assert float(row["sps"]) > 0 and int(row["parameters"]) > 0 and float(row["peak_memory_mb"]) > 0
+        assert int(row["global_step"]) == 1024 and row["preset"] == "smoke"
+    results = read_csv(output / "results.csv")
+    assert [(row["env"], row["agent"], row["backbone"], row["seeds"]) for row in results] == [
+        ("memory-retention", "ppo", "none", "2"), ("memory-retention", "ppo", "gru", "2")]
+    for row in results:
+        for metric in ("success", "auc"):
+            for statistic in ("iqm", "mean"):
+                low, point, high = (float(row[f"{metric}_{statistic}{suffix}"]) for suffix in ("_low", "", "_high"))
+                assert 0.0 <= low <= point <= high <= 1.0
+        assert -1.0 <= float(row["return_mean"]) <= 1.0
+    assert int(results[1]["parameters"]) > int(results[0]["parameters"])  # a GRU has more weights than the MLP
+
+    markdown = (output / "results.md").read_text()
+    assert "## memory-retention — ppo" in markdown and "| none | 2 |" in markdown and "| gru | 2 |" in markdown
+    assert "commit" in markdown and "compare-backbones --backbones none gru" in markdown
+    assert "torch" in markdown and "1,024 env steps per run, preset smoke" in markdown
+    for name in compare_backbones.PLOT_NAMES:
+        assert (output / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(output.glob(".*.tmp"))
+
+    interrupted = study / "memory-retention" / "ppo__gru" / "seed2"
+    (interrupted / "eval.json").unlink()
+    checkpoint = (interrupted / "checkpoint.pkl").read_bytes()
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "4 runs: 0 new, 1 to resume, 3 done" in out and "[1/1] memory-retention ppo__gru seed2" in out
+    assert (interrupted / "eval.json").exists()
+    assert (interrupted / "checkpoint.pkl").read_bytes() == checkpoint  # finished training was not redone
+    commands = [line for line in (interrupted / "train.log").read_text().splitlines() if line.startswith("$ ")]
+    assert len(commands) == 2 and not commands[0].endswith("--resume") and commands[1].endswith("--resume")
