@@ -548,6 +548,12 @@ class DreamerTrainer:
     current policy before it trains again.
     """
 
+    @staticmethod
+    def build_agent(config: DreamerConfig, observation_space: gymnasium.Space, action_space: gymnasium.Space,
+                    backbone: str) -> DreamerAgent:
+        """The untrained agent a run with `config` trains (also how a checkpoint's agent is rebuilt)."""
+        return DreamerAgent(observation_space, action_space, backbone, config)
+
     def __init__(self, config: DreamerConfig, env, total_steps: int, device: torch.device,
                  backbone: str, run_dir: Path | None = None, progress: bool = True):
         if total_steps <= 0:
@@ -562,7 +568,7 @@ class DreamerTrainer:
         self.total_steps = total_steps
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.show_progress = progress
-        self.agent = DreamerAgent(env.single_observation_space, env.single_action_space, backbone, config).to(self.device)
+        self.agent = self.build_agent(config, env.single_observation_space, env.single_action_space, backbone).to(self.device)
         self.world_model_optimizer = torch.optim.Adam(self.agent.world_model.parameters(), lr=config.world_model_lr, eps=1e-8)
         self.actor_optimizer = torch.optim.Adam(self.agent.actor.parameters(), lr=config.actor_lr, eps=1e-5)
         self.critic_optimizer = torch.optim.Adam(self.agent.critic.parameters(), lr=config.critic_lr, eps=1e-5)

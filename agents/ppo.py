@@ -153,6 +153,12 @@ class Rollout:
 class PPOTrainer:
     """Owns the agent, optimiser, env carry and counters; `train` runs to `total_steps`."""
 
+    @staticmethod
+    def build_agent(config: PPOConfig, observation_space: gymnasium.Space, action_space: gymnasium.Space,
+                    backbone: str) -> RecurrentActorCritic:
+        """The untrained agent a run with `config` trains (also how a checkpoint's agent is rebuilt)."""
+        return RecurrentActorCritic(observation_space, action_space, backbone, config.hidden_dim, config.backbone_options)
+
     def __init__(self, config: PPOConfig, env, total_steps: int, device: torch.device,
                  backbone: str, run_dir: Path | None = None, progress: bool = True):
         if total_steps <= 0:
@@ -166,9 +172,7 @@ class PPOTrainer:
         self.total_steps = total_steps
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.show_progress = progress
-        self.agent = RecurrentActorCritic(
-            env.single_observation_space, env.single_action_space, backbone, config.hidden_dim, config.backbone_options
-        ).to(device)
+        self.agent = self.build_agent(config, env.single_observation_space, env.single_action_space, backbone).to(device)
         self.optimizer = torch.optim.Adam(self.agent.parameters(), lr=config.learning_rate, eps=1e-5)
         self.batch_size = env.num_envs * config.num_steps
         self.num_updates = math.ceil(total_steps / self.batch_size)

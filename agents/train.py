@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import resource
 import sys
 import time
 from dataclasses import dataclass, field
@@ -224,6 +225,35 @@ def check_spaces(env) -> None:
         )
 
 
+def configs_from_checkpoint(checkpoint: dict) -> tuple[RunConfig, PPOConfig | DreamerConfig]:
+    """The run and agent configs a checkpoint was trained with."""
+    run = RunConfig(**checkpoint["config"]["run"])
+    return run, AGENTS[run.agent][0](**checkpoint["config"][run.agent])
+
+
+def load_trained_agent(run_dir: Path, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, RunConfig]:
+    """The agent of a `train-agent` run dir with its last checkpoint's weights (eval mode, on `device`)
+    and the run's config; FileNotFoundError when the run dir holds no checkpoint."""
+    checkpoint = load_checkpoint(run_dir)
+    run, agent_config = configs_from_checkpoint(checkpoint)
+    spaces = make_training_env(run.env, 1, torch.device(device), run.seed)
+    agent = AGENTS[run.agent][1].build_agent(agent_config, spaces.single_observation_space,
+                                             spaces.single_action_space, run.backbone)
+    agent.load_state_dict(checkpoint["agent"])
+    return agent.to(device).eval(), run
+
+
+def resource_usage(agent: torch.nn.Module, device: torch.device) -> dict:
+    """Trainable parameters and peak memory in MiB: CUDA memory allocated on a GPU, else the
+    process's peak resident set size (which includes the Python interpreter and torch)."""
+    if device.type == "cuda":
+        peak_bytes = torch.cuda.max_memory_allocated(device)
+    else:
+        peak_bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # ru_maxrss is in KiB on Linux
+    return {"parameters": sum(p.numel() for p in agent.parameters() if p.requires_grad),
+            "peak_memory_mb": round(peak_bytes / 2**20, 1)}
+
+
 def run_training(args: argparse.Namespace) -> dict:
     if args.resume:
         if args.run_dir is None:
@@ -233,8 +263,7 @@ def run_training(args: argparse.Namespace) -> dict:
             checkpoint = load_checkpoint(run_dir)
         except FileNotFoundError as error:
             raise UsageError(str(error)) from None
-        run = RunConfig(**checkpoint["config"]["run"])
-        agent_config = AGENTS[run.agent][0](**checkpoint["config"][run.agent])
+        run, agent_config = configs_from_checkpoint(checkpoint)
         if args.total_steps is not None:
             run = dataclasses.replace(run, total_steps=args.total_steps)
         validate(run, agent_config)
@@ -270,7 +299,8 @@ def run_training(args: argparse.Namespace) -> dict:
     if run.eval_episodes > 0:
         eval_env = make_training_env(run.env, run.eval_episodes, device, run.seed + 1_000_003)
         evaluation = evaluate(trainer.agent, eval_env, deterministic=run.eval_deterministic)
-        evaluation.update({"global_step": trainer.global_step, "train_wall_time_seconds": trainer.elapsed_seconds})
+        evaluation.update({"global_step": trainer.global_step, "train_wall_time_seconds": trainer.elapsed_seconds,
+                           **resource_usage(trainer.agent, device)})
         write_json(run_dir / "eval.json", evaluation)
         result["eval"] = evaluation
         print(f"train-agent: eval over {evaluation['episodes']} episodes: success {evaluation['success_rate']:.3f}, "

@@ -117,6 +117,12 @@ class EndlessTMaze(BatchedEnv):
     def oracle_action(self) -> torch.Tensor:
         return torch.where(self.position == self.length, self.cue + 1, FORWARD)
 
+    def memory_labels(self) -> dict[str, torch.Tensor]:
+        """Ground truth for memory probes (read-only, never part of an observation), per env's current
+        episode: "cue" [N] (0 left, 1 right) of the current corridor and "corridor" [N], its index in the
+        episode (0 .. n-1); where the index grows, the new corridor's cue superseded the previous one."""
+        return {"cue": self.cue.clone(), "corridor": self.corridors_passed.clone()}
+
     def memoryless_action(self, obs: torch.Tensor) -> torch.Tensor:
         """Fixed lengths: forward until x = L_max, then left. Uniform lengths: forward at x = 0,
         turn left at x = L_max, and elsewhere forward or a random turn with probability 1/2

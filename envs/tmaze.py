@@ -79,6 +79,11 @@ class TMaze(BatchedEnv):
         """Forward until the junction flag, then left."""
         return torch.where(obs[:, 3] > 0.5, LEFT, FORWARD)
 
+    def memory_labels(self) -> dict[str, torch.Tensor]:
+        """Ground truth for memory probes (read-only, never part of an observation), per env's current
+        episode: "cue" [N] (0 left, 1 right) and "corridor" [N], the corridor's index (always 0 here)."""
+        return {"cue": self.cue.clone(), "corridor": torch.zeros_like(self.position)}
+
 
 PRESETS: dict[str, tuple[type[BatchedEnv], dict]] = {
     "tmaze": (TMaze, {"corridor_length": 10}),

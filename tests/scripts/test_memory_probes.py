@@ -1,0 +1,199 @@
+"""Memory probes: the probe trainer, the labels recorded along a rollout, and the CLI end to end."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from envs.endless_tmaze import FORWARD, RIGHT, EndlessTMaze
+from envs.tmaze import LEFT, TMaze
+from scripts.memory_probes import (
+    COLUMNS,
+    choose_l2,
+    main,
+    record_rollout,
+    state_features,
+    train_probe,
+)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def split(features: torch.Tensor, labels: torch.Tensor, train: int):
+    return features[:train], labels[:train], features[train:], labels[train:]
+
+
+def test_probe_recovers_a_planted_linear_label():
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.randint(2, (600,), generator=generator)
+    features = torch.randn(600, 24, generator=generator)
+    features[:, 5] += 5.0 * (2 * labels - 1)  # separable up to 5 standard deviations of noise
+    accuracy, train_accuracy = train_probe(*split(features, labels, 450))
+    assert accuracy > 0.99 and train_accuracy > 0.99
+
+
+def test_probe_stays_near_chance_on_random_features():
+    generator = torch.Generator().manual_seed(1)
+    features = torch.randn(2000, 24, generator=generator)
+    labels = torch.randint(2, (2000,), generator=generator)
+    accuracy, _ = train_probe(*split(features, labels, 1000))
+    assert 0.44 < accuracy < 0.56
+
+
+def test_probe_without_features_predicts_the_train_majority():
+    labels = torch.tensor([1, 1, 1, 0, 1, 0, 0, 1])
+    accuracy, train_accuracy = train_probe(*split(torch.zeros(8, 0), labels, 4))
+    assert accuracy == pytest.approx(2 / 4) and train_accuracy == pytest.approx(3 / 4)
+
+
+def test_l2_is_chosen_on_validation_episodes():
+    generator = torch.Generator().manual_seed(2)
+    labels = (torch.rand(200, generator=generator) < 0.25).long()
+    features = torch.randn(200, 4, generator=generator)
+    features[:, 0] += 3.0 * (2 * labels - 1)
+    episode = torch.arange(200)
+    # A huge penalty leaves the bias alone to decide, which answers the majority class (~75%).
+    assert choose_l2(features, labels, episode, [1e3, 1e-3]) == 1e-3
+    assert choose_l2(torch.zeros(200, 0), labels, episode, [1e-3, 1e3]) == 1e3  # a tie: the stronger penalty
+
+
+def test_state_features_flatten_nested_complex_and_mask_entries():
+    state = {"b": {"z": torch.tensor([[1 + 2j], [3 + 4j]])}, "a": torch.arange(8.0).reshape(2, 2, 2),
+             "mask": torch.tensor([[True], [False]])}
+    assert state_features(state, 2).tolist() == [[0, 1, 2, 3, 1, 2, 1], [4, 5, 6, 7, 3, 4, 0]]
+    assert state_features({"deter": {}}, 3).shape == (3, 0)
+
+
+WRONG_TURN = -1
+"""A scripted action: the turn away from the env's current cue."""
+
+
+class ScriptedAgent:
+    """Plays each env's scripted actions, then the oracle's; its state is the observation it just read
+    and how many it has read, so the recorded features show what the labels were aligned with."""
+
+    def __init__(self, env, scripts: list[list[int]]):
+        self.env, self.scripts, self.steps = env, scripts, 0
+
+    def initial_state(self, batch_size: int, device=None) -> dict:
+        return {"count": torch.zeros(batch_size, 1), "obs": torch.zeros(batch_size, self.env.obs_dim)}
+
+    def act(self, obs, state, is_first, deterministic):
+        assert deterministic
+        action = self.env.oracle_action()
+        for index, script in enumerate(self.scripts):
+            if self.steps < len(script):
+                scripted = script[self.steps]
+                action[index] = RIGHT - self.env.cue[index] if scripted == WRONG_TURN else scripted
+        self.steps += 1
+        return action, {"count": state["count"] + 1, "obs": obs.clone()}
+
+
+def rows_of(recording, episode: int) -> dict[str, list]:
+    keep = recording.episode == episode
+    return {"count": recording.features[keep, 0].long().tolist(), "obs": recording.features[keep, 1:],
+            "steps_since_cue": recording.steps_since_cue[keep].tolist(), "cue": recording.cue[keep].tolist(),
+            "corridor": recording.corridor[keep].tolist(), "previous_cue": recording.previous_cue[keep].tolist()}
+
+
+def test_endless_tmaze_labels_follow_corridors_and_stop_after_the_first_episode():
+    env = EndlessTMaze(num_envs=2, seed=3, num_corridors=3, corridor_length=2)
+    # env 0: the oracle passes three corridors (9 observations); env 1 turns wrong at its first junction.
+    agent = ScriptedAgent(env, [[], [FORWARD, FORWARD, WRONG_TURN]])
+    recording = record_rollout(agent, env, max_k=2)
+    oracle = rows_of(recording, 0)
+    cues = [int(oracle["obs"][t, 2]) for t in (0, 3, 6)]  # obs = [x / L, cue_left, cue_right], cue shown at x = 0
+    assert oracle["count"] == list(range(1, 10))
+    assert oracle["obs"][:, 0].tolist() == [0.0, 0.5, 1.0] * 3
+    assert oracle["steps_since_cue"] == [0, 1, 2] * 3
+    assert oracle["corridor"] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    assert oracle["cue"] == [cues[0]] * 3 + [cues[1]] * 3 + [cues[2]] * 3
+    assert oracle["previous_cue"] == [-1] * 3 + [cues[0]] * 3 + [cues[1]] * 3
+    wrong = rows_of(recording, 1)
+    assert wrong["count"] == [1, 2, 3]  # its second episode is not recorded
+    assert wrong["steps_since_cue"] == [0, 1, 2] and wrong["corridor"] == [0, 0, 0]
+    assert wrong["cue"] == [int(wrong["obs"][0, 2])] * 3 and wrong["previous_cue"] == [-1] * 3
+    assert recording.success_rate == 0.5
+
+
+def test_tmaze_labels_count_steps_since_the_cue_including_stalls():
+    env = TMaze(num_envs=1, seed=4, corridor_length=3)
+    agent = ScriptedAgent(env, [[LEFT, FORWARD, FORWARD, FORWARD]])
+    recording = record_rollout(agent, env, max_k=3)
+    rows = rows_of(recording, 0)
+    cue = int(rows["obs"][0, 2])  # obs = [x / L, cue_left, cue_right, at_junction]
+    assert rows["count"] == [1, 2, 3, 4]
+    assert rows["obs"][:, 0].tolist() == pytest.approx([0, 0, 1 / 3, 2 / 3])
+    assert rows["steps_since_cue"] == [0, 1, 2, 3]
+    assert rows["cue"] == [cue] * 4 and rows["corridor"] == [0] * 4 and rows["previous_cue"] == [-1] * 4
+    assert recording.success_rate == 1.0
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("probes") / "tmaze-gru"
+    result = subprocess.run(
+        [sys.executable, "-m", "agents.train", "--preset", "smoke", "--env", "memory-retention", "--backbone", "gru",
+         "--run-dir", str(run_dir), "--total-steps", "1024", "--eval-episodes", "0", "--torch-threads", "1", "--quiet"],
+        check=False, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    return run_dir
+
+
+def test_probes_of_a_trained_run_are_written(tiny_run, tmp_path):
+    out_dir = tmp_path / "out"
+    assert main([str(tiny_run), "--out-dir", str(out_dir), "--episodes", "48", "--l2", "1e-2", "1.0",
+                 "--torch-threads", "0"]) == 0
+    with open(out_dir / "probes.csv", newline="") as handle:
+        reader = csv.DictReader(handle)
+        rows = list(reader)
+    assert tuple(reader.fieldnames) == COLUMNS
+    assert [int(row["k"]) for row in rows] == list(range(11))  # retention only, k = 0 .. corridor length 10
+    assert all(row["probe"] == "retention" and row["backbone"] == "gru" for row in rows)
+    assert all(0.0 <= float(row[name]) <= 1.0 for row in rows for name in ("accuracy", "train_accuracy"))
+    assert all(int(row["train_samples"]) == 36 and int(row["test_samples"]) == 12 for row in rows)
+    report = json.loads((out_dir / "probes.json").read_text())
+    assert report["runs"][0]["backbone"] == "gru" and report["runs"][0]["feature_dim"] == 16
+    assert len(report["probes"]) == len(rows)
+    assert (out_dir / "probes.png").read_bytes().startswith(b"\x89PNG")
+    assert sorted(path.name for path in out_dir.iterdir()) == ["probes.csv", "probes.json", "probes.png"]
+
+
+def fake_run(path, env: str):
+    path.mkdir()
+    (path / "config.json").write_text(json.dumps({"run": {"env": env, "backbone": "gru", "agent": "ppo"}}))
+    (path / "checkpoint.pkl").write_bytes(b"")
+    return path
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing", "does not exist"),
+    ("other-env", "was trained on 'color-cubes'; memory probes need a T-maze or Endless T-Maze run"),
+    ("mixed-tasks", "are on different tasks"),
+    ("episodes", "--episodes must be at least 2"),
+])
+def test_bad_input_is_one_sentence_and_exit_code_2(tmp_path, capsys, case, message):
+    arguments = {
+        "missing": [str(tmp_path / "nowhere")],
+        "other-env": [str(fake_run(tmp_path / "cubes", "color-cubes"))],
+        "mixed-tasks": [str(fake_run(tmp_path / "a", "memory-retention")), str(fake_run(tmp_path / "b", "memory-rewrite"))],
+        "episodes": [str(fake_run(tmp_path / "c", "tmaze")), "--episodes", "1"],
+    }[case]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*arguments, "--out-dir", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert message in error and len(error.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
