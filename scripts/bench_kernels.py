@@ -2,10 +2,11 @@
 
     python scripts/bench_kernels.py                      # every kernel, default shapes
     python scripts/bench_kernels.py --kernels lstm gru --rnn-shapes 1024x128 --hidden-size 64
+    python scripts/bench_kernels.py --kernels selective_scan --ssm-shapes 64x128x256 --state-size 16
 
 For each kernel and shape: median time (triton.testing.do_bench) of the forward pass and of
 forward + backward, for the Triton kernel and its references:
-    linear_scan: "parallel" (log-depth torch scan) and "naive" (Python step loop);
+    linear_scan, selective_scan: "parallel" (log-depth torch scan) and "naive" (Python step loop);
     lstm / gru:  "naive" (Python step loop) and cuDNN nn.LSTM / nn.GRU, which cannot reset
                  and also does the input projection (input size = H), so it is a speed
                  reference only.
@@ -15,9 +16,14 @@ Bytes counted, N = elements of one [B, T, D] (or [B, T, H]) tensor, e = bytes pe
     linear_scan  forward 3Ne (read a, b, write h)   backward 5Ne (read a, h, dh; write da, db)
     lstm         forward N(5e + 4) (x_proj, h, float32 c)   backward N(10e + 4)
     gru          forward 4Ne                                backward 9Ne
-plus B*T bytes of reset flags per pass; weights are not counted. Inputs require grad in both
-passes, so "forward" includes what autograd saves, as in training. "max |diff|" is the largest
-forward difference from the naive reference run in float64 (cuDNN: not comparable).
+    selective_scan  forward 4Ne + 2Se (read u, delta, z, B, C; write y)
+                    backward 7Ne + 2Se (read u, delta, z, dy, B, C; write du, ddelta, dz)
+                    S = elements of one [B, T, state size] tensor (B or C); the float32 states
+                    stored at chunk starts and the per-channel-block dB, dC partials are not counted
+plus B*T bytes of reset flags per pass; weights (for selective_scan A, D and the initial
+state) are not counted. Inputs require grad in both passes, so "forward" includes what
+autograd saves, as in training. "max |diff|" is the largest forward difference from the
+naive reference run in float64 (cuDNN: not comparable).
 The markdown table goes to --output with device, date, commit, versions and this command.
 """
 
@@ -42,9 +48,10 @@ if str(REPO_ROOT) not in sys.path:
 from kernels.gru import gru_sequence  # noqa: E402
 from kernels.linear_scan import linear_scan  # noqa: E402
 from kernels.lstm import lstm_sequence  # noqa: E402
+from kernels.selective_scan import selective_scan  # noqa: E402
 
 DEVICE = "cuda"
-KERNELS = ("linear_scan", "lstm", "gru")
+KERNELS = ("linear_scan", "selective_scan", "lstm", "gru")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "complex64": torch.complex64}
 WIDE = {torch.float32: torch.float64, torch.bfloat16: torch.float64, torch.float16: torch.float64, torch.complex64: torch.complex128}
 
@@ -68,6 +75,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="linear_scan shapes BxTxD, comma-separated")
     parser.add_argument("--scan-dtypes", nargs="+", choices=("float32", "bfloat16", "complex64"), default=["float32", "complex64"],
                         help="linear_scan dtypes")
+    parser.add_argument("--ssm-shapes", type=lambda text: shape_list(text, 3), default=shape_list("64x128x256,4x8192x256", 3),
+                        help="selective_scan shapes BxTxD (D = channels), comma-separated")
+    parser.add_argument("--state-size", type=int, default=16, help="selective_scan state size N (float32 only)")
     parser.add_argument("--rnn-shapes", type=lambda text: shape_list(text, 2), default=shape_list("1024x128,16x8192", 2),
                         help="lstm/gru shapes BxT, comma-separated")
     parser.add_argument("--hidden-size", type=int, default=128, help="lstm/gru hidden size H (the Triton kernels take H <= 128)")
@@ -78,6 +88,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not 0.0 <= args.reset_probability <= 1.0:
         parser.error(f"--reset-probability must be in [0, 1], got {args.reset_probability}")
+    if args.state_size <= 0:
+        parser.error(f"--state-size must be positive, got {args.state_size}")
     if args.hidden_size <= 0:
         parser.error(f"--hidden-size must be positive, got {args.hidden_size}")
     if args.peak_gbps <= 0:
@@ -163,6 +175,43 @@ def bench_linear_scan(rows: list[Row], shape: tuple[int, int, int], dtype: torch
             difference = max_difference(forward()[0], reference)
         time_impl(rows, common, impl, forward, leaves, upstream, 3 * elements * element + reset.numel(),
                   5 * elements * element + reset.numel(), difference)
+    del reference
+
+
+def bench_selective_scan(rows: list[Row], shape: tuple[int, int, int], state_size: int, reset_probability: float) -> None:
+    batch_size, length, channels = shape
+    generator = torch.Generator(device=DEVICE).manual_seed(0)
+
+    def normal(*size):
+        return torch.randn(size, device=DEVICE, generator=generator)
+
+    inputs = {
+        "u": normal(batch_size, length, channels),
+        "delta": torch.nn.functional.softplus(normal(batch_size, length, channels)),
+        "A": -torch.exp(0.5 * normal(channels, state_size)),
+        "B": normal(batch_size, length, state_size),
+        "C": normal(batch_size, length, state_size),
+        "D": normal(channels),
+        "z": normal(batch_size, length, channels),
+        "initial_state": normal(batch_size, channels, state_size),
+    }
+    reset = torch.rand(batch_size, length, device=DEVICE, generator=generator) < reset_probability
+    leaves = [tensor.requires_grad_() for tensor in inputs.values()]
+    upstream = [torch.randn_like(inputs["u"]), torch.randn_like(inputs["initial_state"])]
+    with torch.no_grad():
+        reference, _ = selective_scan(**{name: value.double() for name, value in inputs.items()}, reset=reset, impl="naive")
+    element = inputs["u"].element_size()
+    elements, state_elements = inputs["u"].numel(), inputs["B"].numel()
+    common = dict(kernel="selective_scan", shape=f"{batch_size}x{length}x{channels}", dtype="float32")
+    for impl in ("triton", "parallel", "naive"):
+        def forward(impl=impl):
+            return selective_scan(**inputs, reset=reset, impl=impl)
+
+        with torch.no_grad():
+            difference = max_difference(forward()[0], reference)
+        time_impl(rows, common, impl, forward, leaves, upstream,
+                  (4 * elements + 2 * state_elements) * element + reset.numel(),
+                  (7 * elements + 2 * state_elements) * element + reset.numel(), difference, note=f"N = {state_size}")
     del reference
 
 
@@ -299,6 +348,10 @@ def main(argv: list[str] | None = None) -> int:
             for dtype_name in args.scan_dtypes:
                 bench_linear_scan(rows, shape, DTYPES[dtype_name], args.reset_probability)
                 print(format_table(rows[-6:], args.peak_gbps), flush=True)
+    if "selective_scan" in args.kernels:
+        for shape in args.ssm_shapes:
+            bench_selective_scan(rows, shape, args.state_size, args.reset_probability)
+            print(format_table(rows[-6:], args.peak_gbps), flush=True)
     for kernel in ("lstm", "gru"):
         if kernel in args.kernels:
             for shape in args.rnn_shapes:

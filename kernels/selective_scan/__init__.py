@@ -3,6 +3,8 @@
     h_t = exp(delta_t A) * (0 if reset_t else h_{t-1}) + delta_t B_t u_t
     y_t = (sum_n C_t h_t + D u_t) * silu(z_t)
 
+"triton" is the fused kernel in `triton.py`: the [B, T, D, N] states stay on chip (stored
+only every 16 steps, for the backward pass).
 "parallel" discretises every step at once (a = exp(delta A), b = delta B u, both
 [B, T, D, N]), runs `kernels.linear_scan.linear_scan` over the flattened D * N channels
 (its own "auto" picks the scan kernel for the device) and contracts the states with C.
@@ -11,13 +13,27 @@
 
 from __future__ import annotations
 
+import functools
+import types
+
 import torch
 import torch.nn.functional as F
 
 from kernels.linear_scan import linear_scan
 from kernels.selective_scan.naive import selective_scan_naive
 
-IMPLEMENTATIONS = ("auto", "naive", "parallel")
+IMPLEMENTATIONS = ("auto", "naive", "parallel", "triton")
+
+
+@functools.cache
+def _triton_module() -> types.ModuleType | None:
+    """kernels.selective_scan.triton, or None where triton cannot be imported (kept lazy so this
+    package imports on machines without triton)."""
+    try:
+        from kernels.selective_scan import triton as triton_module
+    except ImportError:
+        return None
+    return triton_module
 
 
 def _selective_scan_parallel(u, delta, A, B, C, D, z, reset, initial_state):
@@ -59,7 +75,8 @@ def selective_scan(
     episode starts: the carried state is dropped to zero before step t); initial_state:
     [B, D, N] or None (zeros). Every floating tensor shares u's dtype (float32 or float64).
     Returns (y [B, T, D], final state [B, D, N]).
-    impl: "auto" (the Triton kernel on CUDA once available, else "parallel"), "parallel"
+    impl: "auto" (Triton for float32 CUDA tensors with N <= 128 when triton imports, else
+    "parallel"), "triton" (fused kernel; CUDA, or CPU under TRITON_INTERPRET=1), "parallel"
     (log-depth torch via `linear_scan`), "naive" (Python loop reference).
     """
     if impl not in IMPLEMENTATIONS:
@@ -91,6 +108,19 @@ def selective_scan(
             raise ValueError(f"{name} is on {tensor.device} but u is on {u.device}")
     if impl == "naive":
         return selective_scan_naive(u, delta, A, B, C, D, z, reset, initial_state)
+    if impl == "auto":
+        triton_module = _triton_module() if u.is_cuda else None
+        if (
+            triton_module is not None
+            and u.dtype in triton_module.SUPPORTED_DTYPES
+            and state_size <= triton_module.MAX_STATE_SIZE
+        ):
+            return triton_module.selective_scan_triton(u, delta, A, B, C, D, z, reset, initial_state)
+    if impl == "triton":
+        triton_module = _triton_module()
+        if triton_module is None:
+            raise ValueError("impl='triton' needs the triton package, which cannot be imported here")
+        return triton_module.selective_scan_triton(u, delta, A, B, C, D, z, reset, initial_state)
     return _selective_scan_parallel(u, delta, A, B, C, D, z, reset, initial_state)
 
 

@@ -121,7 +121,7 @@ BAD_INPUTS = {
     "initial_state": (
         torch.zeros(BATCH, STATE, CHANNELS, **F64), r"initial_state must be .* \[B, D, N\] = \(2, 5, 3\)"
     ),
-    "impl": ("triton-ish", r"impl must be one of \('auto', 'naive', 'parallel'\)"),
+    "impl": ("triton-ish", r"impl must be one of \('auto', 'naive', 'parallel', 'triton'\)"),
 }
 
 
