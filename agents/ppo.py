@@ -9,6 +9,17 @@ Read top to bottom: config, network, advantages, rollout, update, the training l
   along the env axis.
 - Truncation bootstraps from the value of the final observation (computed with the state the
   episode had reached); termination does not.
+
+Data-parallel under torchrun (`distributed` from `Distributed.from_environment()`): each rank
+steps its own share of the envs and wraps the agent in DistributedDataParallel for the update's
+forward call, so the gradients are averaged over ranks during backward, before clipping and the
+optimiser step; DDP's construction broadcasts rank 0's weights, so every rank starts, and stays,
+identical. `global_step` counts every rank's env steps; finished episodes are gathered from all
+ranks for the statistics; the target-KL test and the NaN test use values averaged over ranks, so
+every rank takes the same decision. Rank 0 alone writes tensorboard, checkpoints and the
+progress line. A checkpoint holds every rank's env state, carry and RNG state, so resuming with
+the same number of processes continues each rank's episodes exactly; with another number, the
+weights, optimiser, counters and statistics resume and the envs start new episodes.
 """
 
 from __future__ import annotations
@@ -24,9 +35,11 @@ import gymnasium
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from agents.networks import ActionHead, action_dtype, action_shape, make_encoder, observation_dtype, orthogonal_init
 from agents.run import (
+    Distributed,
     EpisodeStatistics,
     flatten,
     ProgressLine,
@@ -35,6 +48,7 @@ from agents.run import (
     restore_rng_state,
     rng_state,
     save_checkpoint,
+    to_cpu,
 )
 from memory import State, make_backbone
 
@@ -151,7 +165,11 @@ class Rollout:
 
 
 class PPOTrainer:
-    """Owns the agent, optimiser, env carry and counters; `train` runs to `total_steps`."""
+    """Owns the agent, optimiser, env carry and counters; `train` runs to `total_steps`.
+
+    Under torchrun every rank builds one with its own share of the envs and the same `run_dir`
+    (which only rank 0 writes to); `total_steps` counts the env steps of all ranks together.
+    """
 
     @staticmethod
     def build_agent(config: PPOConfig, observation_space: gymnasium.Space, action_space: gymnasium.Space,
@@ -160,7 +178,8 @@ class PPOTrainer:
         return RecurrentActorCritic(observation_space, action_space, backbone, config.hidden_dim, config.backbone_options)
 
     def __init__(self, config: PPOConfig, env, total_steps: int, device: torch.device,
-                 backbone: str, run_dir: Path | None = None, progress: bool = True):
+                 backbone: str, run_dir: Path | None = None, progress: bool = True,
+                 distributed: Distributed = Distributed()):
         if total_steps <= 0:
             raise ValueError(f"total_steps must be positive, got {total_steps}")
         if env.num_envs % config.num_minibatches != 0:
@@ -168,18 +187,24 @@ class PPOTrainer:
                 f"num_envs ({env.num_envs}) must be divisible by num_minibatches ({config.num_minibatches}): "
                 "minibatches are slices of the env axis"
             )
-        self.config, self.env, self.device = config, env, device
+        self.config, self.env, self.device, self.distributed = config, env, device, distributed
         self.total_steps = total_steps
         self.run_dir = Path(run_dir) if run_dir is not None else None
-        self.show_progress = progress
+        self.show_progress = progress and distributed.is_main
         self.agent = self.build_agent(config, env.single_observation_space, env.single_action_space, backbone).to(device)
+        # The update's forward pass goes through `learner`: the agent itself, or under torchrun its
+        # DDP wrapper, whose backward averages the gradients over ranks.
+        self.learner: nn.Module = self.agent
+        if distributed.torchrun:
+            device_ids = [device.index] if device.type == "cuda" else None
+            self.learner = DistributedDataParallel(self.agent, device_ids=device_ids)
         self.optimizer = torch.optim.Adam(self.agent.parameters(), lr=config.learning_rate, eps=1e-5)
-        self.batch_size = env.num_envs * config.num_steps
+        self.batch_size = env.num_envs * config.num_steps * distributed.world_size
         self.num_updates = math.ceil(total_steps / self.batch_size)
         self.update = 0
         self.global_step = 0
         self.elapsed_seconds = 0.0
-        self.statistics = EpisodeStatistics()
+        self.statistics = EpisodeStatistics(distributed=distributed)
         self.next_obs, info = env.reset()
         self.next_is_first = info["is_first"]
         self.state = self.agent.initial_state(env.num_envs, device)
@@ -187,31 +212,42 @@ class PPOTrainer:
     # -- checkpoints ---------------------------------------------------------------------
 
     def checkpoint_payload(self, extra: dict[str, Any]) -> dict:
+        """Plain data to resume from; under torchrun a collective (every rank's RNG, env and carry go under "ranks")."""
         env_state = self.env.state_dict() if hasattr(self.env, "state_dict") else None
-        return {
+        own = {
+            "rng": rng_state(),
+            "env": env_state,
+            "carry": {"obs": self.next_obs, "is_first": self.next_is_first, "state": self.state},
+        }
+        shared = {
             **extra,
             "agent": self.agent.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "update": self.update,
             "global_step": self.global_step,
             "elapsed_seconds": self.elapsed_seconds,
-            "rng": rng_state(),
-            "env": env_state,
-            "carry": {"obs": self.next_obs, "is_first": self.next_is_first, "state": self.state},
             "statistics": self.statistics.state_dict(),
         }
+        if self.distributed.torchrun:
+            return {**shared, "ranks": self.distributed.all_gather(to_cpu(own))}
+        return {**shared, **own}
 
     def restore(self, payload: dict) -> None:
-        """Continue from a checkpoint: weights, optimiser, counters, RNG, and (native envs) the episodes."""
+        """Continue from a checkpoint: weights, optimiser, counters, and, when it was written by as many
+        processes as there are now, this rank's RNG and (native envs) its episodes."""
         self.agent.load_state_dict(payload["agent"])
         self.optimizer.load_state_dict(payload["optimizer"])
         self.update, self.global_step = payload["update"], payload["global_step"]
         self.elapsed_seconds = payload["elapsed_seconds"]
         self.statistics.load_state_dict(payload["statistics"])
-        restore_rng_state(payload["rng"])
-        if payload["env"] is not None and hasattr(self.env, "load_state_dict"):
-            self.env.load_state_dict(payload["env"])
-            carry = payload["carry"]
+        ranks = payload.get("ranks", [payload])
+        if len(ranks) != self.distributed.world_size:
+            return
+        own = ranks[self.distributed.rank]
+        restore_rng_state(own["rng"])
+        if own["env"] is not None and hasattr(self.env, "load_state_dict"):
+            self.env.load_state_dict(own["env"])
+            carry = own["carry"]
             self.next_obs = carry["obs"].to(self.device)
             self.next_is_first = carry["is_first"].to(self.device)
             self.state = {key: value.to(self.device) for key, value in carry["state"].items()}
@@ -228,7 +264,7 @@ class PPOTrainer:
             action = distribution.sample()
             self.next_obs, reward, terminated, truncated, info = self.env.step(action)
             self.next_is_first = info["is_first"]
-            self.global_step += self.env.num_envs
+            self.global_step += self.env.num_envs * self.distributed.world_size
             rollout.obs[:, t], rollout.is_first[:, t], rollout.actions[:, t] = obs, is_first, action
             rollout.log_probs[:, t] = self.agent.actor.log_prob(distribution, action)
             rollout.values[:, t], rollout.rewards[:, t] = value, reward
@@ -237,6 +273,7 @@ class PPOTrainer:
                 no_reset = torch.zeros_like(truncated)
                 rollout.final_values[:, t] = self.agent.value(info["final_obs"], self.state, no_reset)
             self.statistics.record(info, writer, self.global_step)
+        self.statistics.gather(writer, self.global_step)
         return rollout
 
     def ppo_update(self, rollout: Rollout) -> dict[str, float]:
@@ -254,7 +291,7 @@ class PPOTrainer:
             for start in range(0, self.env.num_envs, envs_per_minibatch):
                 envs = order[start:start + envs_per_minibatch]
                 start_state = {key: value[envs] for key, value in rollout.start_state.items()}
-                distribution, new_values = self.agent(rollout.obs[envs], start_state, rollout.is_first[envs])
+                distribution, new_values = self.learner(rollout.obs[envs], start_state, rollout.is_first[envs])
                 new_log_probs = self.agent.actor.log_prob(distribution, rollout.actions[envs])
                 entropy = self.agent.actor.entropy(distribution)
                 log_ratio = new_log_probs - rollout.log_probs[envs]
@@ -281,16 +318,18 @@ class PPOTrainer:
                 value_loss = 0.5 * value_error.mean()
                 entropy_loss = entropy.mean()
                 loss = policy_loss - config.ent_coef * entropy_loss + config.vf_coef * value_loss
-                if not torch.isfinite(loss):
+                checked_loss = self.distributed.mean(loss.detach())  # non-finite on one rank stops every rank
+                if not torch.isfinite(checked_loss):
                     raise TrainingDiverged(
-                        f"the PPO loss became {loss.item()} at update {self.update + 1} (step {self.global_step}); "
+                        f"the PPO loss became {checked_loss.item()} at update {self.update + 1} "
+                        f"(step {self.global_step}); "
                         "training stopped and the last good checkpoint was kept"
                     )
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 nn.utils.clip_grad_norm_(self.agent.parameters(), config.max_grad_norm)
                 self.optimizer.step()
-            if config.target_kl is not None and approx_kl > config.target_kl:
+            if config.target_kl is not None and self.distributed.mean(approx_kl) > config.target_kl:
                 break
         predicted, actual = rollout.values.flatten(), returns.flatten()
         variance = actual.var()
@@ -315,7 +354,8 @@ class PPOTrainer:
         fresh run, logged once to tensorboard as the hyperparameter table.
         """
         config = self.config
-        writer = open_writer(self.run_dir, purge_step=self.global_step) if self.run_dir is not None else None
+        writes_files = self.run_dir is not None and self.distributed.is_main
+        writer = open_writer(self.run_dir, purge_step=self.global_step) if writes_files else None
         if writer is not None and self.global_step == 0 and checkpoint_extra:
             rows = "\n".join(f"|{key}|{value}|" for key, value in flatten(checkpoint_extra).items())
             writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{rows}")
@@ -340,7 +380,9 @@ class PPOTrainer:
                                 final=self.update == self.num_updates)
                 last = self.update == self.num_updates
                 if self.run_dir is not None and (self.update % config.checkpoint_every == 0 or last):
-                    save_checkpoint(self.run_dir, self.checkpoint_payload(checkpoint_extra or {}))
+                    payload = self.checkpoint_payload(checkpoint_extra or {})
+                    if writes_files:
+                        save_checkpoint(self.run_dir, payload)
                 if on_update is not None:
                     on_update(self, metrics)
         finally:

@@ -1,5 +1,5 @@
 """What every training run shares, whatever the agent: run directory, atomic files,
-checkpoints, tensorboard, episode statistics, the progress line and seeding."""
+checkpoints, tensorboard, episode statistics, the progress line, seeding and the torchrun context."""
 
 from __future__ import annotations
 
@@ -10,12 +10,14 @@ import sys
 import tempfile
 import time
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import cloudpickle
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch.utils.tensorboard import SummaryWriter
 
 CHECKPOINT_NAME = "checkpoint.pkl"
@@ -79,19 +81,93 @@ def restore_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+@dataclass(frozen=True)
+class Distributed:
+    """This process's place in a data-parallel job started by torchrun.
+
+    `Distributed()` is a lone process: every collective below returns its input and nothing
+    touches torch.distributed. Under torchrun (`from_environment`), `start` opens the process
+    group (gloo on CPU, nccl on CUDA) and the collectives span every rank.
+    """
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    torchrun: bool = False
+
+    @classmethod
+    def from_environment(cls) -> "Distributed":
+        """The torchrun job this process belongs to, read from RANK, WORLD_SIZE and LOCAL_RANK (set by torchrun)."""
+        names = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+        if not all(name in os.environ for name in names):
+            return cls()
+        rank, world_size, local_rank = (int(os.environ[name]) for name in names)
+        return cls(rank=rank, world_size=world_size, local_rank=local_rank, torchrun=True)
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 alone writes logs, checkpoints and results."""
+        return self.rank == 0
+
+    def start(self, device: torch.device) -> None:
+        if not self.torchrun:
+            return
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+
+    def stop(self) -> None:
+        if self.torchrun and dist.is_initialized():
+            dist.destroy_process_group()
+
+    def mean(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The mean of `tensor` over all ranks (a new tensor; `tensor` itself on a lone process)."""
+        if not self.torchrun:
+            return tensor
+        total = tensor.clone()
+        dist.all_reduce(total)
+        return total / self.world_size
+
+    def all_gather(self, value: Any) -> list:
+        """Every rank's `value` (picklable), in rank order, on every rank."""
+        if not self.torchrun:
+            return [value]
+        gathered = [None] * self.world_size
+        dist.all_gather_object(gathered, value)
+        return gathered
+
+
+def to_cpu(value: Any) -> Any:
+    """`value` with every tensor in its nested dicts, lists and tuples moved to the CPU."""
+    if isinstance(value, torch.Tensor):
+        return value.cpu()
+    if isinstance(value, dict):
+        return {key: to_cpu(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(to_cpu(item) for item in value)
+    return value
+
+
 def open_writer(run_dir: Path, purge_step: int | None = None) -> SummaryWriter:
     """Tensorboard writer in the run dir; on resume, events after `purge_step` are dropped."""
     return SummaryWriter(str(run_dir), purge_step=purge_step)
 
 
 class EpisodeStatistics:
-    """Finished-episode returns, lengths and successes: logged per episode, averaged for the bar."""
+    """Finished-episode returns, lengths and successes: logged per episode, averaged for the bar.
 
-    def __init__(self, window: int = 100):
+    Under torchrun, `record` only buffers this rank's episodes and `gather` (called by every
+    rank at the end of a rollout) adds all ranks' episodes on every rank and logs their means,
+    so each rank holds the statistics of the whole job.
+    """
+
+    def __init__(self, window: int = 100, distributed: Distributed = Distributed()):
         self.returns: deque[float] = deque(maxlen=window)
         self.lengths: deque[int] = deque(maxlen=window)
         self.successes: deque[float] = deque(maxlen=window)
         self.episodes = 0
+        self.distributed = distributed
+        self.pending: dict[str, list] = {"returns": [], "lengths": [], "successes": []}
 
     def record(self, info: dict[str, torch.Tensor], writer: SummaryWriter | None, global_step: int) -> None:
         """Record the episodes that `info["episode_done"]` marks (one host copy, only when some ended)."""
@@ -101,6 +177,24 @@ class EpisodeStatistics:
         returns = info["episode_return"][done].tolist()
         lengths = info["episode_length"][done].tolist()
         successes = info["success"][done].float().tolist()
+        if self.distributed.torchrun:
+            for key, values in zip(self.pending, (returns, lengths, successes)):
+                self.pending[key].extend(values)
+        else:
+            self.add(returns, lengths, successes, writer, global_step)
+
+    def gather(self, writer: SummaryWriter | None, global_step: int) -> None:
+        """Under torchrun, add every rank's episodes recorded since the last call (a collective: all ranks call it)."""
+        if not self.distributed.torchrun:
+            return
+        ranks = self.distributed.all_gather(self.pending)
+        self.pending = {key: [] for key in self.pending}
+        merged = {key: [value for rank in ranks for value in rank[key]] for key in self.pending}
+        if merged["returns"]:
+            self.add(merged["returns"], merged["lengths"], merged["successes"], writer, global_step)
+
+    def add(self, returns: list[float], lengths: list[int], successes: list[float],
+            writer: SummaryWriter | None, global_step: int) -> None:
         self.returns.extend(returns)
         self.lengths.extend(lengths)
         self.successes.extend(successes)

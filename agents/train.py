@@ -5,9 +5,18 @@
     train-agent --run-dir runs/my-run --resume
 
 Settings are layered: the config defaults, then the preset (`--preset auto` picks the preset
-named like the env, then the one named "<env>/<backbone>" if present), then the flags given
-on the command line. The resolved config is saved as `config.json` in the run dir, next to
+named like the env, then the one named "<env>/<backbone>" if present; every atari100k-<game>
+takes the preset atari100k), then the flags given on the command line (`--env-options` adds to
+the preset's env options). The resolved config is saved as `config.json` in the run dir, next to
 tensorboard logs, `checkpoint.pkl` and, at the end, `eval.json`.
+
+Data-parallel PPO: started by torchrun (detected from its RANK, WORLD_SIZE and LOCAL_RANK
+variables), every process trains on `--num-envs / WORLD_SIZE` envs seeded with
+`seed + rank * RANK_SEED_OFFSET`, on `cuda:LOCAL_RANK` when the device is CUDA (nccl) and on
+the CPU otherwise (gloo); see `agents.ppo` for what is averaged. Rank 0 alone writes the run
+dir and evaluates.
+
+    torchrun --standalone --nproc_per_node 4 -m agents.train --backbone s5 --env memory-rewrite
 """
 
 from __future__ import annotations
@@ -26,7 +35,8 @@ import torch
 
 from agents.dreamer import DreamerConfig, DreamerTrainer
 from agents.ppo import PPOConfig, PPOTrainer
-from agents.run import TrainingDiverged, evaluate, load_checkpoint, seed_everything, write_json
+from agents.run import Distributed, TrainingDiverged, evaluate, load_checkpoint, seed_everything, write_json
+from envs.atari import AtariVectorEnv, check_atari_env, is_atari_name
 from envs.gymnasium_adapter import GymnasiumVectorEnv
 from envs.registry import env_names, make_env
 from memory import BACKBONES
@@ -41,7 +51,8 @@ class RunConfig:
 
     agent: str = field(default="ppo", metadata={"help": f"agent: {', '.join(AGENTS)}"})
     backbone: str = field(default="s5", metadata={"help": "memory backbone (see memory.BACKBONES)"})
-    env: str = field(default="memory-rewrite", metadata={"help": "env short name (see envs.registry) or a gymnasium id"})
+    env: str = field(default="memory-rewrite", metadata={"help": "env short name (see envs.registry), atari100k-<game> (see envs.atari) or a gymnasium id"})
+    env_options: dict = field(default_factory=dict, metadata={"help": "env keyword arguments as JSON: a memrl env's settings, gymnasium.make's kwargs or envs.atari.AtariOptions, e.g. '{\"clip_rewards\": true}'"})
     seed: int = field(default=1, metadata={"help": "seed for torch, numpy, python and the envs"})
     device: str = field(default="auto", metadata={"help": "auto (cuda if available), cpu or cuda"})
     total_steps: int = field(default=1_000_000, metadata={"help": "env steps to train for (all envs together)"})
@@ -61,7 +72,12 @@ PRESETS: dict[str, dict] = {
                        "learning_rate": 1e-3, "num_minibatches": 2, "ent_coef": 0.01},
     "smoke": {"total_steps": 2_048, "num_envs": 8, "num_steps": 32, "hidden_dim": 16, "num_minibatches": 2,
               "update_epochs": 2, "eval_episodes": 8, "checkpoint_every": 2},
+    # 8 envs x 125 steps = 1,000 steps per update: the 100k budget is exactly 100 updates.
+    "atari100k": {"total_steps": 100_000, "num_envs": 8, "num_steps": 125, "hidden_dim": 256, "learning_rate": 2.5e-4,
+                  "num_minibatches": 4, "update_epochs": 4, "clip_coef": 0.1, "ent_coef": 0.01, "eval_episodes": 100,
+                  "env_options": {"clip_rewards": True}},
     "dreamer:default": {"num_envs": 16},
+    "dreamer:atari100k": {"total_steps": 100_000, "num_envs": 1, "replay_capacity": 100_000, "eval_episodes": 100},
     "dreamer:memory-retention": {"total_steps": 15_000, "num_envs": 8, "hidden_dim": 32, "encoder_dim": 32,
                                  "mlp_units": 32, "mlp_layers": 1, "num_latents": 4, "num_classes": 4,
                                  "reward_bins": 63, "batch_size": 8, "batch_length": 32, "train_ratio": 128,
@@ -72,6 +88,10 @@ PRESETS: dict[str, dict] = {
                       "batch_length": 8, "train_ratio": 8, "prefill": 64, "imagination_horizon": 5,
                       "replay_capacity": 4_000, "eval_episodes": 8, "checkpoint_every": 8},
 }
+
+
+RANK_SEED_OFFSET = 10_007
+"""Under torchrun, rank r seeds its envs, torch, numpy and python with `seed + r * RANK_SEED_OFFSET`."""
 
 
 class UsageError(ValueError):
@@ -129,7 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def resolve_config(args: argparse.Namespace) -> tuple[RunConfig, PPOConfig | DreamerConfig, str]:
+def resolve_config(args: argparse.Namespace, distributed: Distributed = Distributed()
+                   ) -> tuple[RunConfig, PPOConfig | DreamerConfig, str]:
     """Defaults < preset < explicit flags; validates names and budgets."""
     explicit = {f.name: getattr(args, f.name) for _, f in _config_fields() if getattr(args, f.name) is not None}
     env_name = explicit.get("env", RunConfig.env)
@@ -139,7 +160,8 @@ def resolve_config(args: argparse.Namespace) -> tuple[RunConfig, PPOConfig | Dre
         raise UsageError(f"unknown agent {agent!r}; choose one of: {', '.join(AGENTS)}")
     prefix = "" if agent == "ppo" else f"{agent}:"
     if args.preset == "auto":
-        candidates = (f"{prefix}{env_name}", f"{prefix}{env_name}/{backbone}")
+        family = "atari100k" if is_atari_name(env_name) else env_name
+        candidates = (f"{prefix}{family}", f"{prefix}{family}/{backbone}")
         preset_names = [name for name in candidates if name in PRESETS] or [f"{prefix}default"]
     elif f"{prefix}{args.preset}" in PRESETS:
         preset_names = [f"{prefix}{args.preset}"]
@@ -148,7 +170,9 @@ def resolve_config(args: argparse.Namespace) -> tuple[RunConfig, PPOConfig | Dre
     values: dict = {}
     for name in preset_names:
         values.update(PRESETS[name])
+    env_options = {**values.get("env_options", {}), **explicit.get("env_options", {})}
     values.update(explicit)
+    values["env_options"] = env_options
     run_fields = {f.name for f in dataclasses.fields(RunConfig)}
     config_class = AGENTS[agent][0]
     agent_fields = {f.name for f in dataclasses.fields(config_class)}
@@ -158,18 +182,24 @@ def resolve_config(args: argparse.Namespace) -> tuple[RunConfig, PPOConfig | Dre
                          f"see train-agent --help for its options")
     run_config = RunConfig(**{k: v for k, v in values.items() if k in run_fields})
     agent_config = config_class(**{k: v for k, v in values.items() if k in agent_fields})
-    validate(run_config, agent_config)
+    validate(run_config, agent_config, distributed)
     return run_config, agent_config, "+".join(preset_names)
 
 
-def validate(run: RunConfig, agent_config: PPOConfig | DreamerConfig) -> None:
+def validate(run: RunConfig, agent_config: PPOConfig | DreamerConfig, distributed: Distributed = Distributed()) -> None:
     if run.agent not in AGENTS:
         raise UsageError(f"unknown agent {run.agent!r}; choose one of: {', '.join(AGENTS)}")
     if run.backbone not in BACKBONES:
         raise UsageError(f"unknown backbone {run.backbone!r}; choose one of: {', '.join(sorted(BACKBONES))}")
-    if run.env not in env_names() and run.env not in gymnasium.registry:
+    if is_atari_name(run.env):
+        try:
+            check_atari_env(run.env, run.env_options)
+        except (ValueError, ImportError) as error:
+            raise UsageError(str(error)) from None
+    elif run.env not in env_names() and run.env not in gymnasium.registry:
         raise UsageError(
-            f"unknown env {run.env!r}; choose a memrl env ({', '.join(env_names())}) or a registered gymnasium id"
+            f"unknown env {run.env!r}; choose a memrl env ({', '.join(env_names())}), atari100k-<game> "
+            "or a registered gymnasium id"
         )
     if run.device not in ("auto", "cpu", "cuda") and not run.device.startswith("cuda:"):
         raise UsageError(f"device must be auto, cpu or cuda, got {run.device!r}")
@@ -180,6 +210,11 @@ def validate(run: RunConfig, agent_config: PPOConfig | DreamerConfig) -> None:
             raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(run, name)}")
     if run.eval_episodes < 0:
         raise UsageError(f"--eval-episodes must be 0 or more, got {run.eval_episodes}")
+    if distributed.torchrun and run.agent != "ppo":
+        raise UsageError(f"data-parallel training under torchrun is implemented for --agent ppo only, not {run.agent}")
+    if run.num_envs % distributed.world_size != 0:
+        raise UsageError(f"--num-envs ({run.num_envs}) must be divisible by the number of torchrun processes "
+                         f"({distributed.world_size}): each process steps an equal share of the envs")
     if isinstance(agent_config, DreamerConfig):
         try:
             agent_config.validate()
@@ -192,18 +227,26 @@ def validate(run: RunConfig, agent_config: PPOConfig | DreamerConfig) -> None:
             raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(ppo, name)}")
     if ppo.learning_rate <= 0:
         raise UsageError(f"--learning-rate must be positive, got {ppo.learning_rate}")
-    if run.num_envs % ppo.num_minibatches != 0:
+    envs_per_process = run.num_envs // distributed.world_size
+    if envs_per_process % ppo.num_minibatches != 0:
+        envs = (f"--num-envs ({run.num_envs})" if distributed.world_size == 1 else
+                f"the envs per process ({run.num_envs} / {distributed.world_size} = {envs_per_process})")
         raise UsageError(
-            f"--num-envs ({run.num_envs}) must be divisible by --num-minibatches ({ppo.num_minibatches}): "
+            f"{envs} must be divisible by --num-minibatches ({ppo.num_minibatches}): "
             "minibatches are slices of the env axis"
         )
 
 
-def make_training_env(name: str, num_envs: int, device: torch.device, seed: int):
-    """A memrl env by short name, or any gymnasium id through the vector adapter."""
+def make_training_env(name: str, num_envs: int, device: torch.device, seed: int, options: dict | None = None,
+                      evaluation: bool = False):
+    """A memrl env by short name, an Atari100k game (`evaluation` plays whole games with raw rewards),
+    or any gymnasium id through the vector adapter; `options` are the env's keyword arguments."""
+    options = options or {}
+    if is_atari_name(name):
+        return AtariVectorEnv(name, num_envs, device, seed, evaluation, **options)
     if name in env_names():
-        return make_env(name, num_envs=num_envs, device=device, seed=seed)
-    return GymnasiumVectorEnv(name, num_envs=num_envs, device=device, seed=seed)
+        return make_env(name, num_envs=num_envs, device=device, seed=seed, **options)
+    return GymnasiumVectorEnv(name, num_envs=num_envs, device=device, seed=seed, **options)
 
 
 def default_run_dir(run: RunConfig) -> Path:
@@ -236,7 +279,7 @@ def load_trained_agent(run_dir: Path, device: torch.device | str = "cpu") -> tup
     and the run's config; FileNotFoundError when the run dir holds no checkpoint."""
     checkpoint = load_checkpoint(run_dir)
     run, agent_config = configs_from_checkpoint(checkpoint)
-    spaces = make_training_env(run.env, 1, torch.device(device), run.seed)
+    spaces = make_training_env(run.env, 1, torch.device(device), run.seed, run.env_options)
     agent = AGENTS[run.agent][1].build_agent(agent_config, spaces.single_observation_space,
                                              spaces.single_action_space, run.backbone)
     agent.load_state_dict(checkpoint["agent"])
@@ -254,7 +297,7 @@ def resource_usage(agent: torch.nn.Module, device: torch.device) -> dict:
             "peak_memory_mb": round(peak_bytes / 2**20, 1)}
 
 
-def run_training(args: argparse.Namespace) -> dict:
+def run_training(args: argparse.Namespace, distributed: Distributed = Distributed()) -> dict:
     if args.resume:
         if args.run_dir is None:
             raise UsageError("--resume needs --run-dir: the run directory to continue")
@@ -266,38 +309,49 @@ def run_training(args: argparse.Namespace) -> dict:
         run, agent_config = configs_from_checkpoint(checkpoint)
         if args.total_steps is not None:
             run = dataclasses.replace(run, total_steps=args.total_steps)
-        validate(run, agent_config)
+        validate(run, agent_config, distributed)
         preset = checkpoint["config"]["preset"]
     else:
-        run, agent_config, preset = resolve_config(args)
+        run, agent_config, preset = resolve_config(args, distributed)
         run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(run)
         checkpoint = None
     device = torch.device("cuda" if run.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if run.device == "auto" else run.device))
+    if distributed.torchrun and device.type == "cuda":
+        device = torch.device("cuda", distributed.local_rank)
     if run.torch_threads > 0:
         torch.set_num_threads(run.torch_threads)
-    seed_everything(run.seed)
-    env = make_training_env(run.env, run.num_envs, device, run.seed)
+    distributed.start(device)
+    seed = run.seed + distributed.rank * RANK_SEED_OFFSET
+    seed_everything(seed)
+    try:
+        env = make_training_env(run.env, run.num_envs // distributed.world_size, device, seed, run.env_options)
+    except (TypeError, ValueError) as error:
+        raise UsageError(f"cannot build the env {run.env!r}: {error}") from None
     check_spaces(env)
     config = {"run": dataclasses.asdict(run), run.agent: dataclasses.asdict(agent_config), "preset": preset}
     trainer_class = AGENTS[run.agent][1]
+    data_parallel = {"distributed": distributed} if distributed.torchrun else {}
     try:
         trainer = trainer_class(agent_config, env, run.total_steps, device, run.backbone, run_dir=run_dir,
-                                progress=not args.quiet)
+                                progress=not args.quiet, **data_parallel)
     except (TypeError, ValueError) as error:
         raise UsageError(f"cannot build the agent: {error}") from None
     if checkpoint is not None:
         trainer.restore(checkpoint)
-    else:
+    elif distributed.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json(run_dir / "config.json", config)
-    print(f"train-agent: {run.agent} + {run.backbone} on {run.env} ({device}), preset {preset}, run dir {run_dir}",
-          file=sys.stderr)
+    if distributed.is_main:
+        processes = f", {distributed.world_size} processes" if distributed.torchrun else ""
+        print(f"train-agent: {run.agent} + {run.backbone} on {run.env} ({device}{processes}), preset {preset}, "
+              f"run dir {run_dir}", file=sys.stderr)
     trainer.train(checkpoint_extra={"config": config})
     result = {"run_dir": str(run_dir), "global_step": trainer.global_step,
               "train_success_rate": trainer.statistics.success_rate()}
-    if run.eval_episodes > 0:
-        eval_env = make_training_env(run.env, run.eval_episodes, device, run.seed + 1_000_003)
+    if run.eval_episodes > 0 and distributed.is_main:
+        eval_env = make_training_env(run.env, run.eval_episodes, device, run.seed + 1_000_003, run.env_options,
+                                     evaluation=True)
         evaluation = evaluate(trainer.agent, eval_env, deterministic=run.eval_deterministic)
         evaluation.update({"global_step": trainer.global_step, "train_wall_time_seconds": trainer.elapsed_seconds,
                            **resource_usage(trainer.agent, device)})
@@ -311,12 +365,15 @@ def run_training(args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    distributed = Distributed.from_environment()
     try:
-        run_training(args)
+        run_training(args, distributed)
     except UsageError as error:
         parser.exit(2, f"train-agent: error: {error}\n")
     except TrainingDiverged as error:
         parser.exit(1, f"train-agent: stopped: {error}\n")
+    finally:
+        distributed.stop()
     return 0
 
 

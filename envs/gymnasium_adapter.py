@@ -10,14 +10,20 @@ one (False otherwise). Observations and rewards cross the host: these envs run o
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import gymnasium
 import numpy as np
 import torch
-from gymnasium.vector import AutoresetMode
+from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv
 
 
 class GymnasiumVectorEnv:
-    """num_envs copies of gymnasium env `env_id`, stepped in lock-step, as torch tensors."""
+    """num_envs copies of gymnasium env `env_id`, stepped in lock-step, as torch tensors.
+
+    With `env_factory` (a picklable callable returning one gymnasium env, e.g. an env with its
+    wrappers), the copies are `env_factory()` instead and `env_id` only names them in messages;
+    `vectorization_mode` is then sync or async."""
 
     def __init__(
         self,
@@ -26,6 +32,7 @@ class GymnasiumVectorEnv:
         device: torch.device | str = "cpu",
         seed: int | None = None,
         vectorization_mode: str = "sync",
+        env_factory: Callable[[], gymnasium.Env] | None = None,
         **make_kwargs,
     ):
         if not isinstance(num_envs, int) or num_envs <= 0:
@@ -33,13 +40,17 @@ class GymnasiumVectorEnv:
         self.env_id = env_id
         self.num_envs = num_envs
         self.device = torch.device(device)
-        self.vector_env = gymnasium.make_vec(
-            env_id,
-            num_envs=num_envs,
-            vectorization_mode=vectorization_mode,
-            vector_kwargs={"autoreset_mode": AutoresetMode.SAME_STEP},
-            **make_kwargs,
-        )
+        if env_factory is None:
+            self.vector_env = gymnasium.make_vec(
+                env_id,
+                num_envs=num_envs,
+                vectorization_mode=vectorization_mode,
+                vector_kwargs={"autoreset_mode": AutoresetMode.SAME_STEP},
+                **make_kwargs,
+            )
+        else:
+            vector_class = {"sync": SyncVectorEnv, "async": AsyncVectorEnv}[vectorization_mode]
+            self.vector_env = vector_class([env_factory] * num_envs, autoreset_mode=AutoresetMode.SAME_STEP)
         self.single_observation_space = self.vector_env.single_observation_space
         self.single_action_space = self.vector_env.single_action_space
         self.max_episode_steps = self.vector_env.spec.max_episode_steps if self.vector_env.spec else None

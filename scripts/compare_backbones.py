@@ -48,6 +48,7 @@ from agents import scores
 from agents.run import CHECKPOINT_NAME, write_atomically
 from agents.train import AGENTS, RunConfig, UsageError, resolve_config
 from agents.train import build_parser as build_train_parser
+from envs.atari import is_atari_name
 from envs.registry import env_names
 from memory import BACKBONES
 
@@ -553,7 +554,7 @@ def validate_study(args: argparse.Namespace, backbones: list[str], train_args: l
         if backbone not in BACKBONES:
             raise UsageError(f"unknown backbone {backbone!r}; choose from: all, {', '.join(BACKBONES)}")
     for env in args.envs:
-        if env not in env_names() and env not in gymnasium.registry:
+        if not is_atari_name(env) and env not in env_names() and env not in gymnasium.registry:
             raise UsageError(f"unknown env {env!r}; choose a memrl env ({', '.join(env_names())}) "
                              "or a registered gymnasium id")
     for name in ("seeds", "torch_threads") + (("workers",) if args.workers is not None else ()):
