@@ -38,6 +38,7 @@ from agents.ppo import PPOConfig, PPOTrainer
 from agents.run import Distributed, TrainingDiverged, evaluate, load_checkpoint, seed_everything, write_json
 from envs.atari import AtariVectorEnv, check_atari_env, is_atari_name
 from envs.gymnasium_adapter import GymnasiumVectorEnv
+from envs.maniskill import ManiSkillUnavailable, is_maniskill_name, make_maniskill_env, maniskill_env_id
 from envs.registry import env_names, make_env
 from memory import BACKBONES
 
@@ -51,7 +52,7 @@ class RunConfig:
 
     agent: str = field(default="ppo", metadata={"help": f"agent: {', '.join(AGENTS)}"})
     backbone: str = field(default="s5", metadata={"help": "memory backbone (see memory.BACKBONES)"})
-    env: str = field(default="memory-rewrite", metadata={"help": "env short name (see envs.registry), atari100k-<game> (see envs.atari) or a gymnasium id"})
+    env: str = field(default="memory-rewrite", metadata={"help": "env short name (see envs.registry), atari100k-<game> (see envs.atari), maniskill-<task> (see envs.maniskill) or a gymnasium id"})
     env_options: dict = field(default_factory=dict, metadata={"help": "env keyword arguments as JSON: a memrl env's settings, gymnasium.make's kwargs or envs.atari.AtariOptions, e.g. '{\"clip_rewards\": true}'"})
     seed: int = field(default=1, metadata={"help": "seed for torch, numpy, python and the envs"})
     device: str = field(default="auto", metadata={"help": "auto (cuda if available), cpu or cuda"})
@@ -196,10 +197,15 @@ def validate(run: RunConfig, agent_config: PPOConfig | DreamerConfig, distribute
             check_atari_env(run.env, run.env_options)
         except (ValueError, ImportError) as error:
             raise UsageError(str(error)) from None
+    elif is_maniskill_name(run.env):
+        try:
+            maniskill_env_id(run.env)
+        except ValueError as error:
+            raise UsageError(str(error)) from None
     elif run.env not in env_names() and run.env not in gymnasium.registry:
         raise UsageError(
-            f"unknown env {run.env!r}; choose a memrl env ({', '.join(env_names())}), atari100k-<game> "
-            "or a registered gymnasium id"
+            f"unknown env {run.env!r}; choose a memrl env ({', '.join(env_names())}), atari100k-<game>, "
+            "maniskill-<task> or a registered gymnasium id"
         )
     if run.device not in ("auto", "cpu", "cuda") and not run.device.startswith("cuda:"):
         raise UsageError(f"device must be auto, cpu or cuda, got {run.device!r}")
@@ -240,10 +246,13 @@ def validate(run: RunConfig, agent_config: PPOConfig | DreamerConfig, distribute
 def make_training_env(name: str, num_envs: int, device: torch.device, seed: int, options: dict | None = None,
                       evaluation: bool = False):
     """A memrl env by short name, an Atari100k game (`evaluation` plays whole games with raw rewards),
-    or any gymnasium id through the vector adapter; `options` are the env's keyword arguments."""
+    a ManiSkill task (maniskill-<task>) or any gymnasium id through the vector adapter; `options` are
+    the env's keyword arguments."""
     options = options or {}
     if is_atari_name(name):
         return AtariVectorEnv(name, num_envs, device, seed, evaluation, **options)
+    if is_maniskill_name(name):
+        return make_maniskill_env(name, num_envs, device, seed, **options)
     if name in env_names():
         return make_env(name, num_envs=num_envs, device=device, seed=seed, **options)
     return GymnasiumVectorEnv(name, num_envs=num_envs, device=device, seed=seed, **options)
@@ -326,7 +335,7 @@ def run_training(args: argparse.Namespace, distributed: Distributed = Distribute
     seed_everything(seed)
     try:
         env = make_training_env(run.env, run.num_envs // distributed.world_size, device, seed, run.env_options)
-    except (TypeError, ValueError) as error:
+    except (TypeError, ValueError, ManiSkillUnavailable) as error:
         raise UsageError(f"cannot build the env {run.env!r}: {error}") from None
     check_spaces(env)
     config = {"run": dataclasses.asdict(run), run.agent: dataclasses.asdict(agent_config), "preset": preset}

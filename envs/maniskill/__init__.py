@@ -1,0 +1,59 @@
+"""ManiSkill 3 memory-manipulation tasks (`envs.maniskill.tasks`) behind memrl's batched interface.
+
+    env = make_maniskill_env("maniskill-remember-color-3", num_envs=256, device="cuda", seed=1)
+    train-agent --env maniskill-remember-color-3 --num-envs 256
+
+Importing this package does not import mani-skill (an optional dependency: `pip install
+'memrl[maniskill]'`); building an env does. The tasks render RGB observations, so they need a
+Vulkan-capable GPU; without one, building an env raises `ManiSkillUnavailable` with one sentence.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import torch
+
+ENV_PREFIX = "maniskill-"
+
+TASKS = {
+    **{f"maniskill-remember-color-{count}": f"memrl/RememberColor{count}-v0" for count in (3, 5, 9)},
+    "maniskill-shell-game-touch": "memrl/ShellGameTouch-v0",
+    **{f"maniskill-seq-of-colors-{count}": f"memrl/SeqOfColors{count}-v0" for count in (3, 5, 7)},
+    **{f"maniskill-chain-of-colors-{count}": f"memrl/ChainOfColors{count}-v0" for count in (3, 5, 7)},
+}
+"""memrl short name -> ManiSkill env id (registered with ManiSkill and gymnasium by envs.maniskill.tasks)."""
+
+MISSING_DEPENDENCY = "ManiSkill tasks need mani-skill: pip install 'memrl[maniskill]'"
+VULKAN_REQUIRED = "ManiSkill tasks need a Vulkan-capable GPU (ManiSkill renderer), and this machine has none"
+
+
+class ManiSkillUnavailable(RuntimeError):
+    """mani-skill is not installed, or this machine cannot run its renderer."""
+
+
+def is_maniskill_name(name: str) -> bool:
+    """Whether `name` asks for a ManiSkill task (a known one or not)."""
+    return name.startswith(ENV_PREFIX)
+
+
+def maniskill_names() -> list[str]:
+    return sorted(TASKS)
+
+
+def maniskill_env_id(name: str) -> str:
+    """'maniskill-remember-color-3' -> 'memrl/RememberColor3-v0'; ValueError naming the choices otherwise."""
+    if name not in TASKS:
+        raise ValueError(f"unknown ManiSkill task {name!r}; choose one of: {', '.join(maniskill_names())}")
+    return TASKS[name]
+
+
+def make_maniskill_env(name: str, num_envs: int, device: torch.device | str = "cuda", seed: int | None = None,
+                       **options):
+    """The task `name` as an `envs.maniskill.adapter.ManiSkillBatchedEnv`; `options` go to the adapter."""
+    env_id = maniskill_env_id(name)
+    if importlib.util.find_spec("mani_skill") is None:
+        raise ManiSkillUnavailable(MISSING_DEPENDENCY)
+    from envs.maniskill.adapter import ManiSkillBatchedEnv
+
+    return ManiSkillBatchedEnv(env_id, num_envs=num_envs, device=device, seed=seed, **options)

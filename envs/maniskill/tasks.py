@@ -12,9 +12,9 @@ choice phase only.
         then nothing for 5 steps, then all N colours appear at random grid slots; touching the
         shown colour is a success, touching another one a failure. Chance 1/N.
     ShellGameTouch (90 steps): a red ball lies on one of three slots for 5 steps; three identical
-        cups then cover the slots (the ball is hidden) and swap places twice in view (5 steps a
-        swap); touching the cup with the ball is a success, another cup a failure. Chance 1/3
-        (an agent can also keep the answer with its gripper, by following the cup).
+        cups then cover the slots (the ball is hidden) for 5 steps and swap places twice in view
+        (5 steps a swap); touching the cup with the ball is a success, another cup a failure.
+        Chance 1/3 (an agent can also keep the answer with its gripper, by following the cup).
     SeqOfColors-K / ChainOfColors-K (K = 3, 5, 7; 120 steps): K distinct colours of 9 are shown
         one after another (5 steps each), then nothing for 5 steps, then all 9 colours appear at
         random grid slots. Touch every shown colour (SeqOfColors: in any order; ChainOfColors: in
@@ -40,6 +40,7 @@ from mani_skill.utils import sapien_utils
 from mani_skill.utils.building.ground import build_ground
 from mani_skill.utils.registration import register_env
 from mani_skill.utils.structs import Pose
+from mani_skill.utils.structs.types import GPUMemoryConfig, SimConfig
 
 PALETTE = {
     "red": (0.90, 0.10, 0.10),
@@ -58,8 +59,8 @@ GRID_SLOTS = torch.tensor([[x, y] for x in (-0.1, 0.0, 0.1) for y in (-0.1, 0.0,
 """xy of the 9 slots where objects appear in the choice phase (the robot base is at x = -0.615)."""
 SHOW_SPOT = (0.0, 0.0)
 """xy where the colour tasks show the colour to remember."""
-PARKED_Z = -1.0
-"""Hidden objects wait this far under the floor."""
+PARKED_X, PARKED_SPACING, PARKED_Z = 2.0, 0.2, -1.0
+"""Hidden objects wait in a row under the floor, out of the camera's sight."""
 TOUCH_MARGIN = (0.015, 0.03)
 """A touch: the TCP within an object's box widened by 1.5 cm sideways and raised by 3 cm on top."""
 PHASE_STEPS = 5
@@ -73,12 +74,14 @@ REWARD_SCALE = 1.1
 class MemoryTouchEnv(BaseEnv):
     """What the three task families share: robot, floor, camera, parked objects, touch detection.
 
-    A task defines `_object_specs()` (the actors), `_draw_episodes(env_idx)` (its hidden state),
-    `_object_positions(step)` (where every object is at each env's step, [num_envs, num_objects, 3],
-    parked or not), `_choice_start` (the first step of the choice phase) and `_judge(touched)` ->
-    (success, fail, reach_target [num_envs, 3]) from the objects touched this step."""
+    A task defines `_object_specs()` (the actors), `_allocate_state()` and `_draw_episodes(env_idx)`
+    (its hidden per-env state), `_object_positions(step, env_idx)` (where every object is at the
+    given step of each env in `env_idx`, [len(env_idx), num_objects, 3], parked or not),
+    `_choice_start` (the first step of the choice phase) and `_judge(touched)` -> (success, fail,
+    reach_target [num_envs, 3]) from the objects touched at this step. `info` carries `touched` and
+    `reach_target` (where the right object is) for rewards and tests; observations never do."""
 
-    SUPPORTED_ROBOTS = ["panda"]
+    SUPPORTED_ROBOTS = ("panda",)
     SUPPORTED_REWARD_MODES = ("sparse", "dense", "normalized_dense", "none")
     agent: Panda
     _choice_start: int
@@ -91,9 +94,16 @@ class MemoryTouchEnv(BaseEnv):
     # -- scene ----------------------------------------------------------------------------
 
     @property
+    def _default_sim_config(self):
+        # ManiSkill's tabletop tasks' GPU buffers: thousands of scenes with contacts overflow the defaults.
+        memory = GPUMemoryConfig(found_lost_pairs_capacity=2**25, max_rigid_patch_count=2**18)
+        return SimConfig(gpu_memory_config=memory)
+
+    @property
     def _default_sensor_configs(self):
-        pose = sapien_utils.look_at(eye=[0.35, 0.0, 0.55], target=[-0.05, 0.0, 0.0])
-        return [CameraConfig("base_camera", pose=pose, width=64, height=64, fov=np.pi / 2, near=0.01, far=10)]
+        # Frames the grid (about 30 x 24 pixels of 64 x 64, a cube 5 pixels wide) and the gripper above it.
+        pose = sapien_utils.look_at(eye=[0.3, 0.0, 0.45], target=[-0.02, 0.0, 0.02])
+        return [CameraConfig("base_camera", pose=pose, width=64, height=64, fov=1.0, near=0.01, far=10)]
 
     @property
     def _default_human_render_camera_configs(self):
@@ -116,9 +126,13 @@ class MemoryTouchEnv(BaseEnv):
             add_collision(**size_argument)
             if self.scene.can_render():  # a render material needs a renderer, which render_backend="none" lacks
                 add_visual(**size_argument, material=sapien.render.RenderMaterial(base_color=[*color, 1.0]))
-            builder.initial_pose = sapien.Pose(p=[2.0 + 0.2 * index, 0.0, PARKED_Z])
+            builder.initial_pose = sapien.Pose(p=[PARKED_X + PARKED_SPACING * index, 0.0, PARKED_Z])
             self.objects.append(builder.build_kinematic(name=name))
+        parked = [[PARKED_X + PARKED_SPACING * index, 0.0, PARKED_Z] for index in range(len(self.objects))]
+        self.parked_positions = torch.tensor(parked, device=self.device)
         self.object_half_sizes = torch.tensor([size for _, _, size, _ in self._object_specs()], device=self.device)
+        self.grid_slots = GRID_SLOTS.to(self.device)
+        self.show_spot = torch.tensor(SHOW_SPOT, device=self.device)
         self._allocate_state()
 
     def _object_specs(self) -> list[tuple[str, str, tuple[float, float, float], tuple[float, float, float]]]:
@@ -164,10 +178,7 @@ class MemoryTouchEnv(BaseEnv):
 
     def _parked(self, count: int) -> torch.Tensor:
         """Parked positions of every object, [count, num_objects, 3]."""
-        positions = torch.zeros(count, len(self.objects), 3, device=self.device)
-        positions[..., 0] = 2.0 + 0.2 * torch.arange(len(self.objects), device=self.device)
-        positions[..., 2] = PARKED_Z
-        return positions
+        return self.parked_positions.expand(count, -1, -1).clone()
 
     def _on_floor(self, xy: torch.Tensor, object_index: int) -> torch.Tensor:
         """[..., 2] xy -> [..., 3] positions of object `object_index` resting on the floor."""
@@ -183,7 +194,8 @@ class MemoryTouchEnv(BaseEnv):
         offset = self.agent.tcp.pose.p[:, None, :] - positions
         side, top = TOUCH_MARGIN
         inside_xy = (offset[..., :2].abs() <= self.object_half_sizes[:, :2] + side).all(-1)
-        inside_z = (offset[..., 2] >= -self.object_half_sizes[:, 2]) & (offset[..., 2] <= self.object_half_sizes[:, 2] + top)
+        half_height = self.object_half_sizes[:, 2]
+        inside_z = (offset[..., 2] >= -half_height) & (offset[..., 2] <= half_height + top)
         choosing = (self.elapsed_steps >= self._choice_start)[:, None]
         return inside_xy & inside_z & choosing
 
@@ -239,17 +251,17 @@ class RememberColorEnv(MemoryTouchEnv):
         positions = self._parked(count)
         rows = torch.arange(count, device=self.device)
         target = self.target[env_idx]
-        show = torch.tensor(SHOW_SPOT, device=self.device).expand(count, 2)
+        show = self.show_spot.expand(count, 2)
         showing = step < PHASE_STEPS
         positions[rows, target] = torch.where(showing[:, None], self._on_floor(show, 0), positions[rows, target])
-        on_grid = self._on_floor(GRID_SLOTS.to(self.device)[self.slots[env_idx]], 0)
+        on_grid = self._on_floor(self.grid_slots[self.slots[env_idx]], 0)
         return torch.where((step >= self._choice_start)[:, None, None], on_grid, positions)
 
     def _judge(self, touched):
         is_target = torch.nn.functional.one_hot(self.target, self.num_colors).bool()
         success = (touched & is_target).any(-1)
         fail = (touched & ~is_target).any(-1) & ~success
-        reach_target = self._on_floor(GRID_SLOTS.to(self.device)[self.slots.gather(1, self.target[:, None])[:, 0]], 0)
+        reach_target = self._on_floor(self.grid_slots[self.slots.gather(1, self.target[:, None])[:, 0]], 0)
         return success, fail, reach_target
 
 
@@ -266,7 +278,7 @@ class ShellGameTouchEnv(MemoryTouchEnv):
         if num_swaps < 0:
             raise ValueError(f"num_swaps must be 0 or more, got {num_swaps}")
         self.num_swaps = num_swaps
-        self._choice_start = PHASE_STEPS * (1 + num_swaps)
+        self._choice_start = PHASE_STEPS * (2 + num_swaps)
         super().__init__(*args, **kwargs)
 
     def _object_specs(self):
@@ -274,14 +286,14 @@ class ShellGameTouchEnv(MemoryTouchEnv):
         return [ball] + [(f"cup_{index}", "box", self.CUP_HALF_SIZE, (0.45, 0.45, 0.5)) for index in range(3)]
 
     def _allocate_state(self):
+        self.cup_slots = self.CUP_SLOTS.to(self.device)
         self.target = torch.zeros(self.num_envs, dtype=torch.long, device=self.device)
         self.swaps = torch.zeros(self.num_envs, self.num_swaps, 2, dtype=torch.long, device=self.device)
 
     def _draw_episodes(self, env_idx):
         count = len(env_idx)
         self.target[env_idx] = torch.randint(3, (count,), device=self.device)
-        pairs = torch.stack([_random_permutations(count, 3, self.device)[:, :2] for _ in range(self.num_swaps)], dim=1)
-        self.swaps[env_idx] = pairs.reshape(count, self.num_swaps, 2)
+        self.swaps[env_idx] = torch.rand(count, self.num_swaps, 3, device=self.device).argsort(-1)[..., :2]
 
     @property
     def ball_slot(self) -> torch.Tensor:
@@ -301,19 +313,21 @@ class ShellGameTouchEnv(MemoryTouchEnv):
         count = len(env_idx)
         rows = torch.arange(count, device=self.device)
         positions = self._parked(count)
-        cup_slots = self.CUP_SLOTS.to(self.device)
+        cup_slots = self.cup_slots
         ball = self._on_floor(cup_slots[self.target[env_idx]], 0)
         positions[:, 0] = torch.where((step < PHASE_STEPS)[:, None], ball, positions[:, 0])
-        # Slots of the cups before the swap under way, and how far that swap has gone (0..1).
+        # Slots of the cups before the swap under way, and how far that swap has gone (0..1); the
+        # cups rest on the slots for one phase before the first swap.
         swaps = self.swaps[env_idx]
-        swap_index = ((step - PHASE_STEPS) // PHASE_STEPS).clamp(0, self.num_swaps)
+        swap_time = step - 2 * PHASE_STEPS
+        swap_index = (swap_time // PHASE_STEPS).clamp(0, self.num_swaps)
         done_swaps = torch.arange(self.num_swaps, device=self.device) < swap_index[:, None]
         slots = self._cup_slots(torch.where(done_swaps[..., None], swaps, 0))  # swapping slot 0 with itself is a no-op
         xy = cup_slots[slots]
         if self.num_swaps > 0:
             moving = swaps[rows, swap_index.clamp(max=self.num_swaps - 1)]
-            progress = ((step - PHASE_STEPS) % PHASE_STEPS + 1).float() / PHASE_STEPS
-            progress = torch.where(swap_index < self.num_swaps, progress, torch.zeros_like(progress))
+            swapping = (swap_time >= 0) & (swap_index < self.num_swaps)
+            progress = torch.where(swapping, (swap_time % PHASE_STEPS + 1).float() / PHASE_STEPS, 0.0)
             for end, other, detour in ((0, 1, self.SWAP_DETOUR), (1, 0, -self.SWAP_DETOUR)):
                 cup_moving = slots == moving[:, end : end + 1]
                 start_xy, goal_xy = cup_slots[moving[:, end]], cup_slots[moving[:, other]]
@@ -329,7 +343,7 @@ class ShellGameTouchEnv(MemoryTouchEnv):
         is_ball_cup = torch.nn.functional.one_hot(self.target, 3).bool()
         success = (cups & is_ball_cup).any(-1)
         fail = (cups & ~is_ball_cup).any(-1) & ~success
-        reach_target = self._on_floor(self.CUP_SLOTS.to(self.device)[self.ball_slot], 1)
+        reach_target = self._on_floor(self.cup_slots[self.ball_slot], 1)
         return success, fail, reach_target
 
 
@@ -367,10 +381,10 @@ class ColorSequenceEnv(MemoryTouchEnv):
         positions = self._parked(count)
         shown_index = (step // PHASE_STEPS).clamp(max=self.sequence_length - 1)
         shown = self.sequence[env_idx][rows, shown_index]
-        show = self._on_floor(torch.tensor(SHOW_SPOT, device=self.device).expand(count, 2), 0)
+        show = self._on_floor(self.show_spot.expand(count, 2), 0)
         showing = step < PHASE_STEPS * self.sequence_length
         positions[rows, shown] = torch.where(showing[:, None], show, positions[rows, shown])
-        on_grid = self._on_floor(GRID_SLOTS.to(self.device)[self.slots[env_idx]], 0)
+        on_grid = self._on_floor(self.grid_slots[self.slots[env_idx]], 0)
         on_grid = torch.where(self.collected[env_idx][..., None], self._parked(count), on_grid)
         return torch.where((step >= self._choice_start)[:, None, None], on_grid, positions)
 
@@ -392,7 +406,7 @@ class ColorSequenceEnv(MemoryTouchEnv):
         success = ~remaining.any(-1)
         aim = self._next_color() if self.ordered else remaining.float().argmax(-1)
         rows = torch.arange(self.num_envs, device=self.device)
-        reach_target = self._on_floor(GRID_SLOTS.to(self.device)[self.slots[rows, aim]], 0)
+        reach_target = self._on_floor(self.grid_slots[self.slots[rows, aim]], 0)
         return success, fail, reach_target
 
 
