@@ -110,7 +110,8 @@ def _config_fields():
     return fields
 
 
-def _parse_json_dict(text: str) -> dict:
+def parse_json_object(text: str) -> dict:
+    """argparse type for a JSON object argument (an ArgumentTypeError names what was wrong)."""
     try:
         value = json.loads(text)
     except json.JSONDecodeError as error:
@@ -141,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
         if isinstance(default, bool):
             options["action"] = argparse.BooleanOptionalAction
         elif isinstance(default, dict):
-            options["type"] = _parse_json_dict
+            options["type"] = parse_json_object
         elif config_field.name == "target_kl":
             options["type"] = _optional_float
         else:

@@ -38,7 +38,7 @@ import numpy as np
 
 from agents import scores
 from agents.run import write_atomically
-from agents.train import AGENTS, UsageError, resolve_config
+from agents.train import AGENTS, UsageError, parse_json_object, resolve_config
 from agents.train import build_parser as build_train_parser
 from envs.atari import (
     ENV_PREFIX,
@@ -261,16 +261,6 @@ def run_suite(runs: list[GridRun], train_args: list[str], workers: int, torch_th
 # -- command line ----------------------------------------------------------------------------
 
 
-def _json_object(text: str) -> dict:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r} ({error.msg})") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="atari100k",
@@ -290,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"truncate every game after this many frames, in training and evaluation (default "
                              f"{PROTOCOL_EPISODE_FRAMES:,} = {PROTOCOL_EPISODE_FRAMES // FRAME_SKIP:,} agent steps; "
                              "less is labelled REDUCED)")
-    parser.add_argument("--env-options", type=_json_object, default={},
+    parser.add_argument("--env-options", type=parse_json_object, default={},
                         help="other env options of every run as JSON (envs.atari.AtariOptions), "
                              "added to the preset's, e.g. '{\"life_loss\": false}'")
     parser.add_argument("--preset", default=None, help="train-agent --preset of every run (default: the agent's atari100k)")
