@@ -24,7 +24,8 @@ last quarter of the train episodes. Probes, for k = 0 .. `--max-k` (default the 
 
 Writes `probes.csv`, `probes.json` (rows plus per-run details) and `probes.png` (accuracy vs k,
 chance drawn, one line per run labelled by its backbone) into `--out-dir`, each atomically.
-Cues are uniform over left/right, so chance is 1/2.
+Cues are uniform over left/right, so chance is 1/2; each row also reports the majority baseline
+(the train split's most frequent cue scored on the test split), which a small or lopsided cell can raise.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ NUM_CUES = 2
 CHANCE = 1.0 / NUM_CUES
 PROBED_TASKS = (TMaze, EndlessTMaze)
 COLUMNS = ("label", "backbone", "agent", "env", "run_dir", "probe", "k", "accuracy", "train_accuracy", "l2",
-           "train_samples", "test_samples", "chance")
+           "train_samples", "test_samples", "chance", "majority_baseline")
 
 
 class UsageError(ValueError):
@@ -184,6 +185,13 @@ def choose_l2(features: torch.Tensor, labels: torch.Tensor, episode: torch.Tenso
     return best_l2
 
 
+def majority_baseline(train_labels: torch.Tensor, test_labels: torch.Tensor) -> float:
+    """Test accuracy of always answering the train split's most frequent label: what a probe
+    with no information scores (above 1/2 when a (probe, k) cell holds mostly one cue)."""
+    majority = torch.bincount(train_labels.long(), minlength=NUM_CUES).argmax()
+    return float((test_labels.long() == majority).float().mean())
+
+
 def probe_rows(recording: Recording, train_episodes: int, max_k: int, l2_grid: list[float]) -> list[dict]:
     """Fit every probe at every k: episodes < train_episodes train (the L2 coefficient chosen among
     `l2_grid` on a validation part of them), the rest test. A (probe, k) with no train or no test
@@ -205,7 +213,7 @@ def probe_rows(recording: Recording, train_episodes: int, max_k: int, l2_grid: l
                                                    recording.features[test], labels[test], l2=l2)
             rows.append({"probe": probe, "k": k, "accuracy": accuracy, "train_accuracy": train_accuracy,
                          "l2": l2, "train_samples": int(train.sum()), "test_samples": int(test.sum()),
-                         "chance": CHANCE})
+                         "chance": CHANCE, "majority_baseline": majority_baseline(labels[train], labels[test])})
     return rows
 
 

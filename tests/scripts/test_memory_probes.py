@@ -16,6 +16,7 @@ from scripts.memory_probes import (
     COLUMNS,
     choose_l2,
     main,
+    majority_baseline,
     record_rollout,
     state_features,
     train_probe,
@@ -197,3 +198,8 @@ def test_bad_input_is_one_sentence_and_exit_code_2(tmp_path, capsys, case, messa
     error = capsys.readouterr().err
     assert message in error and len(error.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_majority_baseline_scores_the_most_frequent_train_label_on_the_test_split():
+    assert majority_baseline(torch.tensor([1, 1, 0]), torch.tensor([1, 1, 1, 0])) == 0.75
+    assert majority_baseline(torch.tensor([0, 0]), torch.tensor([1, 1])) == 0.0
