@@ -2,26 +2,20 @@
 
 from __future__ import annotations
 
-import functools
 import types
 
 import torch
 
+from kernels import triton_kernels
 from kernels.linear_scan.naive import linear_scan_naive
 from kernels.linear_scan.parallel import linear_scan_parallel
 
 IMPLEMENTATIONS = ("auto", "naive", "parallel", "triton")
 
 
-@functools.cache
 def _triton_module() -> types.ModuleType | None:
-    """kernels.linear_scan.triton, or None where triton cannot be imported (kept lazy so this
-    package imports on machines without triton)."""
-    try:
-        from kernels.linear_scan import triton as triton_module
-    except ImportError:
-        return None
-    return triton_module
+    """This op's Triton kernels, or None where triton cannot be imported."""
+    return triton_kernels(__name__)
 
 
 def linear_scan(

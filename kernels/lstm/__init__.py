@@ -2,25 +2,19 @@
 
 from __future__ import annotations
 
-import functools
 import types
 
 import torch
 
+from kernels import triton_kernels
 from kernels.lstm.naive import lstm_sequence_naive
 
 IMPLEMENTATIONS = ("auto", "naive", "triton")
 
 
-@functools.cache
 def _triton_module() -> types.ModuleType | None:
-    """kernels.lstm.triton, or None where triton cannot be imported (kept lazy so this
-    package imports on machines without triton)."""
-    try:
-        from kernels.lstm import triton as triton_module
-    except ImportError:
-        return None
-    return triton_module
+    """This op's Triton kernels, or None where triton cannot be imported."""
+    return triton_kernels(__name__)
 
 
 def lstm_sequence(

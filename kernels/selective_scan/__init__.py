@@ -13,27 +13,21 @@ only every 16 steps, for the backward pass).
 
 from __future__ import annotations
 
-import functools
 import types
 
 import torch
 import torch.nn.functional as F
 
+from kernels import triton_kernels
 from kernels.linear_scan import linear_scan
 from kernels.selective_scan.naive import selective_scan_naive
 
 IMPLEMENTATIONS = ("auto", "naive", "parallel", "triton")
 
 
-@functools.cache
 def _triton_module() -> types.ModuleType | None:
-    """kernels.selective_scan.triton, or None where triton cannot be imported (kept lazy so this
-    package imports on machines without triton)."""
-    try:
-        from kernels.selective_scan import triton as triton_module
-    except ImportError:
-        return None
-    return triton_module
+    """This op's Triton kernels, or None where triton cannot be imported."""
+    return triton_kernels(__name__)
 
 
 def _selective_scan_parallel(u, delta, A, B, C, D, z, reset, initial_state):
