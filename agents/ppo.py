@@ -117,14 +117,15 @@ def compute_gae(rewards: torch.Tensor, values: torch.Tensor, terminated: torch.T
 
     values[:, t] = V(obs_t); last_value [N] = V of the observation after the rollout;
     final_values[:, t] = V(final observation) of an episode truncated at t (ignored elsewhere).
-    The bootstrap target after step t is: 0 if terminated, final_values if truncated,
-    else the next value. Advantages do not flow across an episode end.
+    The bootstrap target after step t is: 0 if terminated (also when the env reports truncated
+    in the same step: the episode really ended), final_values if only truncated, else the next
+    value. Advantages do not flow across an episode end.
     Returns (advantages [N, T], returns [N, T]).
     """
     num_steps = rewards.shape[1]
     done = terminated | truncated
     next_values = torch.cat([values[:, 1:], last_value[:, None]], dim=1)
-    next_values = torch.where(truncated, final_values, torch.where(terminated, 0.0, next_values))
+    next_values = torch.where(terminated, 0.0, torch.where(truncated, final_values, next_values))
     deltas = rewards + gamma * next_values - values
     advantages = torch.zeros_like(rewards)
     running = torch.zeros_like(last_value)

@@ -65,6 +65,8 @@ class RunConfig:
 
 # Presets: overrides of RunConfig and the agent's config fields, by env and optionally "<env>/<backbone>";
 # presets of an agent other than PPO are named "<agent>:<name>" (e.g. "dreamer:memory-retention").
+# Atari100k evaluates with sampled actions, as DreamerV3 and the published PPO baselines do: a greedy
+# policy can stall (never pressing FIRE) until the 27k-step limit. The memory tasks evaluate greedily.
 PRESETS: dict[str, dict] = {
     "default": {},
     "memory-retention": {"total_steps": 400_000, "num_envs": 32, "num_steps": 64, "hidden_dim": 64,
@@ -76,9 +78,10 @@ PRESETS: dict[str, dict] = {
     # 8 envs x 125 steps = 1,000 steps per update: the 100k budget is exactly 100 updates.
     "atari100k": {"total_steps": 100_000, "num_envs": 8, "num_steps": 125, "hidden_dim": 256, "learning_rate": 2.5e-4,
                   "num_minibatches": 4, "update_epochs": 4, "clip_coef": 0.1, "ent_coef": 0.01, "eval_episodes": 100,
-                  "env_options": {"clip_rewards": True}},
+                  "eval_deterministic": False, "env_options": {"clip_rewards": True}},
     "dreamer:default": {"num_envs": 16},
-    "dreamer:atari100k": {"total_steps": 100_000, "num_envs": 1, "replay_capacity": 100_000, "eval_episodes": 100},
+    "dreamer:atari100k": {"total_steps": 100_000, "num_envs": 1, "replay_capacity": 100_000, "eval_episodes": 100,
+                          "eval_deterministic": False},
     "dreamer:memory-retention": {"total_steps": 15_000, "num_envs": 8, "hidden_dim": 32, "encoder_dim": 32,
                                  "mlp_units": 32, "mlp_layers": 1, "num_latents": 4, "num_classes": 4,
                                  "reward_bins": 63, "batch_size": 8, "batch_length": 32, "train_ratio": 128,

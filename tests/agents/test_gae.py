@@ -35,3 +35,9 @@ def test_no_episode_end_is_plain_gae():
     advantages, _ = run_gae([False, False, False], [False, False, False])
     # deltas: 1, 2 + .5*1.5 - 1 = 1.75, 2.5; advantages: 2.5, 1.75 + .25*2.5 = 2.375, 1 + .25*2.375
     torch.testing.assert_close(advantages, torch.tensor([[1.59375, 2.375, 2.5]]))
+
+
+def test_termination_wins_when_the_env_reports_both_flags():
+    advantages, _ = run_gae([False, True, False], [False, True, False])
+    # the episode ended at t1: no bootstrap from the final value 4, exactly as plain termination
+    torch.testing.assert_close(advantages, torch.tensor([[1.25, 1.0, 2.5]]))
