@@ -157,6 +157,15 @@ def all_builds() -> list[Build]:
     return linear_scan_builds() + selective_scan_builds() + recurrent_builds("lstm") + recurrent_builds("gru")
 
 
+# Spills CI tolerates in a default configuration, per (kernel, architecture), in bytes per thread:
+# none, except the fused recurrent kernels, whose float32 tf32x3 dots spill a few dozen
+# L1-resident bytes (measured with triton 3.9: on sm_90a 24 B in the LSTM forward at H = 64 with
+# resident weights and 48 B in its backward at H = 128; on sm_80 88 B and 64 B in the LSTM and GRU
+# backward at H = 128). Ceilings, so that any growth fails.
+SPILL_ALLOWANCE_BYTES = {
+    ("lstm_fwd_kernel", "sm_90a"): 32, ("lstm_bwd_kernel", "sm_90a"): 64,
+    ("lstm_fwd_kernel", "sm_80"): 32, ("lstm_bwd_kernel", "sm_80"): 96, ("gru_bwd_kernel", "sm_80"): 64,
+}
 RESOURCE_LINE = re.compile(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)")
 
 
@@ -211,14 +220,17 @@ def format_table(results: list[Result]) -> str:
 
 
 def failures(results: list[Result]) -> list[str]:
-    """What a CI check rejects: any compile error, and spills in a default configuration."""
+    """What a CI check rejects: any compile error, and spills in a default configuration (beyond
+    SPILL_ALLOWANCE_BYTES)."""
     problems = []
     for result in results:
         where = f"{result.build.name} [{result.build.dtype} {result.build.label()}] on {result.architecture}"
         if result.error:
             problems.append(f"{where} failed to compile: {result.error}")
-        elif result.build.default and result.local_bytes:
-            problems.append(f"{where} spills {result.local_bytes} bytes per thread")
+        elif result.build.default and result.local_bytes > SPILL_ALLOWANCE_BYTES.get(
+                (result.build.name, result.architecture), 0):
+            allowed = SPILL_ALLOWANCE_BYTES.get((result.build.name, result.architecture), 0)
+            problems.append(f"{where} spills {result.local_bytes} bytes per thread (at most {allowed} allowed)")
     return problems
 
 
@@ -242,7 +254,9 @@ def report(results: list[Result], command: str) -> str:
         "",
         "Configurations are those the dispatch in kernels/*/triton.py can launch (see scripts/kernels_compile.py);",
         "`default` marks the ones production shapes use, which CI (tests/kernels/test_compile.py) requires to",
-        "compile without spills. Registers are per thread (255 at most); spills are local-memory bytes per",
+        "compile without spills, except ceilings for the fused recurrent kernels (bytes per thread: "
+        + ", ".join(f"{kernel} on {arch} {limit}" for (kernel, arch), limit in SPILL_ALLOWANCE_BYTES.items()) + ").",
+        "Registers are per thread (255 at most); spills are local-memory bytes per",
         "thread; shared memory is per program (static + Triton's dynamic allocation; sm_90a allows 227 KB,",
         "sm_80 163 KB).",
         "",
