@@ -25,6 +25,9 @@ state) are not counted. Inputs require grad in both passes, so "forward" include
 autograd saves, as in training. "max |diff|" is the largest forward difference from the
 naive reference run in float64 (cuDNN: not comparable).
 The markdown table goes to --output with device, date, commit, versions and this command.
+`--device cpu` runs the same code on the CPU (Triton under TRITON_INTERPRET=1, timed with a
+wall clock instead of triton.testing.do_bench): only for smoke-testing this script at tiny shapes
+(scripts/gpu_check.py --dry-run), never for numbers.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ import os
 import shlex
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -85,6 +89,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--reset-probability", type=float, default=0.01, help="chance that a step starts a new episode")
     parser.add_argument("--peak-gbps", type=float, default=3350.0, help="peak memory bandwidth in GB/s (H100 SXM: 3350)")
     parser.add_argument("--output", type=Path, default=REPO_ROOT / "benchmarks" / "kernels.md", help="markdown file to write")
+    parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda",
+                        help="cpu: a smoke test of this script under TRITON_INTERPRET=1 (no meaningful numbers)")
     args = parser.parse_args(argv)
     if not 0.0 <= args.reset_probability <= 1.0:
         parser.error(f"--reset-probability must be in [0, 1], got {args.reset_probability}")
@@ -111,6 +117,11 @@ class Row:
 
 
 def median_ms(function: Callable[[], object]) -> float:
+    if DEVICE == "cpu":
+        # One wall-clock run: the CPU mode only smoke-tests this script.
+        started = time.perf_counter()
+        function()
+        return 1000 * (time.perf_counter() - started)
     import triton.testing
 
     return triton.testing.do_bench(function, return_mode="median")
@@ -309,7 +320,7 @@ def report(rows: list[Row], args: argparse.Namespace, command: str) -> str:
     return "\n".join([
         "# Kernel benchmarks",
         "",
-        f"- device: {torch.cuda.get_device_name()}",
+        f"- device: {torch.cuda.get_device_name() if DEVICE == 'cuda' else 'CPU (TRITON_INTERPRET=1 smoke test; not a measurement)'}",
         f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}",
         f"- commit: {git_commit()}",
         f"- torch {torch.__version__} (CUDA {torch.version.cuda}), triton {triton.__version__}; "
@@ -332,8 +343,13 @@ def write_atomically(path: Path, text: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    global DEVICE
     args = parse_args(argv)
-    if not torch.cuda.is_available():
+    DEVICE = args.device
+    if DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        print("bench_kernels.py --device cpu needs TRITON_INTERPRET=1 (the Triton kernels run under the interpreter).", file=sys.stderr)
+        return 2
+    if DEVICE == "cuda" and not torch.cuda.is_available():
         print("bench_kernels.py needs a CUDA GPU and none is available here.", file=sys.stderr)
         return 2
     from kernels.lstm.triton import MAX_HIDDEN_SIZE
