@@ -157,7 +157,7 @@ def test_reset_cuts_every_gradient_path_across_it():
     h, _ = linear_scan(*leaves[:2], reset, leaves[2], impl="triton")
     grad_a, grad_b, grad_initial = torch.autograd.grad(h[:, 20:].sum(), leaves)
     assert torch.all(grad_a[:, :21] == 0) and torch.all(grad_b[:, :20] == 0) and torch.all(grad_initial == 0)
-    assert torch.all(grad_b[:, 20:] != 0)
+    assert grad_b[:, 20:].abs().min() > 1e-3
 
 
 def test_auto_uses_parallel_for_cpu_tensors(monkeypatch):
