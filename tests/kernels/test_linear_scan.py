@@ -203,3 +203,26 @@ def test_cuda_realistic_shapes(batch_size, length, dtype):
     # Long sums of float32 products: a bound a little looser than at the interpreter's small shapes.
     tolerance = dict(atol=1e-4, rtol=1e-4) if dtype != torch.bfloat16 else None
     assert_matches_reference(batch_size, length, (256,), 0.01, dtype, device="cuda", tolerance=tolerance)
+
+
+def test_device_guard_enters_the_cuda_device_of_the_tensor(monkeypatch):
+    """Triton launches on the current device: every launch runs under `kernels.device_guard`, which
+    must select the tensor's own GPU (a cuda:1 tensor outside torchrun) and do nothing on the CPU."""
+    import contextlib
+    import types
+
+    from kernels import device_guard
+
+    entered = []
+    monkeypatch.setattr(torch.cuda, "device", lambda device: entered.append(device) or contextlib.nullcontext())
+    with device_guard(types.SimpleNamespace(is_cuda=True, device=torch.device("cuda", 1))):
+        pass
+    with device_guard(torch.zeros(1)):
+        pass
+    assert entered == [torch.device("cuda", 1)]
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
+def test_cuda_runs_on_the_second_gpu():
+    assert_matches_reference(2, 100, (64,), 0.1, torch.float32, device=torch.device("cuda", 1))
