@@ -189,8 +189,8 @@ requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs 
 @requires_cuda
 @pytest.mark.parametrize(
     "batch_size, length, channels, state_size",
-    [(64, 128, 256, 16), (4, 8192, 256, 16)],
-    ids=["B64-T128-D256-N16", "B4-T8192-D256-N16"],
+    [(64, 128, 256, 16), (4, 8192, 256, 16), (8, 512, 128, 64)],
+    ids=["B64-T128-D256-N16", "B4-T8192-D256-N16", "B8-T512-D128-N64"],
 )
 def test_cuda_realistic_shapes(batch_size, length, channels, state_size):
     assert_matches_reference(batch_size, length, channels, state_size, 0.01, device="cuda")
