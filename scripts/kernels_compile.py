@@ -238,7 +238,6 @@ def report(results: list[Result], command: str) -> str:
     import torch
     import triton
 
-    sys.path.insert(0, str(REPO_ROOT))
     from scripts.bench_kernels import git_commit
 
     failed = sum(result.error is not None for result in results)
