@@ -100,8 +100,9 @@ def test_parallel_torch_scan_matches_naive(batch_size, length, channels, reset_p
 
 PER_CHANNEL_CASES = [
     pytest.param(batch_size, length, reset_probability, dtype, id=f"B{batch_size}-T{length}-reset{reset_probability}-{str(dtype)[6:]}")
-    for dtype in (torch.float32, torch.complex64)
-    for batch_size, length, reset_probability in ((2, 1, 0.1), (2, 63, 0.1), (3, 100, 0.05))
+    for batch_size, length, reset_probability, dtype in (
+        (2, 1, 0.1, torch.complex64), (2, 63, 0.1, torch.float32), (3, 100, 0.05, torch.complex64),
+    )
 ]
 
 
@@ -110,7 +111,7 @@ PER_CHANNEL_CASES = [
 def test_per_channel_decay_matches_naive(batch_size, length, reset_probability, dtype, impl):
     """S4/S5's decay: one [D] vector (never expanded to [B, T, D] in the kernel), its gradient [D]
     summed over rows and steps."""
-    assert_matches_reference(batch_size, length, (20,), reset_probability, dtype, impl=impl, per_channel_decay=True)
+    assert_matches_reference(batch_size, length, (12,), reset_probability, dtype, impl=impl, per_channel_decay=True)
 
 
 def test_per_channel_decay_over_trailing_state_dims():
