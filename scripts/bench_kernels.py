@@ -14,6 +14,7 @@ GB/s is the traffic of the fused kernels (below) divided by the time, for every 
 reads as an effective bandwidth; "% peak" compares it with --peak-gbps (3350 = H100 SXM).
 Bytes counted, N = elements of one [B, T, D] (or [B, T, H]) tensor, e = bytes per element:
     linear_scan  forward 3Ne (read a, b, write h)   backward 5Ne (read a, h, dh; write da, db)
+                 with a per-channel decay ("triton-per-channel", S4/S5's path): forward 2Ne, backward 3Ne
     lstm         forward N(5e + 4) (x_proj, h, float32 c)   backward N(10e + 4)
     gru          forward 4Ne                                backward 9Ne
     selective_scan  forward 4Ne + 2Se (read u, delta, z, B, C; write y)
@@ -186,6 +187,21 @@ def bench_linear_scan(rows: list[Row], shape: tuple[int, int, int], dtype: torch
             difference = max_difference(forward()[0], reference)
         time_impl(rows, common, impl, forward, leaves, upstream, 3 * elements * element + reset.numel(),
                   5 * elements * element + reset.numel(), difference)
+    del reference
+    # S4/S5's path: one decay per channel, read once per program (forward reads b, writes h;
+    # backward reads h, dh and writes db).
+    decay = a.detach()[0, 0].clone().requires_grad_()
+    with torch.no_grad():
+        reference, _ = linear_scan(decay.to(wide), b.to(wide), reset, initial_state.to(wide), impl="naive")
+
+    def per_channel_forward():
+        return linear_scan(decay, leaves[1], reset, leaves[2], impl="triton")
+
+    with torch.no_grad():
+        difference = max_difference(per_channel_forward()[0], reference)
+    time_impl(rows, common, "triton-per-channel", per_channel_forward, [decay, *leaves[1:]], upstream,
+              2 * elements * element + reset.numel(), 3 * elements * element + reset.numel(), difference,
+              note="decay a [D] shared by every row and step (S4/S5)")
     del reference
 
 
@@ -363,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
         for shape in args.scan_shapes:
             for dtype_name in args.scan_dtypes:
                 bench_linear_scan(rows, shape, DTYPES[dtype_name], args.reset_probability)
-                print(format_table(rows[-6:], args.peak_gbps), flush=True)
+                print(format_table(rows[-8:], args.peak_gbps), flush=True)
     if "selective_scan" in args.kernels:
         for shape in args.ssm_shapes:
             bench_selective_scan(rows, shape, args.state_size, args.reset_probability)

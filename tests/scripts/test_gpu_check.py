@@ -30,7 +30,7 @@ def test_dry_run_runs_every_step(tmp_path):
     for kernel in ("linear_scan", "selective_scan", "lstm", "gru"):
         for impl in ("triton", "naive"):
             assert f"| {kernel} | " in kernels and f"| {impl} | " in kernels
-    assert "| parallel | " in kernels and "| cudnn | " in kernels
+    assert "| parallel | " in kernels and "| cudnn | " in kernels and "| triton-per-channel | " in kernels
     ppo = (tmp_path / "ppo.md").read_text()
     assert "| lstm | " in ppo and "| s5 | " in ppo
     assert "| endless-tmaze | " in (tmp_path / "envs.md").read_text()
