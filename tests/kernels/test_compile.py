@@ -1,8 +1,9 @@
 """Every Triton kernel's default configurations compile for H100/H200 (sm_90a) and A100 (sm_80) on
 this CPU machine, without register spills beyond the ceilings of
 scripts/kernels_compile.SPILL_ALLOWANCE_BYTES (the full table of every configuration is
-benchmarks/kernels_compile.md). About 17 s per architecture on a 2-core machine. The compiler runs in a subprocess because
-tests/conftest.py sets TRITON_INTERPRET, under which nothing is compiled."""
+benchmarks/kernels_compile.md); about 17 s per architecture on a 2-core machine. The compiler
+runs in a subprocess because tests/conftest.py sets TRITON_INTERPRET, under which nothing is
+compiled."""
 
 from __future__ import annotations
 
