@@ -7,9 +7,12 @@ version used on the CPU).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import types
+
+import torch
 
 
 @functools.cache
@@ -20,3 +23,10 @@ def triton_kernels(package: str) -> types.ModuleType | None:
         return importlib.import_module(f"{package}.triton")
     except ImportError:
         return None
+
+
+def device_guard(tensor: torch.Tensor) -> contextlib.AbstractContextManager:
+    """The context to launch a kernel on `tensor`'s device in: `torch.cuda.device` for CUDA tensors
+    (Triton launches on the current device, so without it a cuda:1 tensor would be handed to a
+    kernel running on cuda:0), nothing for CPU tensors under the interpreter."""
+    return torch.cuda.device(tensor.device) if tensor.is_cuda else contextlib.nullcontext()

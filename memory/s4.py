@@ -82,7 +82,7 @@ class S4DMixer(nn.Module):
             return self._ssm_convolution(u, initial_state, reset)
         A_bar, B_bar = self.discretise()
         drive = B_bar * u[..., None]
-        states, final = linear_scan(A_bar.expand_as(drive), drive, reset, initial_state)
+        states, final = linear_scan(A_bar, drive, reset, initial_state)
         return self._ssm_output(states, u), final
 
     def _ssm_convolution(

@@ -84,7 +84,7 @@ class S5Mixer(nn.Module):
         """The linear SSM alone: u [B, T, H] -> (y = 2 Re(C x) + D u [B, T, H], final x)."""
         eigenvalues_bar, B_bar = self.discretise()
         drive = u.to(B_bar.dtype) @ B_bar.T
-        states, final = linear_scan(eigenvalues_bar.expand_as(drive), drive, reset, initial_state)
+        states, final = linear_scan(eigenvalues_bar, drive, reset, initial_state)
         return self._ssm_output(states, u), final
 
     def _ssm_output(self, states: torch.Tensor, u: torch.Tensor) -> torch.Tensor:

@@ -14,6 +14,7 @@ GB/s is the traffic of the fused kernels (below) divided by the time, for every 
 reads as an effective bandwidth; "% peak" compares it with --peak-gbps (3350 = H100 SXM).
 Bytes counted, N = elements of one [B, T, D] (or [B, T, H]) tensor, e = bytes per element:
     linear_scan  forward 3Ne (read a, b, write h)   backward 5Ne (read a, h, dh; write da, db)
+                 with a per-channel decay ("triton-per-channel", S4/S5's path): forward 2Ne, backward 3Ne
     lstm         forward N(5e + 4) (x_proj, h, float32 c)   backward N(10e + 4)
     gru          forward 4Ne                                backward 9Ne
     selective_scan  forward 4Ne + 2Se (read u, delta, z, B, C; write y)
@@ -25,6 +26,9 @@ state) are not counted. Inputs require grad in both passes, so "forward" include
 autograd saves, as in training. "max |diff|" is the largest forward difference from the
 naive reference run in float64 (cuDNN: not comparable).
 The markdown table goes to --output with device, date, commit, versions and this command.
+`--device cpu` runs the same code on the CPU (Triton under TRITON_INTERPRET=1, timed with a
+wall clock instead of triton.testing.do_bench): only for smoke-testing this script at tiny shapes
+(scripts/gpu_check.py --dry-run), never for numbers.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ import os
 import shlex
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -85,6 +90,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--reset-probability", type=float, default=0.01, help="chance that a step starts a new episode")
     parser.add_argument("--peak-gbps", type=float, default=3350.0, help="peak memory bandwidth in GB/s (H100 SXM: 3350)")
     parser.add_argument("--output", type=Path, default=REPO_ROOT / "benchmarks" / "kernels.md", help="markdown file to write")
+    parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda",
+                        help="cpu: a smoke test of this script under TRITON_INTERPRET=1 (no meaningful numbers)")
     args = parser.parse_args(argv)
     if not 0.0 <= args.reset_probability <= 1.0:
         parser.error(f"--reset-probability must be in [0, 1], got {args.reset_probability}")
@@ -111,6 +118,11 @@ class Row:
 
 
 def median_ms(function: Callable[[], object]) -> float:
+    if DEVICE == "cpu":
+        # One wall-clock run: the CPU mode only smoke-tests this script.
+        started = time.perf_counter()
+        function()
+        return 1000 * (time.perf_counter() - started)
     import triton.testing
 
     return triton.testing.do_bench(function, return_mode="median")
@@ -175,6 +187,21 @@ def bench_linear_scan(rows: list[Row], shape: tuple[int, int, int], dtype: torch
             difference = max_difference(forward()[0], reference)
         time_impl(rows, common, impl, forward, leaves, upstream, 3 * elements * element + reset.numel(),
                   5 * elements * element + reset.numel(), difference)
+    del reference
+    # S4/S5's path: one decay per channel, read once per program (forward reads b, writes h;
+    # backward reads h, dh and writes db).
+    decay = a.detach()[0, 0].clone().requires_grad_()
+    with torch.no_grad():
+        reference, _ = linear_scan(decay.to(wide), b.to(wide), reset, initial_state.to(wide), impl="naive")
+
+    def per_channel_forward():
+        return linear_scan(decay, leaves[1], reset, leaves[2], impl="triton")
+
+    with torch.no_grad():
+        difference = max_difference(per_channel_forward()[0], reference)
+    time_impl(rows, common, "triton-per-channel", per_channel_forward, [decay, *leaves[1:]], upstream,
+              2 * elements * element + reset.numel(), 3 * elements * element + reset.numel(), difference,
+              note="decay a [D] shared by every row and step (S4/S5)")
     del reference
 
 
@@ -309,7 +336,7 @@ def report(rows: list[Row], args: argparse.Namespace, command: str) -> str:
     return "\n".join([
         "# Kernel benchmarks",
         "",
-        f"- device: {torch.cuda.get_device_name()}",
+        f"- device: {torch.cuda.get_device_name() if DEVICE == 'cuda' else 'CPU (TRITON_INTERPRET=1 smoke test; not a measurement)'}",
         f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}",
         f"- commit: {git_commit()}",
         f"- torch {torch.__version__} (CUDA {torch.version.cuda}), triton {triton.__version__}; "
@@ -332,8 +359,13 @@ def write_atomically(path: Path, text: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    global DEVICE
     args = parse_args(argv)
-    if not torch.cuda.is_available():
+    DEVICE = args.device
+    if DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        print("bench_kernels.py --device cpu needs TRITON_INTERPRET=1 (the Triton kernels run under the interpreter).", file=sys.stderr)
+        return 2
+    if DEVICE == "cuda" and not torch.cuda.is_available():
         print("bench_kernels.py needs a CUDA GPU and none is available here.", file=sys.stderr)
         return 2
     from kernels.lstm.triton import MAX_HIDDEN_SIZE
@@ -347,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
         for shape in args.scan_shapes:
             for dtype_name in args.scan_dtypes:
                 bench_linear_scan(rows, shape, DTYPES[dtype_name], args.reset_probability)
-                print(format_table(rows[-6:], args.peak_gbps), flush=True)
+                print(format_table(rows[-8:], args.peak_gbps), flush=True)
     if "selective_scan" in args.kernels:
         for shape in args.ssm_shapes:
             bench_selective_scan(rows, shape, args.state_size, args.reset_probability)

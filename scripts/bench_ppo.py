@@ -52,7 +52,7 @@ def measure(backbone: str, device: torch.device, num_envs: int, updates: int) ->
             "rollout_share": rollout_seconds / total, "update_seconds": (total - rollout_seconds) / updates}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--num-envs", type=int, default=64)
@@ -60,7 +60,7 @@ def main() -> None:
     parser.add_argument("--backbones", nargs="*", default=sorted(BACKBONES))
     parser.add_argument("--torch-threads", type=int, default=0, help="torch CPU threads (0 keeps the default)")
     parser.add_argument("--output", default=None)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.exit(2, "bench_ppo: --device cuda was asked for but torch sees no CUDA device\n")

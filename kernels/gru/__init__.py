@@ -8,6 +8,7 @@ import torch
 
 from kernels import triton_kernels
 from kernels.gru.naive import gru_sequence_naive
+from kernels.lstm import fused_kernel_applies
 
 IMPLEMENTATIONS = ("auto", "naive", "triton")
 
@@ -32,7 +33,8 @@ def gru_sequence(
     r * (W_hn h + b_hn), as in torch.nn.GRU); reset: bool [B, T], True where x[b, t] starts an
     episode (h is zeroed before step t); initial_state: h [B, H] or None (zeros).
     Returns (h_seq [B, T, H], h_T [B, H]).
-    impl: "auto" (Triton for CUDA tensors it supports when triton imports, else "naive"),
+    impl: "auto" (Triton for CUDA tensors it supports when triton imports, else "naive", with a
+    RuntimeWarning for CUDA tensors it cannot take: see `kernels.lstm.fused_kernel_applies`),
     "triton" (fused kernel; CUDA, or CPU under TRITON_INTERPRET=1), "naive" (Python loop).
     """
     if x_proj.dim() != 3 or x_proj.shape[-1] % 3 != 0:
@@ -58,11 +60,7 @@ def gru_sequence(
         return gru_sequence_naive(x_proj, weight_hh, bias, reset, initial_state)
     if impl == "auto":
         triton_module = _triton_module() if x_proj.is_cuda else None
-        if (
-            triton_module is None
-            or x_proj.dtype not in triton_module.SUPPORTED_DTYPES
-            or hidden_size > triton_module.MAX_HIDDEN_SIZE
-        ):
+        if not fused_kernel_applies("gru", triton_module, x_proj.is_cuda, x_proj.dtype, hidden_size):
             return gru_sequence_naive(x_proj, weight_hh, bias, reset, initial_state)
         return triton_module.gru_sequence_triton(x_proj, weight_hh, bias, reset, initial_state)
     if impl == "triton":

@@ -13,6 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels import device_guard
 from kernels.lstm.triton import (
     ACCUMULATOR,
     BLOCK_B,
@@ -198,14 +199,15 @@ class _GRUTriton(torch.autograd.Function):
         hidden_size = weight_hh.shape[1]
         h_seq = torch.empty(batch_size, length, hidden_size, dtype=x_proj.dtype, device=x_proj.device)
         h_final = torch.empty_like(h0)
-        gru_fwd_kernel[(triton.cdiv(batch_size, BLOCK_B),)](
-            x_proj, weight_hh.T.contiguous(), x_proj if bias is None else bias, reset.view(torch.uint8), h0,
-            h_seq, h_final,
-            batch_size, length, hidden_size,
-            HAS_BIAS=bias is not None, WEIGHT_RESIDENT=weight_resident(hidden_size, weight_hh.dtype, 3),
-            DOT_PRECISION=DOT_PRECISION, ACC=ACCUMULATOR, BLOCK_B=BLOCK_B, BLOCK_H=block_hidden(hidden_size),
-            BLOCK_K=block_k(hidden_size), num_warps=num_warps(hidden_size), num_stages=1,
-        )
+        with device_guard(x_proj):
+            gru_fwd_kernel[(triton.cdiv(batch_size, BLOCK_B),)](
+                x_proj, weight_hh.T.contiguous(), x_proj if bias is None else bias, reset.view(torch.uint8), h0,
+                h_seq, h_final,
+                batch_size, length, hidden_size,
+                HAS_BIAS=bias is not None, WEIGHT_RESIDENT=weight_resident(hidden_size, weight_hh.dtype, 3),
+                DOT_PRECISION=DOT_PRECISION, ACC=ACCUMULATOR, BLOCK_B=BLOCK_B, BLOCK_H=block_hidden(hidden_size),
+                BLOCK_K=block_k(hidden_size), num_warps=num_warps(hidden_size), num_stages=1,
+            )
         ctx.save_for_backward(x_proj, weight_hh, bias, reset, h0, h_seq)
         return h_seq, h_final
 
@@ -220,15 +222,16 @@ class _GRUTriton(torch.autograd.Function):
         # gradient need it.
         grad_hidden_n = torch.empty_like(h_seq)
         grad_h0 = torch.empty_like(h0)
-        gru_bwd_kernel[(triton.cdiv(batch_size, BLOCK_B),)](
-            x_proj, weight_hh, weight_hh.T.contiguous(), x_proj if bias is None else bias, reset.view(torch.uint8),
-            h0, h_seq, grad_h_seq.contiguous(), grad_h_final.contiguous(),
-            grad_x, grad_hidden_n, grad_h0,
-            batch_size, length, hidden_size,
-            HAS_BIAS=bias is not None, WEIGHT_RESIDENT=weight_resident(hidden_size, weight_hh.dtype, 6),
-            DOT_PRECISION=DOT_PRECISION, ACC=ACCUMULATOR, BLOCK_B=BLOCK_B, BLOCK_H=block_hidden(hidden_size),
-            BLOCK_K=block_k(hidden_size), num_warps=num_warps(hidden_size), num_stages=1,
-        )
+        with device_guard(x_proj):
+            gru_bwd_kernel[(triton.cdiv(batch_size, BLOCK_B),)](
+                x_proj, weight_hh, weight_hh.T.contiguous(), x_proj if bias is None else bias, reset.view(torch.uint8),
+                h0, h_seq, grad_h_seq.contiguous(), grad_h_final.contiguous(),
+                grad_x, grad_hidden_n, grad_h0,
+                batch_size, length, hidden_size,
+                HAS_BIAS=bias is not None, WEIGHT_RESIDENT=weight_resident(hidden_size, weight_hh.dtype, 6),
+                DOT_PRECISION=DOT_PRECISION, ACC=ACCUMULATOR, BLOCK_B=BLOCK_B, BLOCK_H=block_hidden(hidden_size),
+                BLOCK_K=block_k(hidden_size), num_warps=num_warps(hidden_size), num_stages=1,
+            )
         grad_reset_update = grad_x[..., : 2 * hidden_size]
         grad_weight = None
         if ctx.needs_input_grad[1]:

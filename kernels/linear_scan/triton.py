@@ -1,7 +1,10 @@
 """Triton resettable linear scan: h_t = a_t * (0 if reset_t else h_{t-1}) + b_t.
 
 Layout: a, b flattened to [B, T, D] (complex tensors as their float [B, T, D, 2] view, the
-complex product done in the kernel). One program owns one batch row and a block of D
+complex product done in the kernel). With DECAY_PER_CHANNEL, a is one [D] vector shared by every
+batch row and step (S4/S5's discretised eigenvalues): it is read once per program instead of
+being expanded to [B, T, D], and its gradient is summed over time in registers ([B, D] per-row
+partials, added up by torch). One program owns one batch row and a block of D
 channels; it walks T in chunks of CHUNK_T steps with the carried state in registers. A chunk
 is one coalesced [CHUNK_T, BLOCK_D] tile load per tensor (D is contiguous), scanned in
 registers with `tl.associative_scan` over the affine maps h -> a' h + b, where the reset is
@@ -15,6 +18,9 @@ are conjugate Wirtinger, so multipliers enter conjugated):
     G_t = dL/dh_t (+ dL/dh_T at t = T-1) + conj(a'_{t+1}) G_{t+1}
     dL/db_t = G_t,   dL/da_t = keep_t G_t conj(h_{t-1}),   dL/dh_{-1} = conj(a'_0) G_0
 with h_{-1} the initial state, read back from the stored forward output.
+
+Time is walked in reverse by indexing (row r of a backward tile is step T - 1 - chunk * CHUNK_T - r),
+so both passes use forward `tl.associative_scan` only.
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ import os
 import torch
 import triton
 import triton.language as tl
+
+from kernels import device_guard
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.complex64, torch.complex128)
 
@@ -76,20 +84,27 @@ def _row(tile, rows, row):
 def linear_scan_fwd_kernel(
     a_ptr, b_ptr, reset_ptr, initial_ptr, h_ptr, final_ptr,
     T, D,
-    IS_COMPLEX: tl.constexpr, ACC: tl.constexpr, CHUNK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+    IS_COMPLEX: tl.constexpr, DECAY_PER_CHANNEL: tl.constexpr, ACC: tl.constexpr, CHUNK_T: tl.constexpr,
+    BLOCK_D: tl.constexpr,
 ):
     batch = tl.program_id(0).to(tl.int64)
     channels = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     channel_mask = channels < D
     rows = tl.arange(0, CHUNK_T)[:, None]
     carry_re, carry_im = _load(initial_ptr, batch * D + channels, channel_mask, IS_COMPLEX, ACC)
+    if DECAY_PER_CHANNEL:
+        channel_a_re, channel_a_im = _load(a_ptr, channels, channel_mask, IS_COMPLEX, ACC)
     for chunk_start in range(0, T, CHUNK_T):
         steps = chunk_start + rows
         step_mask = steps < T
         mask = step_mask & channel_mask[None, :]
         offsets = (batch * T + steps) * D + channels[None, :]
         keep = tl.load(reset_ptr + batch * T + steps, mask=step_mask, other=1) == 0
-        a_re, a_im = _load(a_ptr, offsets, mask, IS_COMPLEX, ACC)
+        if DECAY_PER_CHANNEL:
+            a_re = tl.broadcast_to(channel_a_re[None, :], (CHUNK_T, BLOCK_D))
+            a_im = tl.broadcast_to(channel_a_im[None, :], (CHUNK_T, BLOCK_D))
+        else:
+            a_re, a_im = _load(a_ptr, offsets, mask, IS_COMPLEX, ACC)
         b_re, b_im = _load(b_ptr, offsets, mask, IS_COMPLEX, ACC)
         last_row = tl.minimum(T - chunk_start, CHUNK_T) - 1
         if IS_COMPLEX:
@@ -116,13 +131,19 @@ def linear_scan_bwd_kernel(
     a_ptr, reset_ptr, initial_ptr, h_ptr, grad_h_ptr, grad_final_ptr,
     grad_a_ptr, grad_b_ptr, grad_initial_ptr,
     T, D,
-    IS_COMPLEX: tl.constexpr, ACC: tl.constexpr, CHUNK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+    IS_COMPLEX: tl.constexpr, DECAY_PER_CHANNEL: tl.constexpr, ACC: tl.constexpr, CHUNK_T: tl.constexpr,
+    BLOCK_D: tl.constexpr,
 ):
     batch = tl.program_id(0).to(tl.int64)
     channels = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     channel_mask = channels < D
     rows = tl.arange(0, CHUNK_T)[:, None]
     initial_re, initial_im = _load(initial_ptr, batch * D + channels, channel_mask, IS_COMPLEX, ACC)
+    if DECAY_PER_CHANNEL:
+        channel_a_re, channel_a_im = _load(a_ptr, channels, channel_mask, IS_COMPLEX, ACC)
+        # dL/da summed over this batch row's steps.
+        grad_channel_a_re = tl.zeros((BLOCK_D,), ACC)
+        grad_channel_a_im = tl.zeros((BLOCK_D,), ACC)
     # The final-state gradient enters G_{T-1} through a multiplier of 1 on the carry.
     carry_re, carry_im = _load(grad_final_ptr, batch * D + channels, channel_mask, IS_COMPLEX, ACC)
     for chunk in range(0, tl.cdiv(T, CHUNK_T)):
@@ -134,7 +155,11 @@ def linear_scan_bwd_kernel(
         has_next = step_mask & (steps + 1 < T)
         next_mask = has_next & channel_mask[None, :]
         next_keep = tl.load(reset_ptr + batch * T + steps + 1, mask=has_next, other=1) == 0
-        next_a_re, next_a_im = _load(a_ptr, offsets + D, next_mask, IS_COMPLEX, ACC)
+        if DECAY_PER_CHANNEL:
+            next_a_re = tl.where(next_mask, channel_a_re[None, :], 0.0)
+            next_a_im = tl.where(next_mask, channel_a_im[None, :], 0.0)
+        else:
+            next_a_re, next_a_im = _load(a_ptr, offsets + D, next_mask, IS_COMPLEX, ACC)
         multiplier_re = tl.where(steps == T - 1, 1.0, tl.where(next_keep, next_a_re, 0.0))
         grad_re, grad_im = _load(grad_h_ptr, offsets, mask, IS_COMPLEX, ACC)
         has_previous = step_mask & (steps > 0)
@@ -161,9 +186,18 @@ def linear_scan_bwd_kernel(
             grad_a_im = grad_a_re
         carry_re = _row(total_re, rows, last_row)
         _store(grad_b_ptr, offsets, mask, total_re, total_im, IS_COMPLEX)
-        _store(grad_a_ptr, offsets, mask, grad_a_re, grad_a_im, IS_COMPLEX)
+        if DECAY_PER_CHANNEL:
+            grad_channel_a_re += tl.sum(tl.where(mask, grad_a_re, 0.0), axis=0)
+            grad_channel_a_im += tl.sum(tl.where(mask, grad_a_im, 0.0), axis=0)
+        else:
+            _store(grad_a_ptr, offsets, mask, grad_a_re, grad_a_im, IS_COMPLEX)
+    if DECAY_PER_CHANNEL:
+        _store(grad_a_ptr, batch * D + channels, channel_mask, grad_channel_a_re, grad_channel_a_im, IS_COMPLEX)
+        first_a_re = channel_a_re
+        first_a_im = channel_a_im
+    else:
+        first_a_re, first_a_im = _load(a_ptr, batch * T * D + channels, channel_mask, IS_COMPLEX, ACC)
     first_keep = tl.load(reset_ptr + batch * T) == 0
-    first_a_re, first_a_im = _load(a_ptr, batch * T * D + channels, channel_mask, IS_COMPLEX, ACC)
     first_a_re = tl.where(first_keep, first_a_re, 0.0)
     first_a_im = tl.where(first_keep, first_a_im, 0.0)
     if IS_COMPLEX:
@@ -197,17 +231,20 @@ def _accumulator(dtype: torch.dtype):
 class _LinearScanTriton(torch.autograd.Function):
     @staticmethod
     def forward(ctx, a, b, reset, initial_state):
-        batch_size, length, channels = a.shape
-        h = torch.empty_like(a)
+        batch_size, length, channels = b.shape
+        h = torch.empty_like(b)
         final_state = torch.empty_like(initial_state)
-        chunk_t, block_d = _launch_config(batch_size, channels, a.is_complex())
+        chunk_t, block_d = _launch_config(batch_size, channels, b.is_complex())
         grid = (batch_size, triton.cdiv(channels, block_d))
         reset_bytes = reset.view(torch.uint8)
-        linear_scan_fwd_kernel[grid](
-            _float_view(a), _float_view(b), reset_bytes, _float_view(initial_state), _float_view(h), _float_view(final_state),
-            length, channels,
-            IS_COMPLEX=a.is_complex(), ACC=_accumulator(a.dtype), CHUNK_T=chunk_t, BLOCK_D=block_d,
-        )
+        with device_guard(b):
+            linear_scan_fwd_kernel[grid](
+                _float_view(a), _float_view(b), reset_bytes, _float_view(initial_state), _float_view(h),
+                _float_view(final_state),
+                length, channels,
+                IS_COMPLEX=b.is_complex(), DECAY_PER_CHANNEL=a.dim() == 1, ACC=_accumulator(b.dtype), CHUNK_T=chunk_t,
+                BLOCK_D=block_d,
+            )
         ctx.save_for_backward(a, reset_bytes, initial_state, h)
         return h, final_state
 
@@ -215,30 +252,34 @@ class _LinearScanTriton(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_h, grad_final):
         a, reset_bytes, initial_state, h = ctx.saved_tensors
-        batch_size, length, channels = a.shape
+        batch_size, length, channels = h.shape
+        per_channel = a.dim() == 1
         grad_h = grad_h.contiguous()
         grad_final = grad_final.contiguous()
-        grad_a = torch.empty_like(a)
-        grad_b = torch.empty_like(a)
+        # A per-channel decay gets one partial gradient per batch row, summed below.
+        grad_a = torch.empty_like(initial_state) if per_channel else torch.empty_like(a)
+        grad_b = torch.empty_like(h)
         grad_initial = torch.empty_like(initial_state)
-        chunk_t, block_d = _launch_config(batch_size, channels, a.is_complex())
+        chunk_t, block_d = _launch_config(batch_size, channels, h.is_complex())
         grid = (batch_size, triton.cdiv(channels, block_d))
-        linear_scan_bwd_kernel[grid](
-            _float_view(a), reset_bytes, _float_view(initial_state), _float_view(h),
-            _float_view(grad_h), _float_view(grad_final),
-            _float_view(grad_a), _float_view(grad_b), _float_view(grad_initial),
-            length, channels,
-            IS_COMPLEX=a.is_complex(), ACC=_accumulator(a.dtype), CHUNK_T=chunk_t, BLOCK_D=block_d,
-        )
-        return grad_a, grad_b, None, grad_initial
+        with device_guard(h):
+            linear_scan_bwd_kernel[grid](
+                _float_view(a), reset_bytes, _float_view(initial_state), _float_view(h),
+                _float_view(grad_h), _float_view(grad_final),
+                _float_view(grad_a), _float_view(grad_b), _float_view(grad_initial),
+                length, channels,
+                IS_COMPLEX=h.is_complex(), DECAY_PER_CHANNEL=per_channel, ACC=_accumulator(h.dtype), CHUNK_T=chunk_t,
+                BLOCK_D=block_d,
+            )
+        return grad_a.sum(0) if per_channel else grad_a, grad_b, None, grad_initial
 
 
 def linear_scan_triton(
     a: torch.Tensor, b: torch.Tensor, reset: torch.Tensor, initial_state: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Same contract as `linear_scan_naive`: a, b [B, T, *S], reset bool [B, T], initial_state
-    [B, *S] -> (h [B, T, *S], h_T [B, *S]). Dtypes: float16/bfloat16/float32/float64/complex64/
-    complex128 (arithmetic in float32, or float64 for 64-bit inputs); T >= 1."""
+    """Same contract as `linear_scan_naive`: a [B, T, *S] or per-channel [*S], b [B, T, *S], reset
+    bool [B, T], initial_state [B, *S] -> (h [B, T, *S], h_T [B, *S]). Dtypes: float16/bfloat16/
+    float32/float64/complex64/complex128 (arithmetic in float32, or float64 for 64-bit inputs); T >= 1."""
     if a.dtype not in SUPPORTED_DTYPES:
         raise ValueError(f"the triton linear scan supports dtypes {SUPPORTED_DTYPES}, got {a.dtype}")
     if initial_state.dtype != a.dtype:
@@ -248,10 +289,11 @@ def linear_scan_triton(
         raise ValueError(f"a, b, reset and initial_state must be on one device, got {sorted(map(str, devices))}")
     if not a.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
         raise ValueError(f"the triton linear scan needs CUDA tensors (or TRITON_INTERPRET=1 to run on CPU), got {a.device}")
-    batch_size, length = a.shape[:2]
-    state_shape = a.shape[2:]
+    batch_size, length = b.shape[:2]
+    state_shape = b.shape[2:]
     channels = math.prod(state_shape)
-    flat_a = a.reshape(batch_size, length, channels).contiguous()
+    flat_a = a.reshape(channels) if a.dim() == b.dim() - 2 else a.reshape(batch_size, length, channels)
+    flat_a = flat_a.contiguous()
     flat_b = b.reshape(batch_size, length, channels).contiguous()
     flat_initial = initial_state.reshape(batch_size, channels).contiguous()
     h, final_state = _LinearScanTriton.apply(flat_a, flat_b, reset.contiguous(), flat_initial)

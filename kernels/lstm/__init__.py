@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import types
+import warnings
 
 import torch
 
@@ -15,6 +16,27 @@ IMPLEMENTATIONS = ("auto", "naive", "triton")
 def _triton_module() -> types.ModuleType | None:
     """This op's Triton kernels, or None where triton cannot be imported."""
     return triton_kernels(__name__)
+
+
+def fused_kernel_applies(op_name: str, triton_module: types.ModuleType | None, is_cuda: bool, dtype: torch.dtype,
+                         hidden_size: int) -> bool:
+    """Whether impl="auto" runs a fused recurrent kernel (lstm or gru): CUDA tensors of a supported
+    dtype with H <= MAX_HIDDEN_SIZE. A CUDA call it cannot take warns that the Python step loop
+    runs instead (beyond H = 128 the whole-H-per-program kernels spill heavily: see
+    benchmarks/kernels_compile.md), so a slow fallback is never silent."""
+    if triton_module is None or not is_cuda:
+        return False
+    if dtype not in triton_module.SUPPORTED_DTYPES:
+        reason = f"dtype {dtype} is not one of {triton_module.SUPPORTED_DTYPES}"
+    elif hidden_size > triton_module.MAX_HIDDEN_SIZE:
+        reason = f"hidden size {hidden_size} > {triton_module.MAX_HIDDEN_SIZE}"
+    else:
+        return True
+    warnings.warn(
+        f"{op_name}_sequence: {reason}, so impl='auto' runs the Python step loop on CUDA (one cell call per step)",
+        RuntimeWarning, stacklevel=3,
+    )
+    return False
 
 
 def lstm_sequence(
@@ -32,7 +54,8 @@ def lstm_sequence(
     reset: bool [B, T], True where x[b, t] starts an episode ((h, c) are zeroed before step t);
     initial_state: (h, c), [B, H] each, or None (zeros).
     Returns (h_seq [B, T, H], (h_T, c_T)).
-    impl: "auto" (Triton for CUDA tensors it supports when triton imports, else "naive"),
+    impl: "auto" (Triton for CUDA tensors it supports when triton imports, else "naive", with a
+    RuntimeWarning for CUDA tensors it cannot take: see `fused_kernel_applies`),
     "triton" (fused kernel; CUDA, or CPU under TRITON_INTERPRET=1), "naive" (Python loop).
     """
     if x_proj.dim() != 3 or x_proj.shape[-1] % 4 != 0:
@@ -62,11 +85,7 @@ def lstm_sequence(
         return lstm_sequence_naive(x_proj, weight_hh, bias, reset, initial_state)
     if impl == "auto":
         triton_module = _triton_module() if x_proj.is_cuda else None
-        if (
-            triton_module is None
-            or x_proj.dtype not in triton_module.SUPPORTED_DTYPES
-            or hidden_size > triton_module.MAX_HIDDEN_SIZE
-        ):
+        if not fused_kernel_applies("lstm", triton_module, x_proj.is_cuda, x_proj.dtype, hidden_size):
             return lstm_sequence_naive(x_proj, weight_hh, bias, reset, initial_state)
         return triton_module.lstm_sequence_triton(x_proj, weight_hh, bias, reset, initial_state)
     if impl == "triton":

@@ -29,6 +29,8 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels import device_guard
+
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_HIDDEN_SIZE = 128
 BLOCK_B = 16
@@ -326,14 +328,15 @@ class _LSTMTriton(torch.autograd.Function):
         c_seq = torch.empty(batch_size, length, hidden_size, dtype=torch.float32, device=x_proj.device)
         h_final, c_final = torch.empty_like(h0), torch.empty_like(c0)
         reset_bytes = reset.view(torch.uint8)
-        lstm_fwd_kernel[(triton.cdiv(batch_size, BLOCK_B),)](
-            x_proj, weight_hh.T.contiguous(), x_proj if bias is None else bias, reset_bytes, h0, c0,
-            h_seq, c_seq, h_final, c_final,
-            batch_size, length, hidden_size,
-            HAS_BIAS=bias is not None, WEIGHT_RESIDENT=weight_resident(hidden_size, weight_hh.dtype, 4),
-            DOT_PRECISION=DOT_PRECISION, ACC=ACCUMULATOR, BLOCK_B=BLOCK_B, BLOCK_H=block_hidden(hidden_size),
-            BLOCK_K=block_k(hidden_size), num_warps=num_warps(hidden_size), num_stages=1,
-        )
+        with device_guard(x_proj):
+            lstm_fwd_kernel[(triton.cdiv(batch_size, BLOCK_B),)](
+                x_proj, weight_hh.T.contiguous(), x_proj if bias is None else bias, reset_bytes, h0, c0,
+                h_seq, c_seq, h_final, c_final,
+                batch_size, length, hidden_size,
+                HAS_BIAS=bias is not None, WEIGHT_RESIDENT=weight_resident(hidden_size, weight_hh.dtype, 4),
+                DOT_PRECISION=DOT_PRECISION, ACC=ACCUMULATOR, BLOCK_B=BLOCK_B, BLOCK_H=block_hidden(hidden_size),
+                BLOCK_K=block_k(hidden_size), num_warps=num_warps(hidden_size), num_stages=1,
+            )
         ctx.save_for_backward(x_proj, weight_hh, bias, reset, h0, c0, h_seq, c_seq)
         return h_seq, h_final, c_final
 
@@ -345,16 +348,17 @@ class _LSTMTriton(torch.autograd.Function):
         hidden_size = weight_hh.shape[1]
         grad_x = torch.empty_like(x_proj)
         grad_h0, grad_c0 = torch.empty_like(h0), torch.empty_like(c0)
-        lstm_bwd_kernel[(triton.cdiv(batch_size, BLOCK_B),)](
-            x_proj, weight_hh, weight_hh.T.contiguous(), x_proj if bias is None else bias, reset.view(torch.uint8),
-            h0, c0, h_seq, c_seq,
-            grad_h_seq.contiguous(), grad_h_final.contiguous(), grad_c_final.contiguous(),
-            grad_x, grad_h0, grad_c0,
-            batch_size, length, hidden_size,
-            HAS_BIAS=bias is not None, WEIGHT_RESIDENT=weight_resident(hidden_size, weight_hh.dtype, 8),
-            DOT_PRECISION=DOT_PRECISION, ACC=ACCUMULATOR, BLOCK_B=BLOCK_B, BLOCK_H=block_hidden(hidden_size),
-            BLOCK_K=block_k(hidden_size), num_warps=num_warps(hidden_size), num_stages=1,
-        )
+        with device_guard(x_proj):
+            lstm_bwd_kernel[(triton.cdiv(batch_size, BLOCK_B),)](
+                x_proj, weight_hh, weight_hh.T.contiguous(), x_proj if bias is None else bias, reset.view(torch.uint8),
+                h0, c0, h_seq, c_seq,
+                grad_h_seq.contiguous(), grad_h_final.contiguous(), grad_c_final.contiguous(),
+                grad_x, grad_h0, grad_c0,
+                batch_size, length, hidden_size,
+                HAS_BIAS=bias is not None, WEIGHT_RESIDENT=weight_resident(hidden_size, weight_hh.dtype, 8),
+                DOT_PRECISION=DOT_PRECISION, ACC=ACCUMULATOR, BLOCK_B=BLOCK_B, BLOCK_H=block_hidden(hidden_size),
+                BLOCK_K=block_k(hidden_size), num_warps=num_warps(hidden_size), num_stages=1,
+            )
         grad_weight = None
         if ctx.needs_input_grad[1]:
             grad_weight = weight_gradient(grad_x, previous_hidden(h0, h_seq, reset))

@@ -16,14 +16,19 @@ Arithmetic is float32.
 Backward, per chunk from the last to the first: recompute h_{t-1} from the stored chunk-start
 state (a scan of the previous steps' maps), then run the reverse recurrence
     G_t = dL/dh_t = C_t dy_t + keep_{t+1} a_{t+1} G_{t+1},    G_{T-1} += dL/dh_T
-as a reverse scan, where dy = dL/dy_t * silu(z_t) is the gradient of the ungated output. Then
+as a reverse scan (a forward `tl.associative_scan` of the time-flipped tile, flipped back with
+`tl.flip`, which only moves bits; the scan's own reverse flag is not used: its lowering differs from the
+interpreter's and has been reported wrong for non-commutative combines), where
+dy = dL/dy_t * silu(z_t) is the gradient of the ungated output. Then
     du_t = D dy_t + delta_t sum_n G B_t,    dB_t = sum_d G delta_t u_t,    dC_t = sum_d dy_t h_t,
     dz_t = dL/dy_t (sum_n C h + D u) silu'(z_t),    dD = sum_{b,t} dy u,
     dA = sum_{b,t} g delta,   ddelta_t = u_t sum_n G B_t + sum_n g A,   g = G keep_t h_{t-1} a_t,
     dL/dh_{-1} = keep_0 a_0 G_0.
-dB and dC sum over channels, so each channel block writes its own partial [B, T, N] and
-torch adds the blocks up afterwards (deterministic, no atomics); dA and dD likewise sum
-per-batch-row partials.
+dB and dC sum over channels. The backward grid is (B, G) with G = min(channel blocks,
+MAX_CHANNEL_GROUPS): program g walks channel blocks g, g + G, ... in turn and adds each block's
+dB, dC into its own partial [B, T, N] (in a fixed order, no atomics), and torch adds the G
+partials up afterwards: deterministic, and the buffers are at most MAX_CHANNEL_GROUPS times the
+gradient whatever D and N. dA and dD likewise sum per-batch-row partials.
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels import device_guard
+
 SUPPORTED_DTYPES = (torch.float32,)
 MAX_STATE_SIZE = 128
 CHUNK_T = 16
@@ -41,6 +48,8 @@ CHUNK_T = 16
 # keeps about twice as many tiles alive as the forward, so it takes half the channels.
 FORWARD_TILE_ELEMENTS = 4096
 BACKWARD_TILE_ELEMENTS = 2048
+# Channel-block groups of the backward grid, each with its own dB/dC partial [B, T, N].
+MAX_CHANNEL_GROUPS = 8
 
 
 @triton.jit
@@ -54,11 +63,16 @@ def _scan_time(multiplier, value, REVERSE: tl.constexpr, CHUNK_T: tl.constexpr, 
                BLOCK_N: tl.constexpr):
     """Inclusive scan along time (axis 0) of the affine maps of a [CHUNK_T, BLOCK_D, BLOCK_N]
     tile, run on its 2-D view. Forward: (prod_{k<=r} m_k, S_r = m_r S_{r-1} + v_r); reverse:
-    (prod_{k>=r} m_k, S_r = m_r S_{r+1} + v_r)."""
-    product, total = tl.associative_scan(
-        (tl.reshape(multiplier, (CHUNK_T, BLOCK_D * BLOCK_N)), tl.reshape(value, (CHUNK_T, BLOCK_D * BLOCK_N))),
-        0, _affine_combine, reverse=REVERSE,
-    )
+    (prod_{k>=r} m_k, S_r = m_r S_{r+1} + v_r), as the forward scan of the flipped tile."""
+    multiplier = tl.reshape(multiplier, (CHUNK_T, BLOCK_D * BLOCK_N))
+    value = tl.reshape(value, (CHUNK_T, BLOCK_D * BLOCK_N))
+    if REVERSE:
+        multiplier = tl.flip(multiplier, 0)
+        value = tl.flip(value, 0)
+    product, total = tl.associative_scan((multiplier, value), 0, _affine_combine)
+    if REVERSE:
+        product = tl.flip(product, 0)
+        total = tl.flip(total, 0)
     return tl.reshape(product, (CHUNK_T, BLOCK_D, BLOCK_N)), tl.reshape(total, (CHUNK_T, BLOCK_D, BLOCK_N))
 
 
@@ -126,11 +140,32 @@ def selective_scan_fwd_kernel(
 def selective_scan_bwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, reset_ptr, chunk_state_ptr, grad_y_ptr, grad_final_ptr,
     grad_u_ptr, grad_delta_ptr, grad_z_ptr, grad_A_ptr, grad_B_ptr, grad_C_ptr, grad_D_ptr, grad_initial_ptr,
-    BATCH, T, D, N,
+    BATCH, T, D, N, NUM_CHANNEL_BLOCKS, NUM_GROUPS,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, CHUNK_T: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     batch = tl.program_id(0).to(tl.int64)
-    channel_block = tl.program_id(1)
+    group = tl.program_id(1)
+    # This program's dB, dC partial [B, T, N]; every channel block it walks adds into it.
+    partial_base = group.to(tl.int64) * BATCH * T * N
+    for channel_block in range(group, NUM_CHANNEL_BLOCKS, NUM_GROUPS):
+        # The previous block's partial dB, dC stores must land before this block adds to them.
+        tl.debug_barrier()
+        _selective_scan_bwd_block(
+            u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, reset_ptr, chunk_state_ptr, grad_y_ptr, grad_final_ptr,
+            grad_u_ptr, grad_delta_ptr, grad_z_ptr, grad_A_ptr, grad_B_ptr, grad_C_ptr, grad_D_ptr, grad_initial_ptr,
+            batch, channel_block, partial_base, T, D, N,
+            HAS_D, HAS_Z, CHUNK_T, BLOCK_D, BLOCK_N,
+        )
+
+
+@triton.jit
+def _selective_scan_bwd_block(
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, reset_ptr, chunk_state_ptr, grad_y_ptr, grad_final_ptr,
+    grad_u_ptr, grad_delta_ptr, grad_z_ptr, grad_A_ptr, grad_B_ptr, grad_C_ptr, grad_D_ptr, grad_initial_ptr,
+    batch, channel_block, partial_base, T, D, N,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, CHUNK_T: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """The backward pass of one batch row and one block of BLOCK_D channels (see the module docstring)."""
     channels = channel_block * BLOCK_D + tl.arange(0, BLOCK_D)
     states = tl.arange(0, BLOCK_N)
     channel_mask = channels < D
@@ -145,8 +180,6 @@ def selective_scan_bwd_kernel(
     grad_A = tl.zeros((BLOCK_D, BLOCK_N), tl.float32)
     grad_D = tl.zeros((BLOCK_D,), tl.float32)
     num_chunks = tl.cdiv(T, CHUNK_T)
-    # Channel block `channel_block` writes its partial dB, dC [B, T, N] at this offset.
-    partial_base = channel_block.to(tl.int64) * BATCH * T * N
     for reverse_chunk in range(num_chunks):
         chunk = num_chunks - 1 - reverse_chunk
         steps = chunk * CHUNK_T + rows
@@ -225,8 +258,11 @@ def selective_scan_bwd_kernel(
         tl.store(grad_delta_ptr + offsets, grad_delta.to(grad_delta_ptr.dtype.element_ty), mask=mask)
         grad_B = tl.sum(grad_h * (delta * u)[:, :, None], axis=1)
         grad_C = tl.sum(grad_ungated[:, :, None] * h, axis=1)
-        tl.store(grad_B_ptr + partial_base + state_step_offsets, grad_B, mask=state_step_mask)
-        tl.store(grad_C_ptr + partial_base + state_step_offsets, grad_C, mask=state_step_mask)
+        partial_offsets = partial_base + state_step_offsets
+        grad_B += tl.load(grad_B_ptr + partial_offsets, mask=state_step_mask, other=0.0)
+        grad_C += tl.load(grad_C_ptr + partial_offsets, mask=state_step_mask, other=0.0)
+        tl.store(grad_B_ptr + partial_offsets, grad_B, mask=state_step_mask)
+        tl.store(grad_C_ptr + partial_offsets, grad_C, mask=state_step_mask)
 
     first_keep = tl.load(reset_ptr + batch * T) == 0
     first_delta = tl.load(delta_ptr + batch * T * D + channels, mask=channel_mask, other=0.0).to(tl.float32)
@@ -257,12 +293,13 @@ class _SelectiveScanTriton(torch.autograd.Function):
         chunk_states = torch.empty(batch_size, num_chunks, channels, state_size, device=u.device, dtype=torch.float32)
         reset_bytes = reset.view(torch.uint8)
         block_d, block_n = _launch_config(channels, state_size, FORWARD_TILE_ELEMENTS)
-        selective_scan_fwd_kernel[(batch_size, triton.cdiv(channels, block_d))](
-            u, delta, A, B, C, u if D is None else D, u if z is None else z, reset_bytes, initial_state,
-            y, final_state, chunk_states,
-            length, channels, state_size,
-            HAS_D=D is not None, HAS_Z=z is not None, CHUNK_T=CHUNK_T, BLOCK_D=block_d, BLOCK_N=block_n,
-        )
+        with device_guard(u):
+            selective_scan_fwd_kernel[(batch_size, triton.cdiv(channels, block_d))](
+                u, delta, A, B, C, u if D is None else D, u if z is None else z, reset_bytes, initial_state,
+                y, final_state, chunk_states,
+                length, channels, state_size,
+                HAS_D=D is not None, HAS_Z=z is not None, CHUNK_T=CHUNK_T, BLOCK_D=block_d, BLOCK_N=block_n,
+            )
         ctx.save_for_backward(u, delta, A, B, C, D, z, reset_bytes, chunk_states)
         return y, final_state
 
@@ -274,6 +311,7 @@ class _SelectiveScanTriton(torch.autograd.Function):
         state_size = A.shape[1]
         block_d, block_n = _launch_config(channels, state_size, BACKWARD_TILE_ELEMENTS)
         channel_blocks = triton.cdiv(channels, block_d)
+        groups = min(channel_blocks, MAX_CHANNEL_GROUPS)
         grad_u = torch.empty_like(u)
         grad_delta = torch.empty_like(delta)
         grad_z = None if z is None else torch.empty_like(z)
@@ -281,20 +319,22 @@ class _SelectiveScanTriton(torch.autograd.Function):
         partial = {"device": u.device, "dtype": torch.float32}
         grad_A_rows = torch.empty(batch_size, channels, state_size, **partial)
         grad_D_rows = None if D is None else torch.empty(batch_size, channels, **partial)
-        grad_B_blocks = torch.empty(channel_blocks, batch_size, length, state_size, **partial)
-        grad_C_blocks = torch.empty(channel_blocks, batch_size, length, state_size, **partial)
-        selective_scan_bwd_kernel[(batch_size, channel_blocks)](
-            u, delta, A, B, C, u if D is None else D, u if z is None else z, reset_bytes, chunk_states,
-            grad_y.contiguous(), grad_final.contiguous(),
-            grad_u, grad_delta, grad_u if z is None else grad_z, grad_A_rows, grad_B_blocks, grad_C_blocks,
-            grad_A_rows if D is None else grad_D_rows, grad_initial,
-            batch_size, length, channels, state_size,
-            HAS_D=D is not None, HAS_Z=z is not None, CHUNK_T=CHUNK_T, BLOCK_D=block_d, BLOCK_N=block_n,
-        )
+        # Zeroed: each group adds its channel blocks' dB, dC into its partial.
+        grad_B_groups = torch.zeros(groups, batch_size, length, state_size, **partial)
+        grad_C_groups = torch.zeros(groups, batch_size, length, state_size, **partial)
+        with device_guard(u):
+            selective_scan_bwd_kernel[(batch_size, groups)](
+                u, delta, A, B, C, u if D is None else D, u if z is None else z, reset_bytes, chunk_states,
+                grad_y.contiguous(), grad_final.contiguous(),
+                grad_u, grad_delta, grad_u if z is None else grad_z, grad_A_rows, grad_B_groups, grad_C_groups,
+                grad_A_rows if D is None else grad_D_rows, grad_initial,
+                batch_size, length, channels, state_size, channel_blocks, groups,
+                HAS_D=D is not None, HAS_Z=z is not None, CHUNK_T=CHUNK_T, BLOCK_D=block_d, BLOCK_N=block_n,
+            )
         grad_D = None if D is None else grad_D_rows.sum(0).to(D.dtype)
         return (
-            grad_u, grad_delta, grad_A_rows.sum(0).to(A.dtype), grad_B_blocks.sum(0).to(B.dtype),
-            grad_C_blocks.sum(0).to(C.dtype), grad_D, grad_z, None, grad_initial,
+            grad_u, grad_delta, grad_A_rows.sum(0).to(A.dtype), grad_B_groups.sum(0).to(B.dtype),
+            grad_C_groups.sum(0).to(C.dtype), grad_D, grad_z, None, grad_initial,
         )
 
 
@@ -325,4 +365,4 @@ def selective_scan_triton(
     )
 
 
-__all__ = ["MAX_STATE_SIZE", "SUPPORTED_DTYPES", "selective_scan_triton"]
+__all__ = ["MAX_CHANNEL_GROUPS", "MAX_STATE_SIZE", "SUPPORTED_DTYPES", "selective_scan_triton"]

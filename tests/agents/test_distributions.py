@@ -76,7 +76,7 @@ def test_unimix_samples_are_one_hot_with_straight_through_gradients():
     torch.testing.assert_close(sample.detach().sum(-1), torch.ones(64, 8))
     torch.testing.assert_close(sample.detach(), sample.detach().round(), rtol=0, atol=1e-6)
     (sample * torch.randn_like(sample)).sum().backward()
-    assert logits.grad is not None and logits.grad.abs().sum() > 0
+    assert logits.grad is not None and logits.grad.abs().sum() > 1e-3
     torch.testing.assert_close(distribution.mode().argmax(-1), logits.argmax(-1))
 
 
@@ -109,11 +109,13 @@ def test_free_bits_are_flat_below_the_threshold_and_exact_above():
 def test_free_bits_stop_the_kl_gradient_to_the_logits_once_close_enough():
     prior = torch.tensor([[0.0, 0.0]]).log_softmax(-1)[None]
     close = torch.tensor([[0.1, -0.1]], requires_grad=True)
-    far = torch.tensor([[8.0, -8.0]], requires_grad=True)
+    # Far enough for a KL (0.68 nats) above the free bits, not so saturated that its gradient (~1e-6 at
+    # logits +-8) sits near float32 rounding noise.
+    far = torch.tensor([[3.0, -3.0]], requires_grad=True)
     free_bits(categorical_kl(close.log_softmax(-1)[None], prior), 1.0).sum().backward()
     free_bits(categorical_kl(far.log_softmax(-1)[None], prior), 0.1).sum().backward()
     assert close.grad.abs().sum() == 0
-    assert far.grad.abs().sum() > 0
+    assert far.grad.abs().sum() > 1e-3
 
 
 def test_bounded_normal_stays_in_range():

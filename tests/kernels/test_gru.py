@@ -1,7 +1,8 @@
 """The fused Triton GRU against the loop reference: outputs, final state and every gradient.
 
-Without a GPU the kernels run under TRITON_INTERPRET=1 (tests/conftest.py), so shapes are
-small. The reference runs in float64 on the same values; both sides get the same random
+The Triton cases run on KERNEL_DEVICE (CUDA when present, else the CPU under TRITON_INTERPRET=1,
+set by tests/conftest.py), so shapes are small. The reference runs in float64 on the CPU on the
+same values; both sides get the same random
 upstream gradients on h_seq and h_T.
 """
 
@@ -11,8 +12,11 @@ import pytest
 import torch
 
 import kernels.gru as gru_package
+import kernels.gru.triton as gru_triton
 import kernels.lstm.triton as lstm_triton
 from kernels.gru import gru_sequence, gru_sequence_naive
+from kernels.lstm import fused_kernel_applies
+from tests.kernels.device import KERNEL_DEVICE
 
 TOLERANCES = {
     torch.float32: dict(atol=2e-5, rtol=2e-5),
@@ -55,17 +59,20 @@ def run_with_grads(inputs, reset, upstream, impl, dtype, with_bias):
 
 
 def assert_matches_reference(
-    batch_size, length, hidden_size, reset_probability, with_bias=True, dtype=torch.float32, device="cpu", tolerance=None
+    batch_size, length, hidden_size, reset_probability, with_bias=True, dtype=torch.float32, device=KERNEL_DEVICE,
+    tolerance=None,
 ):
-    inputs, reset, upstream = random_problem(batch_size, length, hidden_size, reset_probability, device)
-    got = run_with_grads(inputs, reset, upstream, "triton", dtype, with_bias)
+    """The Triton kernel on `device` against the naive loop in float64 on the CPU."""
+    inputs, reset, upstream = random_problem(batch_size, length, hidden_size, reset_probability)
+    on_device = {key: value.to(device) for key, value in inputs.items()}
+    got = run_with_grads(on_device, reset.to(device), tuple(grad.to(device) for grad in upstream), "triton", dtype, with_bias)
     expected = run_with_grads(inputs, reset, upstream, "naive", torch.float64, with_bias)
     for name in NAMES:
         if not with_bias and name == "grad_bias":
             continue
         assert got[name].dtype == dtype, name
         torch.testing.assert_close(
-            got[name].detach(), expected[name].detach().to(dtype), **(tolerance or TOLERANCES[dtype]), msg=lambda text: f"{name}: {text}"
+            got[name].detach().cpu(), expected[name].detach().to(dtype), **(tolerance or TOLERANCES[dtype]), msg=lambda text: f"{name}: {text}"
         )
 
 
@@ -132,6 +139,29 @@ def test_auto_uses_naive_for_cpu_tensors(monkeypatch):
     h_seq, _ = gru_sequence(inputs["x_proj"], inputs["weight_hh"], inputs["bias"], reset, inputs["h0"], impl="auto")
     expected, _ = gru_sequence_naive(inputs["x_proj"], inputs["weight_hh"], inputs["bias"], reset, inputs["h0"])
     torch.testing.assert_close(h_seq, expected)
+
+
+@pytest.mark.parametrize(
+    "is_cuda, dtype, hidden_size, expected",
+    [(True, torch.float32, 128, True), (True, torch.float32, 256, False), (True, torch.float64, 16, False),
+     (False, torch.float32, 16, False)],
+    ids=["cuda-H128", "cuda-H256", "cuda-float64", "cpu"],
+)
+def test_auto_dispatch_warns_when_cuda_falls_back_to_the_loop(is_cuda, dtype, hidden_size, expected):
+    """A CUDA call the fused kernel cannot take runs the loop with a RuntimeWarning, never silently."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        applies = fused_kernel_applies("gru", gru_triton, is_cuda, dtype, hidden_size)
+    assert applies is expected
+    falls_back_on_cuda = is_cuda and not expected
+    assert [str(warning.message) for warning in caught if warning.category is RuntimeWarning] == (
+        [f"gru_sequence: " + (f"hidden size {hidden_size} > 128" if dtype == torch.float32 else
+                               f"dtype {dtype} is not one of {gru_triton.SUPPORTED_DTYPES}")
+         + ", so impl='auto' runs the Python step loop on CUDA (one cell call per step)"]
+        if falls_back_on_cuda else []
+    )
 
 
 def small_inputs(hidden_size=16, dtype=torch.float32):

@@ -91,7 +91,7 @@ def test_reset_forgets_the_past_and_blocks_its_gradient(impl):
     y[:, 5:].sum().backward()
     for name in TIME_INPUTS:
         assert torch.count_nonzero(leaves[name].grad[:, :5]) == 0, name
-        assert torch.count_nonzero(leaves[name].grad[:, 5:]) > 0, name
+        assert leaves[name].grad[:, 5:].abs().max() > 1e-6, name  # a magnitude: rounding noise is non-zero too
     assert torch.count_nonzero(leaves["initial_state"].grad) == 0
     fresh, _ = selective_scan(**time_slice(inputs, slice(5, None)), reset=reset[:, 5:], impl=impl)
     torch.testing.assert_close(y[:, 5:].detach(), fresh, rtol=1e-12, atol=1e-12)

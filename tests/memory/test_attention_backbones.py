@@ -126,9 +126,12 @@ def test_memory_tokens_train_their_initial_state_through_a_reset():
     reset = no_reset(2, 6)
     reset[:, 3] = True
     y, _ = backbone(random_inputs(2, 6), carried, reset)
-    y[:, 3:].sum().backward()
+    # A random projection, not a plain sum: the outputs are LayerNorm'd, so their sum is constant and its
+    # gradient is rounding noise (~1e-17), which a count of non-zero entries would accept.
+    projection = torch.randn(HIDDEN_DIM, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    (y[:, 3:] @ projection).sum().backward()
     assert backbone.initial_memory.grad is not None
-    assert torch.count_nonzero(backbone.initial_memory.grad) == backbone.initial_memory.numel()
+    assert backbone.initial_memory.grad.abs().min() > 1e-4  # every entry trains (measured min 0.02)
 
 
 def test_memory_tokens_carry_information_across_many_steps():

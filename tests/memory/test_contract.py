@@ -98,7 +98,8 @@ def test_no_gradient_crosses_a_reset(name):
     y[:, reset_at:].square().sum().backward()
     assert x.grad is not None
     assert torch.count_nonzero(x.grad[:, :reset_at]) == 0
-    assert torch.count_nonzero(x.grad[:, reset_at:]) > 0
+    # Magnitude, not count_nonzero: rounding noise is non-zero too.
+    assert x.grad[:, reset_at:].abs().max() > 1e-6
     for key, value in state.items():
         if value.requires_grad:
             assert value.grad is None or torch.count_nonzero(value.grad) == 0, key

@@ -53,7 +53,7 @@ def test_forward_runs_one_scan_per_layer_not_a_loop_over_time(name, monkeypatch)
     original = getattr(module, scan)
 
     def counting_scan(*args, **kwargs):
-        calls.append(args[0].shape[1])
+        calls.append(args[1].shape[1])  # linear_scan's drive b / selective_scan's delta: [B, T, ...]
         return original(*args, **kwargs)
 
     monkeypatch.setattr(module, scan, counting_scan)
