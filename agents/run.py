@@ -3,24 +3,38 @@ checkpoints, tensorboard, episode statistics, the progress line, seeding and the
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import pickle
 import random
+import re
 import sys
 import tempfile
 import time
+import zipfile
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cloudpickle
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.tensorboard import SummaryWriter
 
-CHECKPOINT_NAME = "checkpoint.pkl"
+CHECKPOINT_NAME = "checkpoint.pt"
+LEGACY_CHECKPOINT_NAME = "checkpoint.pkl"
+"""What memrl before the safe format wrote (cloudpickle); never opened, only recognised."""
+CHECKPOINT_FORMAT = "memrl-checkpoint"
+CHECKPOINT_VERSION = 1
+"""Stored in every checkpoint; a checkpoint of another version is refused in one sentence."""
+PLAIN_LEAVES = (torch.Tensor, bool, int, float, str, type(None))
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: missing, of the old pickle format, truncated, foreign or
+    of another version. The message is one sentence that names the file and what is wrong."""
 
 
 class TrainingDiverged(RuntimeError):
@@ -47,17 +61,76 @@ def write_json(path: Path, data: dict) -> None:
     write_atomically(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
 
 
+def check_plain(value: Any, where: str = "checkpoint") -> None:
+    """Raise TypeError, naming the entry, for anything but tensors, numbers, strings, None and
+    dicts/lists/tuples of them: what torch's `weights_only` loading accepts without running code."""
+    if isinstance(value, PLAIN_LEAVES):
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, (str, int)):
+                raise TypeError(f"{where} has a key of type {type(key).__name__}; checkpoint keys are str or int")
+            check_plain(item, f"{where}[{key!r}]")
+        return
+    if isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            check_plain(item, f"{where}[{index}]")
+        return
+    raise TypeError(f"{where} is a {type(value).__name__}; checkpoints hold only tensors, numbers, strings, None "
+                    "and dicts/lists/tuples of them")
+
+
 def save_checkpoint(run_dir: Path, payload: dict) -> None:
-    """cloudpickle of plain data (config, state_dicts, counters, RNG states), written atomically."""
-    write_atomically(Path(run_dir) / CHECKPOINT_NAME, cloudpickle.dumps(payload))
+    """`torch.save` of plain data (config, state_dicts, counters, RNG states as tensors and lists)
+    tagged with the format and its version, written atomically to `run_dir/checkpoint.pt`."""
+    check_plain(payload)
+    buffer = io.BytesIO()
+    torch.save({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **payload}, buffer)
+    write_atomically(Path(run_dir) / CHECKPOINT_NAME, buffer.getvalue())
+
+
+def checkpoint_path(run_dir: Path) -> Path:
+    """`run_dir`'s checkpoint file; CheckpointError when there is none or only an old-format one."""
+    run_dir = Path(run_dir)
+    path = run_dir / CHECKPOINT_NAME
+    if path.is_file():
+        return path
+    if (run_dir / LEGACY_CHECKPOINT_NAME).is_file():
+        raise CheckpointError(
+            f"{run_dir} holds only {LEGACY_CHECKPOINT_NAME}, the old pickle format that can run code when loaded, "
+            f"so it is not opened; train the run again to get a safe {CHECKPOINT_NAME}"
+        )
+    if not run_dir.is_dir():
+        raise CheckpointError(f"no checkpoint to load: run dir {run_dir} does not exist or is not a directory")
+    raise CheckpointError(f"no checkpoint to resume from: {path} does not exist")
 
 
 def load_checkpoint(run_dir: Path) -> dict:
-    path = Path(run_dir) / CHECKPOINT_NAME
-    if not path.exists():
-        raise FileNotFoundError(f"no checkpoint to resume from: {path} does not exist")
-    with open(path, "rb") as handle:
-        return cloudpickle.load(handle)
+    """The payload `save_checkpoint` wrote into `run_dir`, tensors on the CPU.
+
+    Loading runs no code from the file: only complete torch zip archives are opened, with
+    `torch.load(weights_only=True)`, which rebuilds tensors and plain containers and refuses
+    any other object. Missing, old-format, truncated, foreign or other-version files raise
+    CheckpointError with one sentence.
+    """
+    path = checkpoint_path(run_dir)
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(f"{path} is truncated or is not a memrl checkpoint (not a complete torch archive)")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        blocked = re.search(r"GLOBAL (\S+)", str(error))
+        what = f"a reference to {blocked.group(1)}" if blocked else "objects other than tensors and plain data"
+        raise CheckpointError(f"{path} was refused: it holds {what}, and loading that could run code from the file") from None
+    except (RuntimeError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as error:
+        reason = str(error).split(".")[0].strip() or type(error).__name__
+        raise CheckpointError(f"{path} is corrupt or truncated ({reason})") from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not a memrl checkpoint (it has no {CHECKPOINT_FORMAT!r} format tag)")
+    if payload.get("version") != CHECKPOINT_VERSION:
+        raise CheckpointError(f"{path} has checkpoint format version {payload.get('version')!r}; "
+                              f"this memrl reads version {CHECKPOINT_VERSION} only")
+    return payload
 
 
 def seed_everything(seed: int) -> None:
@@ -67,15 +140,28 @@ def seed_everything(seed: int) -> None:
 
 
 def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Python's, numpy's, torch's (and CUDA's) global RNG states as tensors and numbers, so a
+    checkpoint holds them without pickled objects."""
+    version, internal, gauss_next = random.getstate()
+    _, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    state = {
+        "python": {"version": version, "internal": torch.tensor(internal, dtype=torch.int64), "gauss_next": gauss_next},
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)},
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def restore_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    """Set the global RNGs to what `rng_state` returned."""
+    python = state["python"]
+    random.setstate((python["version"], tuple(python["internal"].tolist()), python["gauss_next"]))
+    numpy = state["numpy"]
+    np.random.set_state(("MT19937", numpy["keys"].numpy().astype(np.uint32), numpy["position"],
+                         numpy["has_gauss"], numpy["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

@@ -8,7 +8,9 @@ Settings are layered: the config defaults, then the preset (`--preset auto` pick
 named like the env, then the one named "<env>/<backbone>" if present; every atari100k-<game>
 takes the preset atari100k), then the flags given on the command line (`--env-options` adds to
 the preset's env options). The resolved config is saved as `config.json` in the run dir, next to
-tensorboard logs, `checkpoint.pkl` and, at the end, `eval.json`.
+tensorboard logs, `checkpoint.pt` and, at the end, `eval.json`. Checkpoints are plain tensors and
+containers written with `torch.save` and read with `torch.load(weights_only=True)`, so opening one
+never runs code from the file (see `agents.run.load_checkpoint`).
 
 Data-parallel PPO: started by torchrun (detected from its RANK, WORLD_SIZE and LOCAL_RANK
 variables), every process trains on `--num-envs / WORLD_SIZE` envs seeded with
@@ -35,7 +37,15 @@ import torch
 
 from agents.dreamer import DreamerConfig, DreamerTrainer
 from agents.ppo import PPOConfig, PPOTrainer
-from agents.run import Distributed, TrainingDiverged, evaluate, load_checkpoint, seed_everything, write_json
+from agents.run import (
+    CheckpointError,
+    Distributed,
+    TrainingDiverged,
+    evaluate,
+    load_checkpoint,
+    seed_everything,
+    write_json,
+)
 from envs.atari import AtariVectorEnv, check_atari_env, is_atari_name
 from envs.gymnasium_adapter import GymnasiumVectorEnv
 from envs.maniskill import ManiSkillUnavailable, is_maniskill_name, make_maniskill_env, maniskill_env_id
@@ -278,21 +288,36 @@ def check_spaces(env) -> None:
         )
 
 
-def configs_from_checkpoint(checkpoint: dict) -> tuple[RunConfig, PPOConfig | DreamerConfig]:
-    """The run and agent configs a checkpoint was trained with."""
-    run = RunConfig(**checkpoint["config"]["run"])
-    return run, AGENTS[run.agent][0](**checkpoint["config"][run.agent])
+def configs_from_checkpoint(checkpoint: dict, run_dir: Path) -> tuple[RunConfig, PPOConfig | DreamerConfig]:
+    """The run and agent configs a checkpoint was trained with; CheckpointError when it holds none that fits."""
+    try:
+        run = RunConfig(**checkpoint["config"]["run"])
+        return run, AGENTS[run.agent][0](**checkpoint["config"][run.agent])
+    except (KeyError, TypeError) as error:
+        raise CheckpointError(f"the checkpoint in {run_dir} holds no train-agent config this memrl can read "
+                              f"({type(error).__name__}: {error})") from None
+
+
+def apply_checkpoint(restore, checkpoint: dict, run: RunConfig, run_dir: Path) -> None:
+    """`restore(checkpoint)` (a trainer's restore or an agent's load_state_dict); CheckpointError, in one
+    sentence, when the checkpoint's tensors do not fit the agent its config describes."""
+    try:
+        restore(checkpoint)
+    except (RuntimeError, KeyError, ValueError, TypeError, AttributeError) as error:
+        reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        raise CheckpointError(f"the checkpoint in {run_dir} does not fit the {run.agent} + {run.backbone} agent "
+                              f"its config describes ({reason})") from None
 
 
 def load_trained_agent(run_dir: Path, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, RunConfig]:
     """The agent of a `train-agent` run dir with its last checkpoint's weights (eval mode, on `device`)
-    and the run's config; FileNotFoundError when the run dir holds no checkpoint."""
+    and the run's config; CheckpointError (one sentence) when the run dir holds no usable checkpoint."""
     checkpoint = load_checkpoint(run_dir)
-    run, agent_config = configs_from_checkpoint(checkpoint)
+    run, agent_config = configs_from_checkpoint(checkpoint, run_dir)
     spaces = make_training_env(run.env, 1, torch.device(device), run.seed, run.env_options)
     agent = AGENTS[run.agent][1].build_agent(agent_config, spaces.single_observation_space,
                                              spaces.single_action_space, run.backbone)
-    agent.load_state_dict(checkpoint["agent"])
+    apply_checkpoint(lambda payload: agent.load_state_dict(payload["agent"]), checkpoint, run, run_dir)
     return agent.to(device).eval(), run
 
 
@@ -312,15 +337,17 @@ def run_training(args: argparse.Namespace, distributed: Distributed = Distribute
         if args.run_dir is None:
             raise UsageError("--resume needs --run-dir: the run directory to continue")
         run_dir = Path(args.run_dir)
-        try:
-            checkpoint = load_checkpoint(run_dir)
-        except FileNotFoundError as error:
-            raise UsageError(str(error)) from None
-        run, agent_config = configs_from_checkpoint(checkpoint)
+        checkpoint = load_checkpoint(run_dir)
+        run, agent_config = configs_from_checkpoint(checkpoint, run_dir)
+        for name in ("agent", "backbone", "env"):
+            asked = getattr(args, name)
+            if asked is not None and asked != getattr(run, name):
+                raise UsageError(f"the checkpoint in {run_dir} is of a {run.agent} + {run.backbone} run on {run.env}, "
+                                 f"not --{name} {asked}; resume without --{name} or pick that run's dir")
         if args.total_steps is not None:
             run = dataclasses.replace(run, total_steps=args.total_steps)
         validate(run, agent_config, distributed)
-        preset = checkpoint["config"]["preset"]
+        preset = checkpoint["config"].get("preset", "unknown")
     else:
         run, agent_config, preset = resolve_config(args, distributed)
         run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(run)
@@ -348,7 +375,7 @@ def run_training(args: argparse.Namespace, distributed: Distributed = Distribute
     except (TypeError, ValueError) as error:
         raise UsageError(f"cannot build the agent: {error}") from None
     if checkpoint is not None:
-        trainer.restore(checkpoint)
+        apply_checkpoint(trainer.restore, checkpoint, run, run_dir)
     elif distributed.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json(run_dir / "config.json", config)
@@ -378,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
     distributed = Distributed.from_environment()
     try:
         run_training(args, distributed)
-    except UsageError as error:
+    except (UsageError, CheckpointError) as error:
         parser.exit(2, f"train-agent: error: {error}\n")
     except TrainingDiverged as error:
         parser.exit(1, f"train-agent: stopped: {error}\n")

@@ -7,7 +7,7 @@ Every run is an ordinary `train-agent` run dir, `<study-dir>/<env>/<agent>__<bac
 trained by its own `python -m agents.train ... --run-dir <dir> --quiet` process (its output goes
 to `train.log` in the run dir), so a crash takes down one run only. Running the same command
 again resumes the study: a run with `eval.json` is done and skipped, a run with a
-`checkpoint.pkl` but no `eval.json` is continued with `--resume`, any other run starts afresh.
+`checkpoint.pt` but no `eval.json` is continued with `--resume`, any other run starts afresh.
 Runs go to a local pool of `--workers` processes, or to a Ray cluster with `--ray-address`
 (every Ray node needs memrl installed and the study dir on a shared filesystem).
 
