@@ -32,7 +32,12 @@ CHECKPOINT_VERSION = 1
 PLAIN_LEAVES = (torch.Tensor, bool, int, float, str, type(None))
 
 
-class CheckpointError(ValueError):
+class ArtifactError(ValueError):
+    """A file a run or study wrote that is truncated, corrupt or foreign; the message is one
+    sentence that names the file and what is wrong (a CLI prints it and exits with code 2)."""
+
+
+class CheckpointError(ArtifactError):
     """A checkpoint that cannot be used: missing, of the old pickle format, truncated, foreign or
     of another version. The message is one sentence that names the file and what is wrong."""
 
@@ -59,6 +64,29 @@ def write_atomically(path: Path, data: bytes) -> None:
 
 def write_json(path: Path, data: dict) -> None:
     write_atomically(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
+
+
+def read_json(path: Path, required: dict[str, type | tuple[type, ...]]) -> dict:
+    """The JSON object in `path`, checked to hold every `required` entry ("a.b" reaches into
+    nested objects) with a value of the given type(s); ArtifactError in one sentence otherwise."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ArtifactError(f"{path} does not exist") from None
+    except (OSError, ValueError) as error:
+        raise ArtifactError(f"{path} is not valid JSON ({str(error).splitlines()[0]})") from None
+    for name, kind in required.items():
+        value: Any = data
+        for key in name.split("."):
+            if not isinstance(value, dict) or key not in value:
+                raise ArtifactError(f"{path} is not what memrl writes: it has no {name!r} entry")
+            value = value[key]
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):  # True is an int too
+            expected = " or ".join(k.__name__ for k in kinds)
+            raise ArtifactError(f"{path} is not what memrl writes: {name!r} is {value!r} (expected {expected})")
+    return data
 
 
 def check_plain(value: Any, where: str = "checkpoint") -> None:

@@ -38,6 +38,7 @@ import torch
 from agents.dreamer import DreamerConfig, DreamerTrainer
 from agents.ppo import PPOConfig, PPOTrainer
 from agents.run import (
+    ArtifactError,
     CheckpointError,
     Distributed,
     TrainingDiverged,
@@ -100,6 +101,14 @@ PRESETS: dict[str, dict] = {
                       "replay_capacity": 4_000, "eval_episodes": 8, "checkpoint_every": 8},
 }
 
+
+NUMBER = (int, float)
+EVAL_FIELDS = {"success_rate": NUMBER, "return_mean": NUMBER, "return_std": NUMBER, "episodes": int,
+               "global_step": int, "train_wall_time_seconds": NUMBER}
+"""What every eval.json holds (studies read it back with `agents.run.read_json`)."""
+CONFIG_FIELDS = {"preset": str, "run.agent": str, "run.backbone": str, "run.env": str, "run.num_envs": int,
+                 "run.env_options": dict}
+"""What every config.json holds, as far as the studies and probes read it."""
 
 RANK_SEED_OFFSET = 10_007
 """Under torchrun, rank r seeds its envs, torch, numpy and python with `seed + r * RANK_SEED_OFFSET`."""
@@ -292,6 +301,9 @@ def configs_from_checkpoint(checkpoint: dict, run_dir: Path) -> tuple[RunConfig,
     """The run and agent configs a checkpoint was trained with; CheckpointError when it holds none that fits."""
     try:
         run = RunConfig(**checkpoint["config"]["run"])
+        if run.agent not in AGENTS:
+            raise CheckpointError(f"the checkpoint in {run_dir} is of agent {run.agent!r}, which this memrl does not "
+                                  f"have (it has: {', '.join(AGENTS)})")
         return run, AGENTS[run.agent][0](**checkpoint["config"][run.agent])
     except (KeyError, TypeError) as error:
         raise CheckpointError(f"the checkpoint in {run_dir} holds no train-agent config this memrl can read "
@@ -304,7 +316,7 @@ def apply_checkpoint(restore, checkpoint: dict, run: RunConfig, run_dir: Path) -
     try:
         restore(checkpoint)
     except (RuntimeError, KeyError, ValueError, TypeError, AttributeError) as error:
-        reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        reason = " ".join(str(error).split())[:240] or type(error).__name__
         raise CheckpointError(f"the checkpoint in {run_dir} does not fit the {run.agent} + {run.backbone} agent "
                               f"its config describes ({reason})") from None
 
@@ -405,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
     distributed = Distributed.from_environment()
     try:
         run_training(args, distributed)
-    except (UsageError, CheckpointError) as error:
+    except (UsageError, ArtifactError) as error:
         parser.exit(2, f"train-agent: error: {error}\n")
     except TrainingDiverged as error:
         parser.exit(1, f"train-agent: stopped: {error}\n")
