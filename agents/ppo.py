@@ -201,6 +201,11 @@ class PPOTrainer:
         self.optimizer = torch.optim.Adam(self.agent.parameters(), lr=config.learning_rate, eps=1e-5)
         self.batch_size = env.num_envs * config.num_steps * distributed.world_size
         self.num_updates = math.ceil(total_steps / self.batch_size)
+        # What the run really steps: total_steps rounded up to whole rollouts.
+        self.planned_steps = self.num_updates * self.batch_size
+        processes = f" x {distributed.world_size} processes" if distributed.torchrun else ""
+        self.step_unit = (f"PPO trains on whole rollouts of {self.batch_size:,} steps "
+                          f"({env.num_envs} envs x {config.num_steps} steps{processes})")
         self.update = 0
         self.global_step = 0
         self.elapsed_seconds = 0.0
@@ -359,7 +364,7 @@ class PPOTrainer:
         if writer is not None and self.global_step == 0 and checkpoint_extra:
             rows = "\n".join(f"|{key}|{value}|" for key, value in flatten(checkpoint_extra).items())
             writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{rows}")
-        progress = ProgressLine(self.total_steps, enabled=self.show_progress)
+        progress = ProgressLine(self.planned_steps, enabled=self.show_progress)
         metrics: dict[str, float] = {}
         try:
             while self.update < self.num_updates:
@@ -377,7 +382,8 @@ class PPOTrainer:
                     for key, value in metrics.items():
                         writer.add_scalar(key, value, self.global_step)
                 progress.update(self.global_step, steps_per_second, self.statistics,
-                                final=self.update == self.num_updates)
+                                final=self.update == self.num_updates,
+                                reports_success=getattr(self.env, "reports_success", False))
                 last = self.update == self.num_updates
                 if self.run_dir is not None and (self.update % config.checkpoint_every == 0 or last):
                     payload = self.checkpoint_payload(checkpoint_extra or {})

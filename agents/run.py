@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import pickle
 import random
@@ -335,32 +336,58 @@ class EpisodeStatistics:
         self.episodes = state["episodes"]
 
 
+def format_duration(seconds: float) -> str:
+    """H:MM:SS, with whole days in front past 24 hours ("3d 04:05:06"); "—" when unknown (inf or nan)."""
+    if not math.isfinite(seconds):
+        return "—"
+    minutes, secs = divmod(max(0, round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    clock = f"{hours:02d}:{minutes:02d}:{secs:02d}"
+    return f"{days}d {clock}" if days else clock
+
+
 class ProgressLine:
-    """One self-overwriting status line on stderr: step, SPS, recent success and return, ETA."""
+    """One self-overwriting status line on stderr: step, SPS, recent success and return, ETA.
+
+    Success shows "—" where the env has no notion of success (`reports_success` False) and, like
+    the return, before the first episode ends; the ETA is 0 once `total_steps` is reached and
+    counts days past 24 hours.
+    """
 
     def __init__(self, total_steps: int, enabled: bool = True):
         self.total_steps = total_steps
         self.enabled = enabled and sys.stderr is not None
         self.interactive = self.enabled and sys.stderr.isatty()
         self.last_print = 0.0
+        self.width = 0
 
-    def update(self, step: int, steps_per_second: float, statistics: EpisodeStatistics, final: bool = False) -> None:
+    def text(self, step: int, steps_per_second: float, statistics: EpisodeStatistics,
+             reports_success: bool = True) -> str:
+        fraction = min(step / self.total_steps, 1.0)
+        remaining = max(self.total_steps - step, 0)
+        eta = 0.0 if remaining == 0 else (remaining / steps_per_second if steps_per_second > 0 else math.inf)
+        finished = statistics.episodes > 0
+        success = f"{statistics.success_rate():.2f}" if finished and reports_success else "—"
+        episode_return = f"{statistics.mean_return():.3f}" if finished else "—"
+        return (
+            f"[{fraction:6.1%}] step {step:,}/{self.total_steps:,} | {steps_per_second:,.0f} SPS | "
+            f"success {success} | return {episode_return} | episodes {statistics.episodes:,} | "
+            f"eta {format_duration(eta)}"
+        )
+
+    def update(self, step: int, steps_per_second: float, statistics: EpisodeStatistics, final: bool = False,
+               reports_success: bool = True) -> None:
         if not self.enabled:
             return
         now = time.monotonic()
         if not final and now - self.last_print < (0.5 if self.interactive else 10.0):
             return
         self.last_print = now
-        fraction = min(step / self.total_steps, 1.0)
-        eta = (self.total_steps - step) / steps_per_second if steps_per_second > 0 else float("inf")
-        eta_text = time.strftime("%H:%M:%S", time.gmtime(eta)) if np.isfinite(eta) else "--:--:--"
-        line = (
-            f"[{fraction:6.1%}] step {step:,}/{self.total_steps:,} | {steps_per_second:,.0f} SPS | "
-            f"success {statistics.success_rate():.2f} | return {statistics.mean_return():.3f} | "
-            f"episodes {statistics.episodes:,} | eta {eta_text}"
-        )
-        end = "\n" if final or not self.interactive else ""
-        sys.stderr.write(("\r" if self.interactive else "") + line + end)
+        line = self.text(step, steps_per_second, statistics, reports_success)
+        if self.interactive:  # pad over what is left of a longer previous line
+            line, self.width = "\r" + line.ljust(self.width), len(line)
+        sys.stderr.write(line + ("\n" if final or not self.interactive else ""))
         sys.stderr.flush()
 
 

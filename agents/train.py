@@ -395,6 +395,9 @@ def run_training(args: argparse.Namespace, distributed: Distributed = Distribute
         processes = f", {distributed.world_size} processes" if distributed.torchrun else ""
         print(f"train-agent: {run.agent} + {run.backbone} on {run.env} ({device}{processes}), preset {preset}, "
               f"run dir {run_dir}", file=sys.stderr)
+        if trainer.planned_steps > run.total_steps:
+            print(f"train-agent: --total-steps {run.total_steps:,} rounded up to {trainer.planned_steps:,}: "
+                  f"{trainer.step_unit}", file=sys.stderr)
     trainer.train(checkpoint_extra={"config": config})
     result = {"run_dir": str(run_dir), "global_step": trainer.global_step,
               "train_success_rate": trainer.statistics.success_rate()}
