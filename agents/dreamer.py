@@ -57,6 +57,7 @@ from agents.networks import make_encoder
 from agents.replay import SAMPLING, SequenceReplay
 from agents.run import (
     EpisodeStatistics,
+    check_finite_parameters,
     ProgressLine,
     TrainingDiverged,
     flatten,
@@ -726,11 +727,13 @@ class DreamerTrainer:
                         for key, value in metrics.items():
                             writer.add_scalar(key, value, self.global_step)
                     if self.run_dir is not None and self.update % config.checkpoint_every == 0:
+                        check_finite_parameters(self.agent, "Dreamer", f"at update {self.update} (step {self.global_step})")
                         save_checkpoint(self.run_dir, self.checkpoint_payload(checkpoint_extra or {}))
                     if on_update is not None:
                         on_update(self, metrics)
                 if self.global_step >= self.total_steps:
                     break
+                check_finite_parameters(self.agent, "Dreamer", f"before acting at step {self.global_step}")
                 self.env_step(writer)
                 if self.ready_to_train():
                     self.train_credit += self.env.num_envs * self.updates_per_env_step
@@ -739,6 +742,7 @@ class DreamerTrainer:
             progress.update(self.global_step, steps_per_second, self.statistics, final=True,
                             reports_success=getattr(self.env, "reports_success", False))
             if self.run_dir is not None:
+                check_finite_parameters(self.agent, "Dreamer", f"at the end (step {self.global_step})")
                 save_checkpoint(self.run_dir, self.checkpoint_payload(checkpoint_extra or {}))
         finally:
             if writer is not None:

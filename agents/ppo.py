@@ -40,6 +40,7 @@ from torch.nn.parallel import DistributedDataParallel
 from agents.networks import ActionHead, action_dtype, action_shape, make_encoder, observation_dtype, orthogonal_init
 from agents.run import (
     Distributed,
+    check_finite_parameters,
     EpisodeStatistics,
     flatten,
     ProgressLine,
@@ -368,6 +369,7 @@ class PPOTrainer:
         metrics: dict[str, float] = {}
         try:
             while self.update < self.num_updates:
+                check_finite_parameters(self.agent, "PPO", f"before update {self.update + 1} (step {self.global_step})")
                 started = time.perf_counter()
                 if config.anneal_lr:
                     self.optimizer.param_groups[0]["lr"] = config.learning_rate * (1.0 - self.update / self.num_updates)
@@ -386,6 +388,7 @@ class PPOTrainer:
                                 reports_success=getattr(self.env, "reports_success", False))
                 last = self.update == self.num_updates
                 if self.run_dir is not None and (self.update % config.checkpoint_every == 0 or last):
+                    check_finite_parameters(self.agent, "PPO", f"at update {self.update} (step {self.global_step})")
                     payload = self.checkpoint_payload(checkpoint_extra or {})
                     if writes_files:
                         save_checkpoint(self.run_dir, payload)

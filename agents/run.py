@@ -33,6 +33,10 @@ CHECKPOINT_VERSION = 1
 PLAIN_LEAVES = (torch.Tensor, bool, int, float, str, type(None))
 
 
+class CheckpointWriteFailed(RuntimeError):
+    """Writing a checkpoint failed (disk full, say); the previous checkpoint is left as it was."""
+
+
 class ArtifactError(ValueError):
     """A file a run or study wrote that is truncated, corrupt or foreign; the message is one
     sentence that names the file and what is wrong (a CLI prints it and exits with code 2)."""
@@ -45,6 +49,17 @@ class CheckpointError(ArtifactError):
 
 class TrainingDiverged(RuntimeError):
     """A loss became NaN or inf; the last good checkpoint is left as it was."""
+
+
+def check_finite_parameters(module: torch.nn.Module, agent_name: str, when: str) -> None:
+    """Raise TrainingDiverged, naming the first bad parameter, when any parameter of `module` holds
+    nan or inf (one host sync). Trainers call it before acting and before writing a checkpoint, so
+    poisoned weights neither crash action sampling nor overwrite the last good checkpoint."""
+    if bool(torch.stack([parameter.isfinite().all() for parameter in module.parameters()]).all()):
+        return
+    name = next(name for name, parameter in module.named_parameters() if not bool(parameter.isfinite().all()))
+    raise TrainingDiverged(f"the {agent_name} parameter {name} became nan or inf {when}; "
+                           "training stopped and the last good checkpoint was kept")
 
 
 def write_atomically(path: Path, data: bytes) -> None:
@@ -111,11 +126,17 @@ def check_plain(value: Any, where: str = "checkpoint") -> None:
 
 def save_checkpoint(run_dir: Path, payload: dict) -> None:
     """`torch.save` of plain data (config, state_dicts, counters, RNG states as tensors and lists)
-    tagged with the format and its version, written atomically to `run_dir/checkpoint.pt`."""
+    tagged with the format and its version, written atomically to `run_dir/checkpoint.pt`;
+    CheckpointWriteFailed (one sentence) when the disk refuses, with the old checkpoint intact."""
     check_plain(payload)
     buffer = io.BytesIO()
     torch.save({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **payload}, buffer)
-    write_atomically(Path(run_dir) / CHECKPOINT_NAME, buffer.getvalue())
+    path = Path(run_dir) / CHECKPOINT_NAME
+    try:
+        write_atomically(path, buffer.getvalue())
+    except OSError as error:
+        raise CheckpointWriteFailed(f"could not write {path} ({error.strerror or error}); "
+                                    "the previous checkpoint was left as it was") from None
 
 
 def checkpoint_path(run_dir: Path) -> Path:

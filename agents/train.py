@@ -40,6 +40,7 @@ from agents.ppo import PPOConfig, PPOTrainer
 from agents.run import (
     ArtifactError,
     CheckpointError,
+    CheckpointWriteFailed,
     Distributed,
     TrainingDiverged,
     evaluate,
@@ -422,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
         run_training(args, distributed)
     except (UsageError, ArtifactError) as error:
         parser.exit(2, f"train-agent: error: {error}\n")
-    except TrainingDiverged as error:
+    except (TrainingDiverged, CheckpointWriteFailed) as error:
         parser.exit(1, f"train-agent: stopped: {error}\n")
     finally:
         distributed.stop()
