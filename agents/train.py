@@ -345,7 +345,60 @@ def resource_usage(agent: torch.nn.Module, device: torch.device) -> dict:
             "peak_memory_mb": round(peak_bytes / 2**20, 1)}
 
 
-def run_training(args: argparse.Namespace, distributed: Distributed = Distributed()) -> dict:
+@dataclass(frozen=True)
+class TrainResult:
+    """What `train` returns: where the run lives and how it ended."""
+
+    run_dir: Path
+    global_step: int
+    train_success_rate: float
+    """Mean success of the last 100 training episodes (nan before any ended)."""
+    eval: dict | None
+    """The content of eval.json; None when eval_episodes is 0 (and on torchrun ranks other than 0)."""
+
+
+def _accepted_types(default) -> tuple[type, ...]:
+    """The Python types a setting with this default takes: ints for floats too, never a bool for an int."""
+    if isinstance(default, bool):
+        return (bool,)
+    if isinstance(default, float):
+        return (int, float)
+    if default is None:  # target_kl: a number or None
+        return (int, float, type(None))
+    return (type(default),)
+
+
+def train(*, preset: str = "auto", run_dir: str | Path | None = None, resume: bool = False, quiet: bool = False,
+          distributed: Distributed | None = None, **settings) -> TrainResult:
+    """Train one run, or continue one with `resume=True`, exactly as `train-agent` does (the CLI calls this).
+
+    Keyword arguments are train-agent's flags with underscores: `agent`, `backbone`, `env`,
+    `total_steps`, `num_envs`, `seed`, `env_options={...}`, `backbone_options={...}`, every PPO or
+    Dreamer hyperparameter... A setting left out takes the preset's value, then the default; on
+    resume the checkpoint's config is used and only `total_steps` may change. Bad settings raise
+    UsageError (a ValueError) in one sentence, broken run dirs ArtifactError, non-finite losses or
+    weights TrainingDiverged, a failed checkpoint write CheckpointWriteFailed.
+    """
+    defaults = {config_field.name: (config_field.default if config_field.default is not dataclasses.MISSING
+                                    else config_field.default_factory()) for _, config_field in _config_fields()}
+    for name, value in settings.items():
+        if name not in defaults:
+            raise UsageError(f"unknown setting {name!r}; the settings are train-agent's flags with underscores "
+                             "(see train-agent --help)")
+        accepted = _accepted_types(defaults[name])
+        if value is not None and (not isinstance(value, accepted) or (isinstance(value, bool) and bool not in accepted)):
+            raise UsageError(f"{name} must be {' or '.join(kind.__name__ for kind in accepted)}, got {value!r}")
+    args = argparse.Namespace(preset=preset, run_dir=run_dir, resume=resume, quiet=quiet,
+                              **{name: settings.get(name) for name in defaults})
+    distributed = distributed or Distributed()
+    try:
+        return run_training(args, distributed)
+    finally:
+        distributed.stop()
+
+
+def run_training(args: argparse.Namespace, distributed: Distributed = Distributed()) -> TrainResult:
+    """One run from parsed train-agent arguments (`train` builds them from keyword arguments)."""
     if args.resume:
         if args.run_dir is None:
             raise UsageError("--resume needs --run-dir: the run directory to continue")
@@ -400,8 +453,7 @@ def run_training(args: argparse.Namespace, distributed: Distributed = Distribute
             print(f"train-agent: --total-steps {run.total_steps:,} rounded up to {trainer.planned_steps:,}: "
                   f"{trainer.step_unit}", file=sys.stderr)
     trainer.train(checkpoint_extra={"config": config})
-    result = {"run_dir": str(run_dir), "global_step": trainer.global_step,
-              "train_success_rate": trainer.statistics.success_rate()}
+    evaluation = None
     if run.eval_episodes > 0 and distributed.is_main:
         eval_env = make_training_env(run.env, run.eval_episodes, device, run.seed + 1_000_003, run.env_options,
                                      evaluation=True)
@@ -409,24 +461,21 @@ def run_training(args: argparse.Namespace, distributed: Distributed = Distribute
         evaluation.update({"global_step": trainer.global_step, "train_wall_time_seconds": trainer.elapsed_seconds,
                            **resource_usage(trainer.agent, device)})
         write_json(run_dir / "eval.json", evaluation)
-        result["eval"] = evaluation
         print(f"train-agent: eval over {evaluation['episodes']} episodes: success {evaluation['success_rate']:.3f}, "
               f"return {evaluation['return_mean']:.3f} ± {evaluation['return_std']:.3f}", file=sys.stderr)
-    return result
+    return TrainResult(run_dir=run_dir, global_step=trainer.global_step,
+                       train_success_rate=trainer.statistics.success_rate(), eval=evaluation)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    distributed = Distributed.from_environment()
     try:
-        run_training(args, distributed)
+        train(**vars(args), distributed=Distributed.from_environment())
     except (UsageError, ArtifactError) as error:
         parser.exit(2, f"train-agent: error: {error}\n")
     except (TrainingDiverged, CheckpointWriteFailed) as error:
         parser.exit(1, f"train-agent: stopped: {error}\n")
-    finally:
-        distributed.stop()
     return 0
 
 
