@@ -48,7 +48,7 @@ class CheckpointError(ArtifactError):
 
 
 class TrainingDiverged(RuntimeError):
-    """A loss became NaN or inf; the last good checkpoint is left as it was."""
+    """A loss or a weight became NaN or inf; the last good checkpoint is left as it was."""
 
 
 def check_finite_parameters(module: torch.nn.Module, agent_name: str, when: str) -> None:
@@ -126,12 +126,17 @@ def check_plain(value: Any, where: str = "checkpoint") -> None:
 
 def save_checkpoint(run_dir: Path, payload: dict) -> None:
     """`torch.save` of plain data (config, state_dicts, counters, RNG states as tensors and lists)
-    tagged with the format and its version, written atomically to `run_dir/checkpoint.pt`;
-    CheckpointWriteFailed (one sentence) when the disk refuses, with the old checkpoint intact."""
+    tagged with the format and its version, written atomically to `run_dir/checkpoint.pt`.
+
+    Temp files a killed writer left behind are removed first (one process writes a run dir).
+    CheckpointWriteFailed (one sentence) when the disk refuses; the old checkpoint stays intact.
+    """
     check_plain(payload)
     buffer = io.BytesIO()
     torch.save({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **payload}, buffer)
     path = Path(run_dir) / CHECKPOINT_NAME
+    for stale in path.parent.glob(f".{CHECKPOINT_NAME}.*.tmp"):  # left by a writer that was killed
+        stale.unlink(missing_ok=True)
     try:
         write_atomically(path, buffer.getvalue())
     except OSError as error:

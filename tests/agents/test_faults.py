@@ -227,6 +227,7 @@ def test_a_run_killed_during_a_checkpoint_write_resumes_to_the_uninterrupted_res
     assert load_checkpoint(run_dir)["update"] == 1  # the first checkpoint, whole
     finish(start(run_dir, resume=True))
     assert_same_result(run_dir, uninterrupted)
+    assert not temp_file.exists(), "the killed writer's temp file is cleared by the next checkpoint"
 
 
 @pytest.mark.slow
