@@ -727,7 +727,8 @@ class DreamerTrainer:
                         for key, value in metrics.items():
                             writer.add_scalar(key, value, self.global_step)
                     if self.run_dir is not None and self.update % config.checkpoint_every == 0:
-                        check_finite_parameters(self.agent, "Dreamer", f"at update {self.update} (step {self.global_step})")
+                        check_finite_parameters(self.agent, "Dreamer",
+                                                f"at update {self.update} (step {self.global_step})")
                         save_checkpoint(self.run_dir, self.checkpoint_payload(checkpoint_extra or {}))
                     if on_update is not None:
                         on_update(self, metrics)

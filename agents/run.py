@@ -176,7 +176,8 @@ def load_checkpoint(run_dir: Path) -> dict:
     except pickle.UnpicklingError as error:
         blocked = re.search(r"GLOBAL (\S+)", str(error))
         what = f"a reference to {blocked.group(1)}" if blocked else "objects other than tensors and plain data"
-        raise CheckpointError(f"{path} was refused: it holds {what}, and loading that could run code from the file") from None
+        raise CheckpointError(f"{path} was refused: it holds {what}, "
+                              "and loading that could run code from the file") from None
     except (RuntimeError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as error:
         reason = str(error).split(".")[0].strip() or type(error).__name__
         raise CheckpointError(f"{path} is corrupt or truncated ({reason})") from None

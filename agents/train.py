@@ -386,7 +386,8 @@ def train(*, preset: str = "auto", run_dir: str | Path | None = None, resume: bo
             raise UsageError(f"unknown setting {name!r}; the settings are train-agent's flags with underscores "
                              "(see train-agent --help)")
         accepted = _accepted_types(defaults[name])
-        if value is not None and (not isinstance(value, accepted) or (isinstance(value, bool) and bool not in accepted)):
+        wrong_type = not isinstance(value, accepted) or (isinstance(value, bool) and bool not in accepted)
+        if value is not None and wrong_type:
             raise UsageError(f"{name} must be {' or '.join(kind.__name__ for kind in accepted)}, got {value!r}")
     args = argparse.Namespace(preset=preset, run_dir=run_dir, resume=resume, quiet=quiet,
                               **{name: settings.get(name) for name in defaults})

@@ -109,10 +109,13 @@ def test_rng_states_survive_the_safe_format_exactly(tmp_path):
     random.seed(1), np.random.seed(2), torch.manual_seed(3)
     random.gauss(0, 1), np.random.standard_normal()  # leave a cached gaussian in both
     save_checkpoint(tmp_path, {"rng": rng_state()})
-    expected = (random.random(), random.gauss(0, 1), np.random.standard_normal(3).tolist(), torch.rand(3).tolist())
+    def draws():
+        return random.random(), random.gauss(0, 1), np.random.standard_normal(3).tolist(), torch.rand(3).tolist()
+
+    expected = draws()
     random.seed(9), np.random.seed(9), torch.manual_seed(9)
     restore_rng_state(load_checkpoint(tmp_path)["rng"])
-    assert (random.random(), random.gauss(0, 1), np.random.standard_normal(3).tolist(), torch.rand(3).tolist()) == expected
+    assert draws() == expected
 
 
 @pytest.mark.parametrize("damage, expected", [

@@ -129,8 +129,8 @@ def test_a_full_disk_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch
     def fill_the_disk_after_the_first_checkpoint(trainer, metrics):
         if trainer.update == 1:
             good["bytes"] = (tmp_path / CHECKPOINT_NAME).read_bytes()
-            name, fake = {"write": ("fdopen", fdopen), "fsync": ("fsync", fsync), "replace": ("replace", replace)}[failing]
-            monkeypatch.setattr(os, name, fake)
+            fakes = {"write": ("fdopen", fdopen), "fsync": ("fsync", fsync), "replace": ("replace", replace)}
+            monkeypatch.setattr(os, *fakes[failing])
 
     with pytest.raises(CheckpointWriteFailed, match="No space left on device.*previous checkpoint was left as it was"):
         trainer.train(on_update=fill_the_disk_after_the_first_checkpoint)
