@@ -12,6 +12,9 @@ tensorboard logs, `checkpoint.pt` and, at the end, `eval.json`. Checkpoints are 
 containers written with `torch.save` and read with `torch.load(weights_only=True)`, so opening one
 never runs code from the file (see `agents.run.load_checkpoint`).
 
+From Python, `train(**settings)` (re-exported as `memrl.train`) takes the same settings as keyword
+arguments; `main` only parses the command line into them and turns errors into exit codes.
+
 Data-parallel PPO: started by torchrun (detected from its RANK, WORLD_SIZE and LOCAL_RANK
 variables), every process trains on `--num-envs / WORLD_SIZE` envs seeded with
 `seed + rank * RANK_SEED_OFFSET`, on `cuda:LOCAL_RANK` when the device is CUDA (nccl) and on
