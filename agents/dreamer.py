@@ -57,6 +57,7 @@ from agents.networks import make_encoder
 from agents.replay import SAMPLING, SequenceReplay
 from agents.run import (
     EpisodeStatistics,
+    check_finite_parameters,
     ProgressLine,
     TrainingDiverged,
     flatten,
@@ -582,6 +583,9 @@ class DreamerTrainer:
             device=env.device, sampling=config.replay_sampling, recency_exponent=config.recency_exponent,
         )
         self.updates_per_env_step = config.train_ratio / (config.batch_size * config.batch_length)
+        # What the run really steps: total_steps rounded up to whole steps of every env.
+        self.planned_steps = math.ceil(total_steps / env.num_envs) * env.num_envs
+        self.step_unit = f"Dreamer steps all {env.num_envs} envs together"
         self.update = 0
         self.global_step = 0
         self.elapsed_seconds = 0.0
@@ -700,7 +704,8 @@ class DreamerTrainer:
         if writer is not None and self.global_step == 0 and checkpoint_extra:
             rows = "\n".join(f"|{key}|{value}|" for key, value in flatten(checkpoint_extra).items())
             writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{rows}")
-        progress = ProgressLine(self.total_steps, enabled=self.show_progress)
+        progress = ProgressLine(self.planned_steps, enabled=self.show_progress)
+        reports_success = getattr(self.env, "reports_success", False)
         metrics: dict[str, float] = {}
         clock = time.perf_counter()
 
@@ -722,18 +727,23 @@ class DreamerTrainer:
                         for key, value in metrics.items():
                             writer.add_scalar(key, value, self.global_step)
                     if self.run_dir is not None and self.update % config.checkpoint_every == 0:
+                        check_finite_parameters(self.agent, "Dreamer",
+                                                f"at update {self.update} (step {self.global_step})")
                         save_checkpoint(self.run_dir, self.checkpoint_payload(checkpoint_extra or {}))
                     if on_update is not None:
                         on_update(self, metrics)
                 if self.global_step >= self.total_steps:
                     break
+                check_finite_parameters(self.agent, "Dreamer", f"before acting at step {self.global_step}")
                 self.env_step(writer)
                 if self.ready_to_train():
                     self.train_credit += self.env.num_envs * self.updates_per_env_step
-                progress.update(self.global_step, tick(), self.statistics)
+                progress.update(self.global_step, tick(), self.statistics, reports_success=reports_success)
             steps_per_second = tick()
-            progress.update(self.global_step, steps_per_second, self.statistics, final=True)
+            progress.update(self.global_step, steps_per_second, self.statistics, final=True,
+                            reports_success=getattr(self.env, "reports_success", False))
             if self.run_dir is not None:
+                check_finite_parameters(self.agent, "Dreamer", f"at the end (step {self.global_step})")
                 save_checkpoint(self.run_dir, self.checkpoint_payload(checkpoint_extra or {}))
         finally:
             if writer is not None:

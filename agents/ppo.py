@@ -40,6 +40,7 @@ from torch.nn.parallel import DistributedDataParallel
 from agents.networks import ActionHead, action_dtype, action_shape, make_encoder, observation_dtype, orthogonal_init
 from agents.run import (
     Distributed,
+    check_finite_parameters,
     EpisodeStatistics,
     flatten,
     ProgressLine,
@@ -202,6 +203,11 @@ class PPOTrainer:
         self.optimizer = torch.optim.Adam(self.agent.parameters(), lr=config.learning_rate, eps=1e-5)
         self.batch_size = env.num_envs * config.num_steps * distributed.world_size
         self.num_updates = math.ceil(total_steps / self.batch_size)
+        # What the run really steps: total_steps rounded up to whole rollouts.
+        self.planned_steps = self.num_updates * self.batch_size
+        processes = f" x {distributed.world_size} processes" if distributed.torchrun else ""
+        self.step_unit = (f"PPO trains on whole rollouts of {self.batch_size:,} steps "
+                          f"({env.num_envs} envs x {config.num_steps} steps{processes})")
         self.update = 0
         self.global_step = 0
         self.elapsed_seconds = 0.0
@@ -360,10 +366,11 @@ class PPOTrainer:
         if writer is not None and self.global_step == 0 and checkpoint_extra:
             rows = "\n".join(f"|{key}|{value}|" for key, value in flatten(checkpoint_extra).items())
             writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{rows}")
-        progress = ProgressLine(self.total_steps, enabled=self.show_progress)
+        progress = ProgressLine(self.planned_steps, enabled=self.show_progress)
         metrics: dict[str, float] = {}
         try:
             while self.update < self.num_updates:
+                check_finite_parameters(self.agent, "PPO", f"before update {self.update + 1} (step {self.global_step})")
                 started = time.perf_counter()
                 if config.anneal_lr:
                     self.optimizer.param_groups[0]["lr"] = config.learning_rate * (1.0 - self.update / self.num_updates)
@@ -378,9 +385,11 @@ class PPOTrainer:
                     for key, value in metrics.items():
                         writer.add_scalar(key, value, self.global_step)
                 progress.update(self.global_step, steps_per_second, self.statistics,
-                                final=self.update == self.num_updates)
+                                final=self.update == self.num_updates,
+                                reports_success=getattr(self.env, "reports_success", False))
                 last = self.update == self.num_updates
                 if self.run_dir is not None and (self.update % config.checkpoint_every == 0 or last):
+                    check_finite_parameters(self.agent, "PPO", f"at update {self.update} (step {self.global_step})")
                     payload = self.checkpoint_payload(checkpoint_extra or {})
                     if writes_files:
                         save_checkpoint(self.run_dir, payload)

@@ -8,7 +8,12 @@ Settings are layered: the config defaults, then the preset (`--preset auto` pick
 named like the env, then the one named "<env>/<backbone>" if present; every atari100k-<game>
 takes the preset atari100k), then the flags given on the command line (`--env-options` adds to
 the preset's env options). The resolved config is saved as `config.json` in the run dir, next to
-tensorboard logs, `checkpoint.pkl` and, at the end, `eval.json`.
+tensorboard logs, `checkpoint.pt` and, at the end, `eval.json`. Checkpoints are plain tensors and
+containers written with `torch.save` and read with `torch.load(weights_only=True)`, so opening one
+never runs code from the file (see `agents.run.load_checkpoint`).
+
+From Python, `train(**settings)` (re-exported as `memrl.train`) takes the same settings as keyword
+arguments; `main` only parses the command line into them and turns errors into exit codes.
 
 Data-parallel PPO: started by torchrun (detected from its RANK, WORLD_SIZE and LOCAL_RANK
 variables), every process trains on `--num-envs / WORLD_SIZE` envs seeded with
@@ -35,7 +40,17 @@ import torch
 
 from agents.dreamer import DreamerConfig, DreamerTrainer
 from agents.ppo import PPOConfig, PPOTrainer
-from agents.run import Distributed, TrainingDiverged, evaluate, load_checkpoint, seed_everything, write_json
+from agents.run import (
+    ArtifactError,
+    CheckpointError,
+    CheckpointWriteFailed,
+    Distributed,
+    TrainingDiverged,
+    evaluate,
+    load_checkpoint,
+    seed_everything,
+    write_json,
+)
 from envs.atari import AtariVectorEnv, check_atari_env, is_atari_name
 from envs.gymnasium_adapter import GymnasiumVectorEnv
 from envs.maniskill import ManiSkillUnavailable, is_maniskill_name, make_maniskill_env, maniskill_env_id
@@ -93,6 +108,14 @@ PRESETS: dict[str, dict] = {
                       "replay_capacity": 4_000, "eval_episodes": 8, "checkpoint_every": 8},
 }
 
+
+NUMBER = (int, float)
+EVAL_FIELDS = {"success_rate": NUMBER, "return_mean": NUMBER, "return_std": NUMBER, "episodes": int,
+               "global_step": int, "train_wall_time_seconds": NUMBER}
+"""What every eval.json holds (studies read it back with `agents.run.read_json`)."""
+CONFIG_FIELDS = {"preset": str, "run.agent": str, "run.backbone": str, "run.env": str, "run.num_envs": int,
+                 "run.env_options": dict}
+"""What every config.json holds, as far as the studies and probes read it."""
 
 RANK_SEED_OFFSET = 10_007
 """Under torchrun, rank r seeds its envs, torch, numpy and python with `seed + r * RANK_SEED_OFFSET`."""
@@ -281,21 +304,39 @@ def check_spaces(env) -> None:
         )
 
 
-def configs_from_checkpoint(checkpoint: dict) -> tuple[RunConfig, PPOConfig | DreamerConfig]:
-    """The run and agent configs a checkpoint was trained with."""
-    run = RunConfig(**checkpoint["config"]["run"])
-    return run, AGENTS[run.agent][0](**checkpoint["config"][run.agent])
+def configs_from_checkpoint(checkpoint: dict, run_dir: Path) -> tuple[RunConfig, PPOConfig | DreamerConfig]:
+    """The run and agent configs a checkpoint was trained with; CheckpointError when it holds none that fits."""
+    try:
+        run = RunConfig(**checkpoint["config"]["run"])
+        if run.agent not in AGENTS:
+            raise CheckpointError(f"the checkpoint in {run_dir} is of agent {run.agent!r}, which this memrl does not "
+                                  f"have (it has: {', '.join(AGENTS)})")
+        return run, AGENTS[run.agent][0](**checkpoint["config"][run.agent])
+    except (KeyError, TypeError) as error:
+        raise CheckpointError(f"the checkpoint in {run_dir} holds no train-agent config this memrl can read "
+                              f"({type(error).__name__}: {error})") from None
+
+
+def apply_checkpoint(restore, checkpoint: dict, run: RunConfig, run_dir: Path) -> None:
+    """`restore(checkpoint)` (a trainer's restore or an agent's load_state_dict); CheckpointError, in one
+    sentence, when the checkpoint's tensors do not fit the agent its config describes."""
+    try:
+        restore(checkpoint)
+    except (RuntimeError, KeyError, ValueError, TypeError, AttributeError) as error:
+        reason = " ".join(str(error).split())[:240] or type(error).__name__
+        raise CheckpointError(f"the checkpoint in {run_dir} does not fit the {run.agent} + {run.backbone} agent "
+                              f"its config describes ({reason})") from None
 
 
 def load_trained_agent(run_dir: Path, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, RunConfig]:
     """The agent of a `train-agent` run dir with its last checkpoint's weights (eval mode, on `device`)
-    and the run's config; FileNotFoundError when the run dir holds no checkpoint."""
+    and the run's config; CheckpointError (one sentence) when the run dir holds no usable checkpoint."""
     checkpoint = load_checkpoint(run_dir)
-    run, agent_config = configs_from_checkpoint(checkpoint)
+    run, agent_config = configs_from_checkpoint(checkpoint, run_dir)
     spaces = make_training_env(run.env, 1, torch.device(device), run.seed, run.env_options)
     agent = AGENTS[run.agent][1].build_agent(agent_config, spaces.single_observation_space,
                                              spaces.single_action_space, run.backbone)
-    agent.load_state_dict(checkpoint["agent"])
+    apply_checkpoint(lambda payload: agent.load_state_dict(payload["agent"]), checkpoint, run, run_dir)
     return agent.to(device).eval(), run
 
 
@@ -310,20 +351,76 @@ def resource_usage(agent: torch.nn.Module, device: torch.device) -> dict:
             "peak_memory_mb": round(peak_bytes / 2**20, 1)}
 
 
-def run_training(args: argparse.Namespace, distributed: Distributed = Distributed()) -> dict:
+@dataclass(frozen=True)
+class TrainResult:
+    """What `train` returns: where the run lives and how it ended."""
+
+    run_dir: Path
+    global_step: int
+    train_success_rate: float
+    """Mean success of the last 100 training episodes (nan before any ended)."""
+    eval: dict | None
+    """The content of eval.json; None when eval_episodes is 0 (and on torchrun ranks other than 0)."""
+
+
+def _accepted_types(default) -> tuple[type, ...]:
+    """The Python types a setting with this default takes: ints for floats too, never a bool for an int."""
+    if isinstance(default, bool):
+        return (bool,)
+    if isinstance(default, float):
+        return (int, float)
+    if default is None:  # target_kl: a number or None
+        return (int, float, type(None))
+    return (type(default),)
+
+
+def train(*, preset: str = "auto", run_dir: str | Path | None = None, resume: bool = False, quiet: bool = False,
+          distributed: Distributed | None = None, **settings) -> TrainResult:
+    """Train one run, or continue one with `resume=True`, exactly as `train-agent` does (the CLI calls this).
+
+    Keyword arguments are train-agent's flags with underscores: `agent`, `backbone`, `env`,
+    `total_steps`, `num_envs`, `seed`, `env_options={...}`, `backbone_options={...}`, every PPO or
+    Dreamer hyperparameter... A setting left out takes the preset's value, then the default; on
+    resume the checkpoint's config is used and only `total_steps` may change. Bad settings raise
+    UsageError (a ValueError) in one sentence, broken run dirs ArtifactError, non-finite losses or
+    weights TrainingDiverged, a failed checkpoint write CheckpointWriteFailed.
+    """
+    defaults = {config_field.name: (config_field.default if config_field.default is not dataclasses.MISSING
+                                    else config_field.default_factory()) for _, config_field in _config_fields()}
+    for name, value in settings.items():
+        if name not in defaults:
+            raise UsageError(f"unknown setting {name!r}; the settings are train-agent's flags with underscores "
+                             "(see train-agent --help)")
+        accepted = _accepted_types(defaults[name])
+        wrong_type = not isinstance(value, accepted) or (isinstance(value, bool) and bool not in accepted)
+        if value is not None and wrong_type:
+            raise UsageError(f"{name} must be {' or '.join(kind.__name__ for kind in accepted)}, got {value!r}")
+    args = argparse.Namespace(preset=preset, run_dir=run_dir, resume=resume, quiet=quiet,
+                              **{name: settings.get(name) for name in defaults})
+    distributed = distributed or Distributed()
+    try:
+        return run_training(args, distributed)
+    finally:
+        distributed.stop()
+
+
+def run_training(args: argparse.Namespace, distributed: Distributed = Distributed()) -> TrainResult:
+    """One run from parsed train-agent arguments (`train` builds them from keyword arguments)."""
     if args.resume:
         if args.run_dir is None:
             raise UsageError("--resume needs --run-dir: the run directory to continue")
         run_dir = Path(args.run_dir)
-        try:
-            checkpoint = load_checkpoint(run_dir)
-        except FileNotFoundError as error:
-            raise UsageError(str(error)) from None
-        run, agent_config = configs_from_checkpoint(checkpoint)
+        checkpoint = load_checkpoint(run_dir)
+        run, agent_config = configs_from_checkpoint(checkpoint, run_dir)
+        for name in ("agent", "backbone", "env"):
+            asked = getattr(args, name)
+            if asked is not None and asked != getattr(run, name):
+                raise UsageError(f"the checkpoint in {run_dir} is of a {run.agent} + {run.backbone} run on {run.env}, "
+                                 f"not --{name} {asked}; resume without --{name} or pick that run's dir")
         if args.total_steps is not None:
             run = dataclasses.replace(run, total_steps=args.total_steps)
         validate(run, agent_config, distributed)
-        preset = checkpoint["config"]["preset"]
+        preset = checkpoint["config"].get("preset", "unknown")
     else:
         run, agent_config, preset = resolve_config(args, distributed)
         run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(run)
@@ -351,7 +448,7 @@ def run_training(args: argparse.Namespace, distributed: Distributed = Distribute
     except (TypeError, ValueError) as error:
         raise UsageError(f"cannot build the agent: {error}") from None
     if checkpoint is not None:
-        trainer.restore(checkpoint)
+        apply_checkpoint(trainer.restore, checkpoint, run, run_dir)
     elif distributed.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json(run_dir / "config.json", config)
@@ -359,9 +456,11 @@ def run_training(args: argparse.Namespace, distributed: Distributed = Distribute
         processes = f", {distributed.world_size} processes" if distributed.torchrun else ""
         print(f"train-agent: {run.agent} + {run.backbone} on {run.env} ({device}{processes}), preset {preset}, "
               f"run dir {run_dir}", file=sys.stderr)
+        if trainer.planned_steps > run.total_steps:
+            print(f"train-agent: --total-steps {run.total_steps:,} rounded up to {trainer.planned_steps:,}: "
+                  f"{trainer.step_unit}", file=sys.stderr)
     trainer.train(checkpoint_extra={"config": config})
-    result = {"run_dir": str(run_dir), "global_step": trainer.global_step,
-              "train_success_rate": trainer.statistics.success_rate()}
+    evaluation = None
     if run.eval_episodes > 0 and distributed.is_main:
         eval_env = make_training_env(run.env, run.eval_episodes, device, run.seed + 1_000_003, run.env_options,
                                      evaluation=True)
@@ -369,24 +468,21 @@ def run_training(args: argparse.Namespace, distributed: Distributed = Distribute
         evaluation.update({"global_step": trainer.global_step, "train_wall_time_seconds": trainer.elapsed_seconds,
                            **resource_usage(trainer.agent, device)})
         write_json(run_dir / "eval.json", evaluation)
-        result["eval"] = evaluation
         print(f"train-agent: eval over {evaluation['episodes']} episodes: success {evaluation['success_rate']:.3f}, "
               f"return {evaluation['return_mean']:.3f} ± {evaluation['return_std']:.3f}", file=sys.stderr)
-    return result
+    return TrainResult(run_dir=run_dir, global_step=trainer.global_step,
+                       train_success_rate=trainer.statistics.success_rate(), eval=evaluation)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    distributed = Distributed.from_environment()
     try:
-        run_training(args, distributed)
-    except UsageError as error:
+        train(**vars(args), distributed=Distributed.from_environment())
+    except (UsageError, ArtifactError) as error:
         parser.exit(2, f"train-agent: error: {error}\n")
-    except TrainingDiverged as error:
+    except (TrainingDiverged, CheckpointWriteFailed) as error:
         parser.exit(1, f"train-agent: stopped: {error}\n")
-    finally:
-        distributed.stop()
     return 0
 
 

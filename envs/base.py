@@ -33,6 +33,8 @@ class BatchedEnv:
     max_episode_steps: int
     chance_success: float
     """Success rate of the best memoryless policy (what a policy without memory can reach)."""
+    reports_success = True
+    """Every native task defines success, so `info["success"]` is meaningful (progress lines show it)."""
     obs_low: float = -np.inf
     obs_high: float = np.inf
     """Bounds of every observation entry (the gymnasium observation space)."""

@@ -57,6 +57,8 @@ class GymnasiumVectorEnv:
         self._seed = seed
         self.episode_return = np.zeros(num_envs, dtype=np.float64)
         self.episode_length = np.zeros(num_envs, dtype=np.int64)
+        # Whether `success` means anything: True once an env has reported "success" or "is_success".
+        self.reports_success = False
 
     def _to_tensor(self, array: np.ndarray) -> torch.Tensor:
         tensor = torch.as_tensor(np.asarray(array))
@@ -96,6 +98,7 @@ class GymnasiumVectorEnv:
                 for key in ("success", "is_success"):
                     if key in final_info and final_info.get(f"_{key}", np.ones(self.num_envs, bool))[index]:
                         success[index] = bool(final_info[key][index])
+                        self.reports_success = True
         info_tensors = {
             "is_first": self._to_tensor(done),
             "final_obs": self._to_tensor(final_obs),

@@ -37,8 +37,8 @@ from pathlib import Path
 import numpy as np
 
 from agents import scores
-from agents.run import write_atomically
-from agents.train import AGENTS, UsageError, parse_json_object, resolve_config
+from agents.run import ArtifactError, read_json, write_atomically
+from agents.train import AGENTS, CONFIG_FIELDS, EVAL_FIELDS, UsageError, parse_json_object, resolve_config
 from agents.train import build_parser as build_train_parser
 from envs.atari import (
     ENV_PREFIX,
@@ -93,8 +93,8 @@ def load_record(run: GridRun) -> dict | None:
     """One finished run's row of runs.csv; None if it has no eval.json."""
     if run_status(run.run_dir) != "done":
         return None
-    evaluation = json.loads((run.run_dir / "eval.json").read_text())
-    config = json.loads((run.run_dir / "config.json").read_text())
+    evaluation = read_json(run.run_dir / "eval.json", EVAL_FIELDS)
+    config = read_json(run.run_dir / "config.json", CONFIG_FIELDS)
     game = atari_game(run.env)
     max_episode_frames = config["run"].get("env_options", {}).get("max_episode_frames", PROTOCOL_EPISODE_FRAMES)
     shortfalls = budget_shortfalls(evaluation["global_step"], evaluation["episodes"], max_episode_frames)
@@ -366,9 +366,14 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)
         try:
             failures = run_suite(runs, train_args, workers, args.torch_threads)
+        except ArtifactError as error:
+            parser.exit(2, f"atari100k: error: {error}\n")
         except KeyboardInterrupt:
             parser.exit(130, "atari100k: interrupted; run the same command again to resume\n")
-    written, markdown = write_outputs(runs, output_dir, shlex.join(["atari100k", *argv]))
+    try:
+        written, markdown = write_outputs(runs, output_dir, shlex.join(["atari100k", *argv]))
+    except ArtifactError as error:
+        parser.exit(2, f"atari100k: error: {error}\n")
     if not written:
         print(f"atari100k: no finished runs of this suite under {args.study_dir}, so nothing to score", file=sys.stderr)
         return 1

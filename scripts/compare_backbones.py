@@ -7,7 +7,7 @@ Every run is an ordinary `train-agent` run dir, `<study-dir>/<env>/<agent>__<bac
 trained by its own `python -m agents.train ... --run-dir <dir> --quiet` process (its output goes
 to `train.log` in the run dir), so a crash takes down one run only. Running the same command
 again resumes the study: a run with `eval.json` is done and skipped, a run with a
-`checkpoint.pkl` but no `eval.json` is continued with `--resume`, any other run starts afresh.
+`checkpoint.pt` but no `eval.json` is continued with `--resume`, any other run starts afresh.
 Runs go to a local pool of `--workers` processes, or to a Ray cluster with `--ray-address`
 (every Ray node needs memrl installed and the study dir on a shared filesystem).
 
@@ -29,7 +29,6 @@ import dataclasses
 import datetime
 import importlib.util
 import io
-import json
 import os
 import platform
 import shlex
@@ -45,8 +44,8 @@ import numpy as np
 import torch
 
 from agents import scores
-from agents.run import CHECKPOINT_NAME, write_atomically
-from agents.train import AGENTS, RunConfig, UsageError, resolve_config
+from agents.run import CHECKPOINT_NAME, ArtifactError, read_json, write_atomically
+from agents.train import AGENTS, CONFIG_FIELDS, EVAL_FIELDS, RunConfig, UsageError, resolve_config
 from agents.train import build_parser as build_train_parser
 from envs.atari import is_atari_name
 from envs.registry import env_names
@@ -122,7 +121,8 @@ def report(position: int, total: int, run: GridRun, returncode: int, seconds: fl
     name = f"[{position}/{total}] {run.env} {run.label} seed{run.seed}"
     eval_path = run.run_dir / "eval.json"
     if returncode == 0 and eval_path.exists():
-        evaluation = json.loads(eval_path.read_text())
+        shown = ("success_rate", "return_mean", "global_step", "train_wall_time_seconds")
+        evaluation = read_json(eval_path, {name: EVAL_FIELDS[name] for name in shown})
         sps = evaluation["global_step"] / max(evaluation["train_wall_time_seconds"], 1e-9)
         print(f"compare-backbones: {name}: success {evaluation['success_rate']:.3f}, "
               f"return {evaluation['return_mean']:.3f}, {sps:,.0f} SPS, {seconds:.0f} s", flush=True)
@@ -223,8 +223,8 @@ def load_run(run: GridRun) -> dict | None:
     """One finished run's row for runs.csv plus its success curve; None if it has no eval.json."""
     if run_status(run.run_dir) != "done":
         return None
-    evaluation = json.loads((run.run_dir / "eval.json").read_text())
-    config = json.loads((run.run_dir / "config.json").read_text())
+    evaluation = read_json(run.run_dir / "eval.json", EVAL_FIELDS)
+    config = read_json(run.run_dir / "config.json", CONFIG_FIELDS)
     steps, values = read_success_curve(run.run_dir)
     total_steps = evaluation["global_step"]
     curve = curve_on_grid(steps, values, np.linspace(0, total_steps, CURVE_POINTS))
@@ -603,14 +603,17 @@ def main(argv: list[str] | None = None) -> int:
               f"{statuses.count('done')} done; {where}, {args.torch_threads} torch thread(s) each", flush=True)
         try:
             failures = run_grid(runs, train_args, workers, args.torch_threads, args.ray_address, args.ray_gpus_per_run)
-        except UsageError as error:
+        except (UsageError, ArtifactError) as error:
             parser.exit(2, f"compare-backbones: error: {error}\n")
         except KeyboardInterrupt:
             parser.exit(130, "compare-backbones: interrupted; run the same command again to resume\n")
     if importlib.util.find_spec("matplotlib") is None:
         print("compare-backbones: matplotlib is not installed, so no plots are drawn "
               "(pip install matplotlib, or memrl's plots extra)", file=sys.stderr)
-    written = write_outputs(runs, output_dir, shlex.join(["compare-backbones", *argv]))
+    try:
+        written = write_outputs(runs, output_dir, shlex.join(["compare-backbones", *argv]))
+    except ArtifactError as error:
+        parser.exit(2, f"compare-backbones: error: {error}\n")
     if not written:
         print(f"compare-backbones: no finished runs of this grid under {args.study_dir}, so nothing to aggregate",
               file=sys.stderr)

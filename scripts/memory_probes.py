@@ -5,7 +5,7 @@
         --out-dir probes/rewrite --episodes 1024
 
 For each `train-agent` run dir (PPO or Dreamer, on a T-maze or an Endless T-Maze) the agent is
-rebuilt from `checkpoint.pkl` and plays `--episodes` episodes greedily in one batched env (each
+rebuilt from `checkpoint.pt` and plays `--episodes` episodes greedily in one batched env (each
 env's first episode counts). After the agent reads observation t, its recurrent state (every
 tensor of the state dict flattened into one feature vector, complex as real and imaginary
 parts) is recorded with ground-truth labels read from the env (`memory_labels()`: the current
@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +40,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from agents.run import CHECKPOINT_NAME, write_atomically, write_json
+from agents.run import ArtifactError, checkpoint_path, read_json, write_atomically, write_json
 from agents.train import load_trained_agent, make_training_env
 from envs.endless_tmaze import EndlessTMaze
 from envs.registry import presets
@@ -225,14 +224,11 @@ def read_run(run_dir: Path) -> dict:
     """The run config of a `train-agent` run dir on a probed task; UsageError in one sentence otherwise."""
     if not run_dir.is_dir():
         raise UsageError(f"run dir {run_dir} does not exist")
-    for name in ("config.json", CHECKPOINT_NAME):
-        if not (run_dir / name).is_file():
-            raise UsageError(f"{run_dir} is not a train-agent run dir: it has no {name}")
-    try:
-        run = json.loads((run_dir / "config.json").read_text())["run"]
-        env_name, backbone, agent = run["env"], run["backbone"], run["agent"]
-    except (json.JSONDecodeError, KeyError, TypeError) as error:
-        raise UsageError(f"cannot read {run_dir / 'config.json'}: {error!r}") from None
+    if not (run_dir / "config.json").is_file():
+        raise UsageError(f"{run_dir} is not a train-agent run dir: it has no config.json")
+    checkpoint_path(run_dir)
+    run = read_json(run_dir / "config.json", {"run.env": str, "run.backbone": str, "run.agent": str})["run"]
+    env_name, backbone, agent = run["env"], run["backbone"], run["agent"]
     if env_name not in presets() or presets()[env_name][0] not in PROBED_TASKS:
         raise UsageError(
             f"run {run_dir} was trained on {env_name!r}; memory probes need a T-maze or Endless T-Maze run "
@@ -369,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         run_probes(args)
-    except UsageError as error:
+    except (UsageError, ArtifactError) as error:
         parser.exit(2, f"memory_probes: error: {error}\n")
     print(f"memory_probes: wrote probes.csv, probes.json and probes.png to {args.out_dir}", file=sys.stderr)
     return 0

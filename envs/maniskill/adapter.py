@@ -62,6 +62,9 @@ class ManiSkillBatchedEnv:
     `make_kwargs` go to `gymnasium.make` (e.g. `reward_mode="dense"`, `sensor_configs={"width": 128,
     "height": 128}`); the tasks default to sparse rewards and end-effector position control."""
 
+    reports_success = True
+    """ManiSkill's evaluate() defines success for every memrl task."""
+
     def __init__(self, env_id: str, num_envs: int, device: torch.device | str = "cuda", seed: int | None = None,
                  observation: str = "rgb", **make_kwargs):
         if not isinstance(num_envs, int) or num_envs <= 0:

@@ -60,7 +60,7 @@ def test_a_smoke_run_leaves_config_logs_checkpoint_and_eval(tmp_path):
     assert config["run"]["backbone"] == "gru" and config["preset"] == "smoke"
     evaluation = json.loads((run_dir / "eval.json").read_text())
     assert evaluation["episodes"] == 8 and 0.0 <= evaluation["success_rate"] <= 1.0
-    assert (run_dir / "checkpoint.pkl").exists()
+    assert (run_dir / "checkpoint.pt").exists()
     assert not list(run_dir.glob("*.tmp"))
     events = EventAccumulator(str(run_dir))
     events.Reload()

@@ -66,7 +66,7 @@ def test_rank_zero_alone_writes_the_run_dir(full_run):
     run_dir, probe, stderr = full_run
     assert not (probe / "writes_rank1.txt").exists()
     writes = (probe / "writes_rank0.txt").read_text().split()
-    assert sorted(writes) == ["checkpoint.pkl"] * (UPDATES // 2) + ["config.json", "eval.json"]
+    assert sorted(writes) == ["checkpoint.pt"] * (UPDATES // 2) + ["config.json", "eval.json"]
     assert len(list(run_dir.glob("events.out.tfevents.*"))) == 1
     assert stderr.count("train-agent: eval over 8 episodes") == 1
 
@@ -84,7 +84,7 @@ def test_global_step_counts_the_steps_of_every_rank(full_run):
 
 def test_a_run_resumed_from_its_first_checkpoint_equals_the_uninterrupted_run(full_run, tmp_path):
     run_dir, probe, _ = full_run
-    shutil.copy(probe / "checkpoint_update2.pkl", tmp_path / "checkpoint.pkl")  # what a run killed after update 2 leaves
+    shutil.copy(probe / "checkpoint_update2.pt", tmp_path / "checkpoint.pt")  # what a run killed after update 2 leaves
     assert load_checkpoint(tmp_path)["update"] == 2
     torchrun("agents.train", "--resume", "--run-dir", str(tmp_path), "--quiet", "--torch-threads", "1")
     resumed, uninterrupted = load_checkpoint(tmp_path), load_checkpoint(run_dir)
@@ -133,7 +133,7 @@ def probe(argv: list[str]) -> int:
 
     def keep_checkpoint(trainer, metrics):
         if rank == 0 and trainer.update % trainer.config.checkpoint_every == 0:
-            shutil.copy(trainer.run_dir / "checkpoint.pkl", probe_dir / f"checkpoint_update{trainer.update}.pkl")
+            shutil.copy(trainer.run_dir / "checkpoint.pt", probe_dir / f"checkpoint_update{trainer.update}.pt")
 
     def recorded_train(trainer, checkpoint_extra=None, on_update=None):
         torch.save({"agent": trainer.agent.state_dict()}, probe_dir / f"initial_rank{rank}.pt")

@@ -74,7 +74,7 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
             with torch.no_grad():
                 trainer.agent.critic.weight.fill_(float("nan"))
 
-    with pytest.raises(TrainingDiverged, match="loss became nan at update 3"):
+    with pytest.raises(TrainingDiverged, match="became nan.*update 3"):  # the critic weights, before the update
         trainer.train(on_update=poison_after_first_checkpoint)
     payload = load_checkpoint(tmp_path)
     assert payload["update"] == 2

@@ -43,10 +43,10 @@ def test_dry_run_prints_each_run_with_its_status(tmp_path, capsys):
     done = study / "memory-retention" / "ppo__gru" / "seed1"
     done.mkdir(parents=True)
     (done / "eval.json").write_text("{}")
-    (done / "checkpoint.pkl").write_bytes(b"")
+    (done / "checkpoint.pt").write_bytes(b"")
     half = study / "memory-retention" / "ppo__gru" / "seed2"
     half.mkdir(parents=True)
-    (half / "checkpoint.pkl").write_bytes(b"")
+    (half / "checkpoint.pt").write_bytes(b"")
     assert main(["--backbones", "none", "gru", "--envs", "memory-retention", "--seeds", "2",
                  "--study-dir", str(study), "--dry-run"]) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -64,7 +64,7 @@ def test_run_grid_skips_finished_runs_resumes_checkpointed_ones_and_counts_failu
     runs[0].run_dir.mkdir(parents=True)
     (runs[0].run_dir / "eval.json").write_text("{}")
     runs[1].run_dir.mkdir(parents=True)
-    (runs[1].run_dir / "checkpoint.pkl").write_bytes(b"")
+    (runs[1].run_dir / "checkpoint.pt").write_bytes(b"")
     calls = []
 
     def fake_execute(arguments, log_path, torch_threads):
@@ -165,11 +165,11 @@ def test_a_tiny_study_trains_aggregates_plots_and_resumes(tmp_path, capsys):
 
     interrupted = study / "memory-retention" / "ppo__gru" / "seed2"
     (interrupted / "eval.json").unlink()
-    checkpoint = (interrupted / "checkpoint.pkl").read_bytes()
+    checkpoint = (interrupted / "checkpoint.pt").read_bytes()
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "4 runs: 0 new, 1 to resume, 3 done" in out and "[1/1] memory-retention ppo__gru seed2" in out
     assert (interrupted / "eval.json").exists()
-    assert (interrupted / "checkpoint.pkl").read_bytes() == checkpoint  # finished training was not redone
+    assert (interrupted / "checkpoint.pt").read_bytes() == checkpoint  # finished training was not redone
     commands = [line for line in (interrupted / "train.log").read_text().splitlines() if line.startswith("$ ")]
     assert len(commands) == 2 and not commands[0].endswith("--resume") and commands[1].endswith("--resume")

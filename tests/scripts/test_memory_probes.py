@@ -175,7 +175,7 @@ def test_probes_of_a_trained_run_are_written(tiny_run, tmp_path):
 def fake_run(path, env: str):
     path.mkdir()
     (path / "config.json").write_text(json.dumps({"run": {"env": env, "backbone": "gru", "agent": "ppo"}}))
-    (path / "checkpoint.pkl").write_bytes(b"")
+    (path / "checkpoint.pt").write_bytes(b"")
     return path
 
 
