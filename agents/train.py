@@ -37,7 +37,7 @@ from agents.dreamer import DreamerConfig, DreamerTrainer
 from agents.ppo import PPOConfig, PPOTrainer
 from agents.run import Distributed, TrainingDiverged, evaluate, load_checkpoint, seed_everything, write_json
 from envs.atari import AtariVectorEnv, check_atari_env, is_atari_name
-from envs.gymnasium_adapter import GymnasiumVectorEnv
+from envs.gymnasium_adapter import GymnasiumVectorEnv, resolve_env_id
 from envs.maniskill import ManiSkillUnavailable, is_maniskill_name, make_maniskill_env, maniskill_env_id
 from envs.registry import env_names, make_env
 from memory import BACKBONES
@@ -52,7 +52,7 @@ class RunConfig:
 
     agent: str = field(default="ppo", metadata={"help": f"agent: {', '.join(AGENTS)}"})
     backbone: str = field(default="s5", metadata={"help": "memory backbone (see memory.BACKBONES)"})
-    env: str = field(default="memory-rewrite", metadata={"help": "env short name (see envs.registry), atari100k-<game> (see envs.atari), maniskill-<task> (see envs.maniskill) or a gymnasium id"})
+    env: str = field(default="memory-rewrite", metadata={"help": "env short name (see envs.registry), atari100k-<game> (see envs.atari), maniskill-<task> (see envs.maniskill), a gymnasium id or 'module:EnvId' (imports module first, e.g. popgym:popgym-RepeatPreviousEasy-v0)"})
     env_options: dict = field(default_factory=dict, metadata={"help": "env keyword arguments as JSON: a memrl env's settings, gymnasium.make's kwargs or envs.atari.AtariOptions, e.g. '{\"clip_rewards\": true}'"})
     seed: int = field(default=1, metadata={"help": "seed for torch, numpy, python and the envs"})
     device: str = field(default="auto", metadata={"help": "auto (cuda if available), cpu or cuda"})
@@ -203,11 +203,16 @@ def validate(run: RunConfig, agent_config: PPOConfig | DreamerConfig, distribute
             maniskill_env_id(run.env)
         except ValueError as error:
             raise UsageError(str(error)) from None
-    elif run.env not in env_names() and run.env not in gymnasium.registry:
-        raise UsageError(
-            f"unknown env {run.env!r}; choose a memrl env ({', '.join(env_names())}), atari100k-<game>, "
-            "maniskill-<task> or a registered gymnasium id"
-        )
+    elif run.env not in env_names():
+        if ":" not in run.env and run.env not in gymnasium.registry:
+            raise UsageError(
+                f"unknown env {run.env!r}; choose a memrl env ({', '.join(env_names())}), atari100k-<game>, "
+                "maniskill-<task>, a registered gymnasium id or 'module:EnvId'"
+            )
+        try:
+            resolve_env_id(run.env)
+        except ValueError as error:
+            raise UsageError(str(error)) from None
     if run.device not in ("auto", "cpu", "cuda") and not run.device.startswith("cuda:"):
         raise UsageError(f"device must be auto, cpu or cuda, got {run.device!r}")
     if run.device.startswith("cuda") and not torch.cuda.is_available():
@@ -247,7 +252,7 @@ def validate(run: RunConfig, agent_config: PPOConfig | DreamerConfig, distribute
 def make_training_env(name: str, num_envs: int, device: torch.device, seed: int, options: dict | None = None,
                       evaluation: bool = False):
     """A memrl env by short name, an Atari100k game (`evaluation` plays whole games with raw rewards),
-    a ManiSkill task (maniskill-<task>) or any gymnasium id through the vector adapter; `options` are
+    a ManiSkill task (maniskill-<task>) or any gymnasium id (or 'module:EnvId') through the vector adapter; `options` are
     the env's keyword arguments."""
     options = options or {}
     if is_atari_name(name):
