@@ -1,7 +1,7 @@
 """`train-agent`: train an agent with a memory backbone on a task, log it, checkpoint it, evaluate it.
 
     train-agent --backbone s5 --env memory-rewrite
-    train-agent --backbone lstm --env memory-retention --total-steps 200000 --seed 3
+    train-agent --backbone lstm --env memory-retention --seed 3
     train-agent --run-dir runs/my-run --resume
 
 Settings are layered: the config defaults, then the preset (`--preset auto` picks the preset
@@ -64,11 +64,15 @@ class RunConfig:
 
 
 # Presets: overrides of RunConfig and the agent's config fields, by env and optionally "<env>/<backbone>";
-# presets of an agent other than PPO are named "<agent>:<name>" (e.g. "dreamer:memory-retention").
+# presets of an agent other than PPO are named "<agent>:<name>" (e.g. "dreamer:tmaze").
 PRESETS: dict[str, dict] = {
     "default": {},
-    "memory-retention": {"total_steps": 400_000, "num_envs": 32, "num_steps": 64, "hidden_dim": 64,
+    # memory-retention is Ni et al.'s passive T-maze with a 100-cell corridor (101-step episodes): rollout
+    # windows longer than an episode let backpropagation reach from the turn back to the cue.
+    "memory-retention": {"total_steps": 400_000, "num_envs": 32, "num_steps": 128, "hidden_dim": 64,
                          "learning_rate": 1e-3, "num_minibatches": 2, "ent_coef": 0.01},
+    "tmaze": {"total_steps": 400_000, "num_envs": 32, "num_steps": 64, "hidden_dim": 64,
+              "learning_rate": 1e-3, "num_minibatches": 2, "ent_coef": 0.01},
     "memory-rewrite": {"total_steps": 400_000, "num_envs": 64, "num_steps": 64, "hidden_dim": 64,
                        "learning_rate": 1e-3, "num_minibatches": 2, "ent_coef": 0.01},
     "smoke": {"total_steps": 2_048, "num_envs": 8, "num_steps": 32, "hidden_dim": 16, "num_minibatches": 2,
@@ -79,7 +83,7 @@ PRESETS: dict[str, dict] = {
                   "env_options": {"clip_rewards": True}},
     "dreamer:default": {"num_envs": 16},
     "dreamer:atari100k": {"total_steps": 100_000, "num_envs": 1, "replay_capacity": 100_000, "eval_episodes": 100},
-    "dreamer:memory-retention": {"total_steps": 15_000, "num_envs": 8, "hidden_dim": 32, "encoder_dim": 32,
+    "dreamer:tmaze": {"total_steps": 15_000, "num_envs": 8, "hidden_dim": 32, "encoder_dim": 32,
                                  "mlp_units": 32, "mlp_layers": 1, "num_latents": 4, "num_classes": 4,
                                  "reward_bins": 63, "batch_size": 8, "batch_length": 32, "train_ratio": 128,
                                  "prefill": 1000, "world_model_lr": 3e-3, "actor_lr": 1e-3, "critic_lr": 1e-3,

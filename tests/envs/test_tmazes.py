@@ -9,7 +9,7 @@ import torch
 
 from envs.endless_tmaze import EndlessTMaze
 from envs.registry import ALIASES, make_env, presets
-from envs.tmaze import TMaze
+from envs.tmaze import PASSIVE_DOWN, PASSIVE_LEFT, PASSIVE_RIGHT, PASSIVE_UP, PassiveTMaze, TMaze
 
 FORWARD, LEFT, RIGHT = 0, 1, 2
 
@@ -287,9 +287,77 @@ def test_tmaze_oracle_and_memoryless_success(length):
 def test_tmaze_presets():
     lengths = {name: make_env(name, num_envs=1).corridor_length for name in ("tmaze", "tmaze-easy", "tmaze-medium", "tmaze-hard")}
     assert lengths == {"tmaze": 10, "tmaze-easy": 10, "tmaze-medium": 100, "tmaze-hard": 1000}
-    assert ALIASES["memory-retention"] == "tmaze"
+    assert ALIASES["memory-retention"] == "tmaze-passive-l100"
 
 
 def test_tmaze_rejects_bad_length():
     with pytest.raises(ValueError, match="corridor_length"):
         TMaze(1, corridor_length=0)
+
+
+# -- passive T-maze of Ni et al. 2023 ------------------------------------------------------
+
+
+def test_passive_tmaze_oracle_walk_step_by_step():
+    env = PassiveTMaze(1, seed=0, corridor_length=3)
+    obs, _ = env.reset()
+    goal = int(obs[0, 1])
+    assert goal in (-1, 1) and obs[0, 0] == 0.0
+    for step in range(3):
+        obs, reward, terminated, truncated, _ = act(env, PASSIVE_RIGHT)
+        assert (reward, terminated, truncated) == (0.0, False, False)
+        assert obs.tolist() == ([1.0, 0.0] if step == 2 else [0.0, 0.0]), "the goal shows in the first observation only"
+    obs, reward, terminated, truncated, info = act(env, PASSIVE_UP if goal == 1 else PASSIVE_DOWN)
+    assert (reward, terminated, truncated, bool(info["success"])) == (1.0, True, False, True)
+    assert info["final_obs"].tolist() == [1.0, float(goal)] and info["episode_length"].item() == 4
+    assert obs[0] == 0.0 and obs[1] != 0.0, "the next episode starts with its goal shown"
+
+
+def test_passive_tmaze_lagging_costs_one_over_length_per_step_and_blocked_moves_do_nothing():
+    length = 4
+    env = PassiveTMaze(1, seed=1, corridor_length=length)
+    env.reset()
+    rewards = []
+    for action in (PASSIVE_LEFT, PASSIVE_UP, PASSIVE_DOWN, PASSIVE_RIGHT):  # three blocked moves at x = 0, then right
+        obs, reward, terminated, _, _ = act(env, action)
+        rewards.append(reward)
+        assert not terminated and obs.tolist() == [0.0, 0.0], "x = 0 after the first step hides the goal"
+    assert (env.x.item(), env.y.item()) == (1, 0)
+    _, reward, terminated, truncated, info = act(env, PASSIVE_RIGHT)  # the (L + 1)-th step ends the episode anyway
+    assert (reward, terminated, truncated, bool(info["success"])) == (0.0, True, False, False)
+    assert rewards == [pytest.approx(-1 / length)] * length
+    assert info["episode_return"].item() == pytest.approx(-1.0)
+
+
+def test_passive_tmaze_goal_cells_are_reachable_only_from_the_junction():
+    env = PassiveTMaze(1, seed=2, corridor_length=2, penalty=-0.5)
+    env.reset()
+    act(env, PASSIVE_RIGHT)
+    obs, *_ = act(env, PASSIVE_RIGHT)
+    assert obs.tolist() == [1.0, 0.0]
+    env.elapsed_steps.fill_(0)  # replay the junction's moves without the horizon ending the episode
+    for action, cell in [(PASSIVE_UP, (2, 1)), (PASSIVE_RIGHT, (2, 1)), (PASSIVE_UP, (2, 1)), (PASSIVE_DOWN, (2, 0)),
+                         (PASSIVE_DOWN, (2, -1)), (PASSIVE_LEFT, (2, -1))]:
+        env.step(torch.tensor([action]))
+        env.elapsed_steps.fill_(0)
+        assert (env.x.item(), env.y.item()) == cell
+        assert env._observe()[0].tolist() == [1.0, float(cell[1])]
+
+
+def test_passive_tmaze_every_episode_lasts_exactly_length_plus_one_steps():
+    env = PassiveTMaze(64, seed=3, corridor_length=5)
+    assert env.max_episode_steps == 6
+    env.reset()
+    generator = torch.Generator().manual_seed(0)
+    for step in range(1, 19):
+        _, _, terminated, truncated, info = env.step(torch.randint(4, (64,), generator=generator))
+        assert bool(terminated.all()) == bool(terminated.any()) == (step % 6 == 0) and not bool(truncated.any())
+        assert torch.equal(info["episode_length"], torch.full((64,), 6 if step % 6 == 0 else 0))
+
+
+def test_passive_tmaze_presets_and_memory_retention():
+    lengths = {name: kwargs["corridor_length"] for name, (task, kwargs) in presets().items() if task is PassiveTMaze}
+    assert {f"tmaze-passive-l{length}" for length in (10, 30, 50, 100, 300, 500, 1000, 1500)} <= set(lengths)
+    retention = make_env("memory-retention", num_envs=1)
+    assert isinstance(retention, PassiveTMaze) and retention.corridor_length >= 100
+    assert retention.penalty == pytest.approx(-1 / retention.corridor_length)
