@@ -67,10 +67,12 @@ class RunConfig:
 # presets of an agent other than PPO are named "<agent>:<name>" (e.g. "dreamer:tmaze").
 PRESETS: dict[str, dict] = {
     "default": {},
-    # memory-retention is Ni et al.'s passive T-maze with a 100-cell corridor (101-step episodes): rollout
-    # windows longer than an episode let backpropagation reach from the turn back to the cue.
-    "memory-retention": {"total_steps": 400_000, "num_envs": 32, "num_steps": 128, "hidden_dim": 64,
-                         "learning_rate": 1e-3, "num_minibatches": 2, "ent_coef": 0.01},
+    # memory-retention is Ni et al.'s passive T-maze with a 100-cell corridor: every episode lasts exactly
+    # 101 steps, so 101-step windows hold whole episodes and backpropagation reaches from the turn back to
+    # the cue; a small entropy bonus lets the policy become the near-deterministic walk the horizon demands,
+    # and a constant learning rate keeps learning the cue once the walk is learnt (about half-way).
+    "memory-retention": {"total_steps": 1_200_000, "num_envs": 32, "num_steps": 101, "hidden_dim": 64,
+                         "learning_rate": 1e-3, "anneal_lr": False, "num_minibatches": 2, "ent_coef": 0.001},
     "tmaze": {"total_steps": 400_000, "num_envs": 32, "num_steps": 64, "hidden_dim": 64,
               "learning_rate": 1e-3, "num_minibatches": 2, "ent_coef": 0.01},
     "memory-rewrite": {"total_steps": 400_000, "num_envs": 64, "num_steps": 64, "hidden_dim": 64,
