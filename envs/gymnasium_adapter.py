@@ -30,7 +30,6 @@ Any other space is refused with a ValueError that names it.
 from __future__ import annotations
 
 import importlib
-import math
 from collections.abc import Callable
 
 import gymnasium
@@ -46,7 +45,9 @@ MAX_JOINT_ACTIONS = 4096
 """Largest MultiDiscrete / MultiBinary action space turned into one Discrete."""
 
 SUPPORTED_OBSERVATIONS = "Box, Discrete, MultiDiscrete, MultiBinary, and Tuple or Dict of those (text entries dropped)"
-SUPPORTED_ACTIONS = f"Discrete, a flat Box, a 1-D MultiDiscrete or MultiBinary of at most {MAX_JOINT_ACTIONS} combinations"
+SUPPORTED_ACTIONS = (
+    f"Discrete, a flat Box, a 1-D MultiDiscrete or MultiBinary of at most {MAX_JOINT_ACTIONS} combinations"
+)
 
 
 def resolve_env_id(name: str) -> str:
@@ -58,9 +59,12 @@ def resolve_env_id(name: str) -> str:
         try:
             importlib.import_module(module)
         except ImportError as error:
-            raise ValueError(f"--env {name!r} names the module {module!r}, which cannot be imported ({error})") from None
+            raise ValueError(
+                f"--env {name!r} names the module {module!r}, which cannot be imported ({error})"
+            ) from None
     if env_id not in gymnasium.registry:
-        where = f"after importing {module!r}" if module else "(use 'module:EnvId' to import the module that registers it)"
+        where = (f"after importing {module!r}" if module
+                 else "(use 'module:EnvId' to import the module that registers it)")
         raise ValueError(f"gymnasium id {env_id!r} is not registered {where}")
     return env_id
 
@@ -89,7 +93,8 @@ def _batch_of_one(space: gymnasium.Space, obs):
     if isinstance(space, spaces.Tuple):
         kept = dict(_entries(space))
         return tuple(
-            _batch_of_one(sub, entry) if index in kept else None for index, (sub, entry) in enumerate(zip(space.spaces, obs))
+            _batch_of_one(sub, entry) if index in kept else None
+            for index, (sub, entry) in enumerate(zip(space.spaces, obs))
         )
     if isinstance(space, spaces.Dict):
         return {key: _batch_of_one(sub, obs[key]) for key, sub in _entries(space)}
@@ -118,7 +123,8 @@ class ObservationConverter:
                 low, high = self._bounds(original)
             except ValueError:
                 raise ValueError(
-                    f"{env_name}: the observation space {original} is not supported; memrl reads {SUPPORTED_OBSERVATIONS}"
+                    f"{env_name}: the observation space {original} is not supported; "
+                    f"memrl reads {SUPPORTED_OBSERVATIONS}"
                 ) from None
             self.space = spaces.Box(low, high, low.shape, np.float32)
             self.kind = "flatten"
@@ -180,19 +186,24 @@ class ActionConverter:
             self.space = spaces.Discrete(int(original.n))
         elif isinstance(original, spaces.Box) and len(original.shape) == 1:
             self.space = original
-        elif isinstance(original, spaces.MultiDiscrete) and original.nvec.ndim == 1 and original.nvec.prod() <= MAX_JOINT_ACTIONS:
+        elif (isinstance(original, spaces.MultiDiscrete) and original.nvec.ndim == 1
+              and original.nvec.prod() <= MAX_JOINT_ACTIONS):
             self.space = spaces.Discrete(int(original.nvec.prod()))
-        elif isinstance(original, spaces.MultiBinary) and len(original.shape) == 1 and 2 ** original.n <= MAX_JOINT_ACTIONS:
+        elif (isinstance(original, spaces.MultiBinary) and len(original.shape) == 1
+              and 2 ** original.n <= MAX_JOINT_ACTIONS):
             self.space = spaces.Discrete(2 ** int(original.n))
         else:
-            raise ValueError(f"{env_name}: the action space {original} is not supported; memrl acts in {SUPPORTED_ACTIONS}")
+            raise ValueError(
+                f"{env_name}: the action space {original} is not supported; memrl acts in {SUPPORTED_ACTIONS}"
+            )
 
     def __call__(self, action: np.ndarray) -> np.ndarray:
         if isinstance(self.original, spaces.Box):
             return np.clip(action, self.original.low, self.original.high)
         count = int(self.space.n)
         num_envs = action.shape[0] if action.ndim else 0
-        if action.shape != (num_envs,) or not np.issubdtype(action.dtype, np.integer) or ((action < 0) | (action >= count)).any():
+        well_formed = action.shape == (num_envs,) and np.issubdtype(action.dtype, np.integer)
+        if not well_formed or ((action < 0) | (action >= count)).any():
             raise ValueError(f"{self.env_name}: actions must be integers in [0, {count}) of shape (num_envs,), "
                              f"got shape {action.shape}")
         if isinstance(self.original, spaces.Discrete):

@@ -185,7 +185,8 @@ class PassiveTMaze(BatchedEnv):
         return torch.stack([beyond_corridor.float(), torch.where(beyond_corridor, self.y, shown_goal).float()], dim=1)
 
     def oracle_action(self) -> torch.Tensor:
-        return torch.where(self.x < self.corridor_length, PASSIVE_RIGHT, torch.where(self.goal_y > 0, PASSIVE_UP, PASSIVE_DOWN))
+        turn = torch.where(self.goal_y > 0, PASSIVE_UP, PASSIVE_DOWN)
+        return torch.where(self.x < self.corridor_length, PASSIVE_RIGHT, turn)
 
     def memoryless_action(self, obs: torch.Tensor) -> torch.Tensor:
         """Right until the junction flag, then up."""
