@@ -1,7 +1,7 @@
 """`train-agent`: train an agent with a memory backbone on a task, log it, checkpoint it, evaluate it.
 
     train-agent --backbone s5 --env memory-rewrite
-    train-agent --backbone lstm --env memory-retention --total-steps 200000 --seed 3
+    train-agent --backbone lstm --env memory-retention --seed 3
     train-agent --run-dir runs/my-run --resume
 
 Settings are layered: the config defaults, then the preset (`--preset auto` picks the preset
@@ -52,7 +52,7 @@ from agents.run import (
     write_json,
 )
 from envs.atari import AtariVectorEnv, check_atari_env, is_atari_name
-from envs.gymnasium_adapter import GymnasiumVectorEnv
+from envs.gymnasium_adapter import GymnasiumVectorEnv, resolve_env_id
 from envs.maniskill import ManiSkillUnavailable, is_maniskill_name, make_maniskill_env, maniskill_env_id
 from envs.registry import env_names, make_env
 from memory import BACKBONES
@@ -67,7 +67,7 @@ class RunConfig:
 
     agent: str = field(default="ppo", metadata={"help": f"agent: {', '.join(AGENTS)}"})
     backbone: str = field(default="s5", metadata={"help": "memory backbone (see memory.BACKBONES)"})
-    env: str = field(default="memory-rewrite", metadata={"help": "env short name (see envs.registry), atari100k-<game> (see envs.atari), maniskill-<task> (see envs.maniskill) or a gymnasium id"})
+    env: str = field(default="memory-rewrite", metadata={"help": "env short name (see envs.registry), atari100k-<game> (see envs.atari), maniskill-<task> (see envs.maniskill), a gymnasium id or 'module:EnvId' (imports module first, e.g. popgym:popgym-RepeatPreviousEasy-v0)"})
     env_options: dict = field(default_factory=dict, metadata={"help": "env keyword arguments as JSON: a memrl env's settings, gymnasium.make's kwargs or envs.atari.AtariOptions, e.g. '{\"clip_rewards\": true}'"})
     seed: int = field(default=1, metadata={"help": "seed for torch, numpy, python and the envs"})
     device: str = field(default="auto", metadata={"help": "auto (cuda if available), cpu or cuda"})
@@ -79,13 +79,19 @@ class RunConfig:
 
 
 # Presets: overrides of RunConfig and the agent's config fields, by env and optionally "<env>/<backbone>";
-# presets of an agent other than PPO are named "<agent>:<name>" (e.g. "dreamer:memory-retention").
+# presets of an agent other than PPO are named "<agent>:<name>" (e.g. "dreamer:tmaze").
 # Atari100k evaluates with sampled actions, as DreamerV3 and the published PPO baselines do: a greedy
 # policy can stall (never pressing FIRE) until the 27k-step limit. The memory tasks evaluate greedily.
 PRESETS: dict[str, dict] = {
     "default": {},
-    "memory-retention": {"total_steps": 400_000, "num_envs": 32, "num_steps": 64, "hidden_dim": 64,
-                         "learning_rate": 1e-3, "num_minibatches": 2, "ent_coef": 0.01},
+    # memory-retention is Ni et al.'s passive T-maze with a 100-cell corridor: every episode lasts exactly
+    # 101 steps, so 101-step windows hold whole episodes and backpropagation reaches from the turn back to
+    # the cue; a small entropy bonus lets the policy become the near-deterministic walk the horizon demands,
+    # and a constant learning rate keeps learning the cue once the walk is learnt (about half-way).
+    "memory-retention": {"total_steps": 1_200_000, "num_envs": 32, "num_steps": 101, "hidden_dim": 64,
+                         "learning_rate": 1e-3, "anneal_lr": False, "num_minibatches": 2, "ent_coef": 0.001},
+    "tmaze": {"total_steps": 400_000, "num_envs": 32, "num_steps": 64, "hidden_dim": 64,
+              "learning_rate": 1e-3, "num_minibatches": 2, "ent_coef": 0.01},
     "memory-rewrite": {"total_steps": 400_000, "num_envs": 64, "num_steps": 64, "hidden_dim": 64,
                        "learning_rate": 1e-3, "num_minibatches": 2, "ent_coef": 0.01},
     "smoke": {"total_steps": 2_048, "num_envs": 8, "num_steps": 32, "hidden_dim": 16, "num_minibatches": 2,
@@ -97,7 +103,7 @@ PRESETS: dict[str, dict] = {
     "dreamer:default": {"num_envs": 16},
     "dreamer:atari100k": {"total_steps": 100_000, "num_envs": 1, "replay_capacity": 100_000, "eval_episodes": 100,
                           "eval_deterministic": False},
-    "dreamer:memory-retention": {"total_steps": 15_000, "num_envs": 8, "hidden_dim": 32, "encoder_dim": 32,
+    "dreamer:tmaze": {"total_steps": 15_000, "num_envs": 8, "hidden_dim": 32, "encoder_dim": 32,
                                  "mlp_units": 32, "mlp_layers": 1, "num_latents": 4, "num_classes": 4,
                                  "reward_bins": 63, "batch_size": 8, "batch_length": 32, "train_ratio": 128,
                                  "prefill": 1000, "world_model_lr": 3e-3, "actor_lr": 1e-3, "critic_lr": 1e-3,
@@ -229,11 +235,16 @@ def validate(run: RunConfig, agent_config: PPOConfig | DreamerConfig, distribute
             maniskill_env_id(run.env)
         except ValueError as error:
             raise UsageError(str(error)) from None
-    elif run.env not in env_names() and run.env not in gymnasium.registry:
-        raise UsageError(
-            f"unknown env {run.env!r}; choose a memrl env ({', '.join(env_names())}), atari100k-<game>, "
-            "maniskill-<task> or a registered gymnasium id"
-        )
+    elif run.env not in env_names():
+        if ":" not in run.env and run.env not in gymnasium.registry:
+            raise UsageError(
+                f"unknown env {run.env!r}; choose a memrl env ({', '.join(env_names())}), atari100k-<game>, "
+                "maniskill-<task>, a registered gymnasium id or 'module:EnvId'"
+            )
+        try:
+            resolve_env_id(run.env)
+        except ValueError as error:
+            raise UsageError(str(error)) from None
     if run.device not in ("auto", "cpu", "cuda") and not run.device.startswith("cuda:"):
         raise UsageError(f"device must be auto, cpu or cuda, got {run.device!r}")
     if run.device.startswith("cuda") and not torch.cuda.is_available():
@@ -273,7 +284,7 @@ def validate(run: RunConfig, agent_config: PPOConfig | DreamerConfig, distribute
 def make_training_env(name: str, num_envs: int, device: torch.device, seed: int, options: dict | None = None,
                       evaluation: bool = False):
     """A memrl env by short name, an Atari100k game (`evaluation` plays whole games with raw rewards),
-    a ManiSkill task (maniskill-<task>) or any gymnasium id through the vector adapter; `options` are
+    a ManiSkill task (maniskill-<task>) or any gymnasium id (or 'module:EnvId') through the vector adapter; `options` are
     the env's keyword arguments."""
     options = options or {}
     if is_atari_name(name):

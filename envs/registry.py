@@ -19,7 +19,7 @@ from envs.base import BatchedEnv
 TASK_MODULES = ("envs.tmaze", "envs.endless_tmaze", "envs.color_cubes", "envs.popgym")
 
 ALIASES = {
-    "memory-retention": "tmaze",
+    "memory-retention": "tmaze-passive-l100",
     "memory-rewrite": "endless-tmaze-fixed-l5-n3",
 }
 

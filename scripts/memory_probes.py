@@ -44,11 +44,11 @@ from agents.run import ArtifactError, checkpoint_path, read_json, write_atomical
 from agents.train import load_trained_agent, make_training_env
 from envs.endless_tmaze import EndlessTMaze
 from envs.registry import presets
-from envs.tmaze import TMaze
+from envs.tmaze import PassiveTMaze, TMaze
 
 NUM_CUES = 2
 CHANCE = 1.0 / NUM_CUES
-PROBED_TASKS = (TMaze, EndlessTMaze)
+PROBED_TASKS = (TMaze, PassiveTMaze, EndlessTMaze)
 COLUMNS = ("label", "backbone", "agent", "env", "run_dir", "probe", "k", "accuracy", "train_accuracy", "l2",
            "train_samples", "test_samples", "chance", "majority_baseline")
 
@@ -217,7 +217,7 @@ def probe_rows(recording: Recording, train_episodes: int, max_k: int, l2_grid: l
 
 
 def corridor_length(env) -> int:
-    return env.corridor_length if isinstance(env, TMaze) else env.max_length
+    return env.max_length if isinstance(env, EndlessTMaze) else env.corridor_length
 
 
 def read_run(run_dir: Path) -> dict:

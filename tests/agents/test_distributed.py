@@ -23,7 +23,7 @@ from agents.run import load_checkpoint
 from agents.train import main
 
 REPO = Path(__file__).resolve().parents[2]
-SMOKE = ["--preset", "smoke", "--env", "memory-retention", "--backbone", "gru", "--quiet", "--torch-threads", "1",
+SMOKE = ["--preset", "smoke", "--env", "tmaze", "--backbone", "gru", "--quiet", "--torch-threads", "1",
          "--total-steps", "1024"]
 # smoke: 8 envs (4 per rank), 32 steps per rollout, a checkpoint every 2 updates -> 4 updates of 2 x 4 x 32 steps.
 UPDATES, STEPS_PER_UPDATE = 4, 2 * 4 * 32
@@ -108,7 +108,7 @@ def test_a_split_that_does_not_fit_is_refused_before_the_process_group_starts(tm
     for name, value in (("RANK", "0"), ("WORLD_SIZE", "2"), ("LOCAL_RANK", "0")):
         monkeypatch.setenv(name, value)
     with pytest.raises(SystemExit) as exit_info:
-        main(["--env", "memory-retention", "--run-dir", str(tmp_path / "run"), "--quiet", *args])
+        main(["--env", "tmaze", "--run-dir", str(tmp_path / "run"), "--quiet", *args])
     assert exit_info.value.code == 2
     stderr = capsys.readouterr().err
     assert message in stderr and len(stderr.strip().splitlines()) == 1

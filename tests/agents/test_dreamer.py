@@ -32,7 +32,7 @@ EVERY_BACKBONE = sorted(BACKBONES)
 def make_trainer(run_dir: Path | None, total_steps: int = 96, backbone: str = "gru", config: DreamerConfig = TINY,
                  env=None) -> DreamerTrainer:
     seed_everything(5)
-    env = env if env is not None else make_env("memory-retention", num_envs=4, seed=5, corridor_length=3)
+    env = env if env is not None else make_env("tmaze", num_envs=4, seed=5, corridor_length=3)
     config = dataclasses.replace(config, backbone_options=BACKBONE_OPTIONS.get(backbone, {}))
     return DreamerTrainer(config, env, total_steps, torch.device("cpu"), backbone, run_dir=run_dir, progress=False)
 
@@ -212,7 +212,7 @@ def test_random_prefill_then_train_ratio_sets_the_number_of_updates():
 
 def test_evaluate_runs_the_dreamer_agent():
     trainer = make_trainer(None)
-    result = evaluate(trainer.agent, make_env("memory-retention", num_envs=6, seed=1, corridor_length=3))
+    result = evaluate(trainer.agent, make_env("tmaze", num_envs=6, seed=1, corridor_length=3))
     assert result["episodes"] == 6 and 0.0 <= result["success_rate"] <= 1.0
 
 
@@ -309,22 +309,22 @@ LEARNING = DreamerConfig(
 
 
 def train_on_memory_retention(backbone: str, seed: int = 0) -> tuple[DreamerTrainer, list[float], dict, float]:
-    """Dreamer on memory-retention with a 4-step corridor (the cue must be held for 5 steps)."""
+    """Dreamer on the tmaze with a 4-step corridor (the cue must be held for 5 steps)."""
     torch.set_num_threads(1)
     seed_everything(seed)
-    env = make_env("memory-retention", num_envs=8, seed=seed, corridor_length=4)
+    env = make_env("tmaze", num_envs=8, seed=seed, corridor_length=4)
     trainer = DreamerTrainer(LEARNING, env, 4500, torch.device("cpu"), backbone, progress=False)
     world_model_losses: list[float] = []
     started = time.perf_counter()
     trainer.train(on_update=lambda trainer, metrics: world_model_losses.append(metrics["losses/world_model/total"]))
     seconds = time.perf_counter() - started
-    result = evaluate(trainer.agent, make_env("memory-retention", num_envs=200, seed=seed + 100, corridor_length=4))
+    result = evaluate(trainer.agent, make_env("tmaze", num_envs=200, seed=seed + 100, corridor_length=4))
     return trainer, world_model_losses, result, seconds
 
 
 def test_dreamer_with_memory_beats_the_memoryless_ceiling_on_memory_retention():
     trainer, losses, result, seconds = train_on_memory_retention("gru")
-    print(f"dreamer+gru on memory-retention (corridor 4): {trainer.update} updates, {seconds:.0f} s, "
+    print(f"dreamer+gru on tmaze (corridor 4): {trainer.update} updates, {seconds:.0f} s, "
           f"world-model loss {sum(losses[:20]) / 20:.2f} -> {sum(losses[-20:]) / 20:.2f}, eval {result}")
     assert sum(losses[-20:]) / 20 < 0.5 * sum(losses[:20]) / 20
     assert result["success_rate"] >= 0.9 > trainer.env.chance_success + 0.3
@@ -333,5 +333,5 @@ def test_dreamer_with_memory_beats_the_memoryless_ceiling_on_memory_retention():
 @pytest.mark.slow
 def test_memoryless_dreamer_stays_at_chance_on_memory_retention():
     trainer, losses, result, seconds = train_on_memory_retention("none")
-    print(f"dreamer+none on memory-retention (corridor 4): {seconds:.0f} s, eval {result}")
+    print(f"dreamer+none on tmaze (corridor 4): {seconds:.0f} s, eval {result}")
     assert result["success_rate"] <= trainer.env.chance_success + 0.1

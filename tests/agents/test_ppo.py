@@ -15,7 +15,7 @@ SMALL = PPOConfig(num_steps=16, hidden_dim=16, num_minibatches=2, update_epochs=
 
 
 def make_trainer(run_dir: Path | None, total_steps: int = 8 * 16 * 4, backbone: str = "gru",
-                 config: PPOConfig = SMALL, env_name: str = "memory-retention") -> PPOTrainer:
+                 config: PPOConfig = SMALL, env_name: str = "tmaze") -> PPOTrainer:
     seed_everything(3)
     env = make_env(env_name, num_envs=8, seed=3)
     return PPOTrainer(config, env, total_steps, torch.device("cpu"), backbone, run_dir=run_dir, progress=False)
@@ -94,7 +94,7 @@ def test_truncated_steps_get_the_value_of_their_final_observation():
 
 def test_evaluate_counts_each_envs_first_episode():
     trainer = make_trainer(None)
-    env = make_env("memory-retention", num_envs=12, seed=5)
+    env = make_env("tmaze", num_envs=12, seed=5)
     result = evaluate(trainer.agent, env)
     assert result["episodes"] == 12
     assert 0.0 <= result["success_rate"] <= 1.0

@@ -1,4 +1,5 @@
-"""Color-Cubes rules: layout, watch phase, teleports, map updates, rewards, and what memory needs."""
+"""Color-Cubes rules: layout, watch phase, teleports while acting (the published dynamics) or while
+watching (memrl's earlier variant), map updates, rewards, and what memory needs."""
 
 from __future__ import annotations
 
@@ -56,7 +57,7 @@ def assert_near(rate: float, expected: float, trials: int):
 
 
 def test_layout_is_valid_and_uniform():
-    env = ColorCubes(4000, seed=0, grid_size=5, num_cubes=4, watch_steps=8, teleport_prob=0.5)
+    env = ColorCubes(4000, seed=0, grid_size=5, num_cubes=4, watch_steps=8, teleport_prob=0.5, teleport_phase="watch")
     env.reset()
     size = env.grid_size
     for _ in range(8):
@@ -138,10 +139,10 @@ def test_first_map_shows_every_cube_with_its_colour():
 
 
 @pytest.mark.parametrize("hide_colours", [False, True])
-def test_teleports_move_one_non_target_cube_during_the_watch_phase_and_show_an_update(hide_colours):
+def test_watch_variant_teleports_one_non_target_cube_during_the_watch_phase_and_shows_an_update(hide_colours):
     watch = 6
     env = ColorCubes(2000, seed=5, grid_size=5, num_cubes=4, watch_steps=watch, teleport_prob=0.5,
-                     hide_colours_on_update=hide_colours)
+                     hide_colours_on_update=hide_colours, teleport_phase="watch")
     layout = ObservationLayout(env)
     obs, _ = env.reset()
     teleports = 0
@@ -167,25 +168,33 @@ def test_teleports_move_one_non_target_cube_during_the_watch_phase_and_show_an_u
 
 
 def observation_memory_policy(env: ColorCubes, keep_updates: bool = True):
-    """A policy that sees only observations and remembers: the target's cell from the last map
-    showing colours (it never moves, so colourless updates keep it) and the occupied cells
-    from the last update (or from the first map only, when `keep_updates` is False). It plans
-    with a scratch env holding that remembered map: the task is solvable from what is shown."""
+    """A policy that sees only observations and remembers: the target colour (from the first
+    observation), the target's cell and the occupied cells from the last map (or from the first map
+    only, when `keep_updates` is False). A map with colours names the target's cell; after a
+    colour-hidden update (one cube moved) the cube that left the remembered target cell is the one
+    that appeared on a new cell. It plans with a scratch env holding that remembered map: the
+    task is solvable from what is shown."""
     layout = ObservationLayout(env)
     scratch = ColorCubes(env.num_envs, grid_size=env.grid_size, num_cubes=env.num_cubes, watch_steps=1)
+    rows = torch.arange(env.num_envs)
     target_slot = torch.zeros(env.num_envs, dtype=torch.int64)
+    target = torch.zeros(env.num_envs, dtype=torch.int64)
     occupied = torch.zeros(env.num_envs, env.num_interior, dtype=torch.bool)
 
     def policy(obs, is_first):
         cells = layout.cells(obs)
         shown = layout.map_shown(obs) & (is_first | keep_updates)
         colours_shown = cells[:, :, 1:].any(2).any(1)
-        target = layout.target(obs)
+        target.copy_(torch.where(is_first, layout.target(obs), target))
         target_here = cells[:, :, 1:].gather(2, target[:, None, None].expand(-1, env.num_interior, 1)).squeeze(2)
-        target_slot.copy_(torch.where(shown & colours_shown, target_here.argmax(1), target_slot))
-        occupied.copy_(torch.where(shown[:, None], cells[:, :, 0] == 1, occupied))
+        now_occupied = cells[:, :, 0] == 1
+        appeared = (now_occupied & ~occupied).float().argmax(1)
+        target_left = ~now_occupied[rows, target_slot]
+        followed = torch.where(target_left, appeared, target_slot)
+        target_slot.copy_(torch.where(shown, torch.where(colours_shown, target_here.argmax(1), followed), target_slot))
+        occupied.copy_(torch.where(shown[:, None], now_occupied, occupied))
         others = occupied.clone()
-        others[torch.arange(env.num_envs), target_slot] = False
+        others[rows, target_slot] = False
         other_slots = others.float().topk(env.num_cubes - 1, dim=1).indices
         scratch.cube_cell = env.interior_cells[torch.cat([target_slot[:, None], other_slots], 1)]
         scratch.target = torch.zeros(env.num_envs, dtype=torch.int64)
@@ -210,20 +219,65 @@ def first_episode_success_rate(env, choose_action) -> float:
     return success.float().mean().item()
 
 
-@pytest.mark.parametrize("name", ["color-cubes-trivial", "color-cubes-medium", "color-cubes-extreme"])
+ALL_LEVELS = ["color-cubes-trivial", "color-cubes-medium", "color-cubes-extreme", "color-cubes-watch-medium",
+              "color-cubes-watch-extreme"]
+
+
+@pytest.mark.parametrize("name", ALL_LEVELS)
 def test_every_level_is_solvable_from_observations_with_memory(name):
     env = make_env(name, num_envs=1000, seed=6)
     assert first_episode_success_rate(env, observation_memory_policy(env)) == 1.0
 
 
-def test_medium_needs_the_map_updates():
-    env = make_env("color-cubes-medium", num_envs=2000, seed=7)
+@pytest.mark.parametrize("name", ["color-cubes-medium", "color-cubes-extreme", "color-cubes-watch-medium"])
+def test_a_policy_that_keeps_only_the_first_map_fails(name):
+    env = make_env(name, num_envs=2000, seed=7)
     stale_map_rate = first_episode_success_rate(env, observation_memory_policy(env, keep_updates=False))
     assert stale_map_rate < 0.8, f"a policy that ignores updates still succeeds {stale_map_rate:.3f}"
 
 
-@pytest.mark.parametrize("name", ["color-cubes-trivial", "color-cubes-medium", "color-cubes-extreme"])
-def test_memoryless_policy_reaches_exactly_chance(name):
+@pytest.mark.parametrize("hide_colours", [False, True])
+def test_cubes_move_while_the_agent_walks_and_each_move_is_shown(hide_colours):
+    """Act-phase teleports: after the watch step, one cube (any colour, the target too) moves with
+    probability 1/2 per step, never onto the agent, and exactly those steps show the map; the target
+    colour is shown in the first observation only."""
+    envs = 3000
+    env = ColorCubes(envs, seed=9, grid_size=7, num_cubes=4, watch_steps=1, teleport_prob=0.5,
+                     hide_colours_on_update=hide_colours)
+    layout = ObservationLayout(env)
+    obs, _ = env.reset()
+    assert bool(layout.map_shown(obs).all()) and torch.equal(layout.target(obs), env.target)
+    assert bool((obs[:, 2 * 7 : layout.flags].sum(1) == 1).all())
+    obs, _, _, _, _ = env.step(env.memoryless_action(obs))  # the layout-blind ring walk: the agent really moves
+    assert not bool(layout.map_shown(obs).any()), "no cube moves during the watch step"
+    rows = torch.arange(envs)
+    moves, target_moves, steps = 0, 0, 0
+    ended = torch.zeros(envs, dtype=torch.bool)  # restarted episodes are in their watch step: left out
+    for _ in range(4):
+        before, target_before = env.cube_cell.clone(), env.target.clone()
+        agent_before = env._agent_cell().clone()
+        obs, _, _, _, info = env.step(env.memoryless_action(obs))
+        ended |= info["episode_done"]
+        alive = ~ended
+        moved_anywhere = env.cube_cell != before
+        moved = moved_anywhere[alive]
+        assert bool((moved.sum(1) <= 1).all()), "at most one cube moves per step"
+        assert not bool(env._agent_cell()[alive].eq(agent_before[alive]).all()), "the agent walks meanwhile"
+        assert not bool((env.cube_cell == env._agent_cell()[:, None]).any()), "no cube lands on the agent"
+        assert torch.equal(layout.map_shown(obs)[alive], moved.any(1))
+        assert not bool(obs[alive, 2 * 7 : layout.flags].any()), "the target colour is not shown again"
+        shown = layout.map_shown(obs) & alive
+        colours = layout.cells(obs)[shown][:, :, 1:].any(2).sum(1)
+        assert bool((colours == (0 if hide_colours else 4)).all())
+        moves += int(moved.any(1).sum())
+        target_moves += int(moved_anywhere[rows, target_before][alive].sum())
+        steps += int(alive.sum())
+    assert_near(moves / steps, 0.5, steps)
+    assert_near(target_moves / moves, 1 / 4, moves)
+
+
+@pytest.mark.parametrize("name", ALL_LEVELS)
+def test_memoryless_policy_reaches_chance(name):
     env = make_env(name, num_envs=4000, seed=8)
     rate = first_episode_success_rate(env, lambda obs, is_first: env.memoryless_action(obs))
     assert_near(rate, env.chance_success, 4000)
@@ -232,8 +286,10 @@ def test_memoryless_policy_reaches_exactly_chance(name):
 def test_levels():
     trivial, medium, extreme = (make_env(f"color-cubes-{level}", num_envs=1) for level in ("trivial", "medium", "extreme"))
     assert (trivial.num_cubes, trivial.chance_success, trivial.teleports) == (3, 1 / 3, False)
-    assert (medium.num_cubes, medium.teleports, medium.hide_colours_on_update) == (4, True, False)
-    assert (extreme.num_cubes, extreme.teleports, extreme.hide_colours_on_update) == (4, True, True)
+    assert (medium.num_cubes, medium.teleports, medium.teleport_while_acting, medium.hide_colours_on_update) == (4, True, True, False)
+    assert (extreme.num_cubes, extreme.teleports, extreme.teleport_while_acting, extreme.hide_colours_on_update) == (4, True, True, True)
+    watch = make_env("color-cubes-watch-medium", num_envs=1)
+    assert (watch.teleports, watch.teleport_while_acting, watch.watch_steps) == (True, False, 8)
     assert make_env("color-cubes", num_envs=1).num_cubes == 3
 
 
@@ -245,6 +301,7 @@ def test_levels():
         ({"grid_size": 3, "num_cubes": 2}, "grid_size"),
         ({"watch_steps": 0}, "watch_steps"),
         ({"teleport_prob": 1.5}, "teleport_prob"),
+        ({"teleport_phase": "never"}, "teleport_phase"),
     ],
 )
 def test_rejects_bad_settings(kwargs, words):

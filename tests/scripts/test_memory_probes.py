@@ -145,7 +145,7 @@ def test_tmaze_labels_count_steps_since_the_cue_including_stalls():
 def tiny_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("probes") / "tmaze-gru"
     result = subprocess.run(
-        [sys.executable, "-m", "agents.train", "--preset", "smoke", "--env", "memory-retention", "--backbone", "gru",
+        [sys.executable, "-m", "agents.train", "--preset", "smoke", "--env", "tmaze", "--backbone", "gru",
          "--run-dir", str(run_dir), "--total-steps", "1024", "--eval-episodes", "0", "--torch-threads", "1", "--quiet"],
         check=False, capture_output=True, text=True, timeout=300,
     )
