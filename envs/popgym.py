@@ -34,6 +34,7 @@ from math import comb
 
 import torch
 
+from envs import popgym_bandit
 from envs.base import BatchedEnv
 
 SUITS = 4
@@ -429,6 +430,74 @@ class Autoencode(_CardGame):
         return obs[:, 2:].argmax(1)
 
 
+RANKS = 13
+HIGHER, LOWER = 0, 1
+"""HigherLower's actions, numbered as popgym numbers them."""
+
+
+class HigherLower(_CardGame):
+    """Guess whether the next card ranks higher or lower than the one shown (popgym's HigherLower).
+
+    Reset deals c_0; step t = 0 .. 52d-2 (d = num_decks) is shown rank(c_t), takes a guess and
+    deals c_{t+1}: +1/(52d) if the guess was right, -1/(52d) if wrong, 0 when the ranks are
+    equal (a push). popgym scales by the deck size although 52d - 1 guesses are made. The
+    episode ends on the last card. Ranks run ace (0) to king (12).
+    Observation (13): one-hot rank shown. Actions (2): 0 = higher, 1 = lower.
+
+    Memory helps by counting cards: `oracle_action` guesses the side with more cards left in
+    the shoe (higher on a tie), the best guess given every card dealt. success = every guess
+    was a best guess (one at least as likely to be right as the other). The best memoryless
+    policy guesses higher below rank 6 and lower above it (`memoryless_action`). success is a
+    weak memory signal here: a memoryless policy p(guess | rank) plays every step best with
+    probability at most prod over ranks of max_p p^a (1-p)^b on an episode (a, b: steps where
+    only higher, only lower is best), whose mean over 1000 episodes is 0.27 / 0.084 / 0.046 for
+    d = 1 / 2 / 3; chance_success = 0.4 / d lies above it (tests/envs/test_popgym.py checks).
+    """
+
+    obs_dim = RANKS
+    num_actions = 2
+
+    def __init__(self, num_envs: int, device: torch.device | str = "cpu", seed: int | None = None, *, num_decks: int = 1):
+        _require_positive_int("num_decks", num_decks)
+        self.max_episode_steps = CARDS_PER_DECK * num_decks - 1
+        self.chance_success = 0.4 / num_decks
+        super().__init__(num_envs, device, seed, num_decks, RANKS)
+        self.shown_rank = torch.zeros(num_envs, dtype=torch.int64, device=self.device)
+        self.all_best = torch.ones(num_envs, dtype=torch.bool, device=self.device)
+
+    def _start_episodes(self, mask: torch.Tensor) -> None:
+        self._refill(self.cards_left, mask)
+        self.shown_rank = torch.where(mask, self._deal(self.cards_left, mask), self.shown_rank)
+        self.all_best |= mask
+
+    def _cards_left_above_and_below(self) -> tuple[torch.Tensor, torch.Tensor]:
+        rank = self.shown_rank[:, None]
+        above = (self.cards_left * (self.class_ids > rank)).sum(1)
+        below = (self.cards_left * (self.class_ids < rank)).sum(1)
+        return above, below
+
+    def _transition(self, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        above, below = self._cards_left_above_and_below()
+        guessed_higher = action == HIGHER
+        self.all_best &= torch.where(guessed_higher, above >= below, below >= above)
+        next_rank = self._deal(self.cards_left, torch.ones_like(guessed_higher))
+        right = (next_rank > self.shown_rank) == guessed_higher
+        reward = _scored_reward(right, next_rank != self.shown_rank, self.num_cards)
+        self.shown_rank = next_rank
+        terminated = self.cards_left.sum(1) == 0
+        return reward, terminated, terminated & self.all_best
+
+    def _observe(self) -> torch.Tensor:
+        return self._one_hot(self.shown_rank)
+
+    def oracle_action(self) -> torch.Tensor:
+        above, below = self._cards_left_above_and_below()
+        return torch.where(above >= below, HIGHER, LOWER)
+
+    def memoryless_action(self, obs: torch.Tensor) -> torch.Tensor:
+        return torch.where(obs.argmax(1) <= RANKS // 2, HIGHER, LOWER)
+
+
 PRESETS: dict[str, tuple[type[BatchedEnv], dict]] = {
     "repeat-first": (RepeatFirst, {"num_decks": 1}),
     "repeat-first-easy": (RepeatFirst, {"num_decks": 1}),
@@ -446,4 +515,12 @@ PRESETS: dict[str, tuple[type[BatchedEnv], dict]] = {
     "autoencode-easy": (Autoencode, {"num_decks": 1}),
     "autoencode-medium": (Autoencode, {"num_decks": 2}),
     "autoencode-hard": (Autoencode, {"num_decks": 3}),
+    "popgym-higher-lower-easy": (HigherLower, {"num_decks": 1}),
+    "popgym-higher-lower-medium": (HigherLower, {"num_decks": 2}),
+    "popgym-higher-lower-hard": (HigherLower, {"num_decks": 3}),
 }
+CARD_TASKS = ("repeat-first", "repeat-previous", "count-recall", "autoencode")
+PRESETS.update({f"popgym-{task}-{level}": PRESETS[f"{task}-{level}"] for task in CARD_TASKS for level in ("easy", "medium", "hard")})
+PRESETS.update(popgym_bandit.PRESETS)
+"""Every POPGym env memrl has, also under its `popgym-<env>-<level>` name (gymnasium id
+memrl/Popgym<Env><Level>-v0); the card tasks keep their short names too."""

@@ -1,11 +1,12 @@
-"""memrl's POPGym card tasks played side by side with popgym 1.0.7 on the same dealt cards.
+"""memrl's POPGym envs played side by side with popgym 1.0.7 on the same randomness.
 
     python scripts/popgym_parity.py                      # every card preset, writes benchmarks/popgym_cards.md
     python scripts/popgym_parity.py --episodes 5 --presets repeat-previous-easy
 
-For each episode, popgym's env is reset with a seed and the order in which it will deal its
-shuffled deck(s) is read out of it (popgym deals `deck.idx` from the end); memrl's env (one env,
-CPU) is made to deal the same card classes in the same order. Both are then driven by the same
+For each episode, popgym's env is reset with a seed and its randomness is read out of it: the
+order in which it will deal its shuffled deck(s) (popgym deals `deck.idx` from the end), or the
+bandits' probabilities and a copy of its generator for the pulls to come; memrl's env (one env,
+CPU) is made to deal the same card classes / use the same draws. Both are then driven by the same
 actions, chosen by a policy from popgym's observations: the oracle, an off-by-one policy (the
 mistake of a port one step out of line) or seeded uniform random answers. Every step, memrl's
 observation must equal the encoding of popgym's and the rewards and terminations must agree;
@@ -15,6 +16,7 @@ the episodes' returns and lengths are compared. tests/envs/test_popgym.py runs t
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
 import platform
 import shlex
@@ -30,16 +32,19 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from envs.popgym import PRESETS, Autoencode, CountRecall, RepeatFirst, RepeatPrevious  # noqa: E402
+from envs.popgym import CARD_TASKS, PRESETS, Autoencode, CountRecall, HigherLower, RepeatFirst, RepeatPrevious  # noqa: E402
+from envs.popgym_bandit import MultiarmedBandit  # noqa: E402
 
 LEVELS = ("easy", "medium", "hard")
-CARD_PRESETS = [name for name in PRESETS if name.rsplit("-", 1)[-1] in LEVELS]
+CARD_PRESETS = [f"{task}-{level}" for task in CARD_TASKS for level in LEVELS]
+PORTED_PRESETS = CARD_PRESETS + [f"popgym-{env}-{level}" for env in ("higher-lower", "multiarmed-bandit") for level in LEVELS]
+"""Every preset with a popgym 1.0.7 counterpart (the popgym-<card task>-<level> names repeat CARD_PRESETS)."""
 POLICIES = ("oracle", "off-by-one", "random")
 
 
 def popgym_class_name(name: str) -> str:
-    """'repeat-previous-easy' -> 'RepeatPreviousEasy' (popgym's class and gymnasium id stem)."""
-    return "".join(part.capitalize() for part in name.split("-"))
+    """'repeat-previous-easy' or 'popgym-repeat-previous-easy' -> 'RepeatPreviousEasy' (popgym's class)."""
+    return "".join(part.capitalize() for part in name.removeprefix("popgym-").split("-"))
 
 
 def make_popgym_env(name: str):
@@ -51,6 +56,8 @@ def make_popgym_env(name: str):
 
 def dealing_order(popgym_env) -> dict[str, list[int]]:
     """The card classes popgym will deal, in order, per memrl shoe name (call after reset)."""
+    if type(popgym_env).__name__.startswith("HigherLower"):
+        return {"cards_left": popgym_env.deck.ranks_idx[popgym_env.deck.idx[::-1]].tolist()}
     if hasattr(popgym_env, "value_deck"):
         return {
             "cards_left": popgym_env.deck_idx_type[popgym_env.value_deck.idx[::-1]].tolist(),
@@ -73,6 +80,30 @@ def dealing_env(task_class: type, kwargs: dict, order: dict[str, list[int]]):
     return Dealt(num_envs=1, seed=0, **kwargs)
 
 
+def bandit_env(kwargs: dict, popgym_env):
+    """A one-env CPU MultiarmedBandit with popgym's probabilities (call after reset) whose pulls
+    use the draws popgym's generator will make."""
+    probabilities = torch.from_numpy(popgym_env.bandits.copy())[None]
+    pulls = copy.deepcopy(popgym_env.np_random)
+
+    class Aligned(MultiarmedBandit):
+        def _draw_payout_probabilities(self) -> torch.Tensor:
+            return probabilities
+
+        def _draw_pull(self) -> torch.Tensor:
+            return torch.tensor([pulls.random()], dtype=torch.float64)
+
+    return Aligned(num_envs=1, seed=0, **kwargs)
+
+
+def aligned_env(name: str, popgym_env):
+    """memrl's env for preset `name` using the randomness of `popgym_env` (just reset)."""
+    task_class, kwargs = PRESETS[name]
+    if task_class is MultiarmedBandit:
+        return bandit_env(kwargs, popgym_env)
+    return dealing_env(task_class, kwargs, dealing_order(popgym_env))
+
+
 def encode(env, popgym_obs) -> np.ndarray:
     """popgym's observation as memrl encodes it: concatenated one-hots of its components."""
     if isinstance(env, Autoencode):
@@ -81,7 +112,7 @@ def encode(env, popgym_obs) -> np.ndarray:
     elif isinstance(env, CountRecall):
         parts = [(int(value), env.num_values) for value in popgym_obs]
     else:
-        parts = [(popgym_obs, 4)]
+        parts = [(popgym_obs, env.obs_dim)]
     return np.concatenate([np.eye(size, dtype=np.float32)[int(index)] for index, size in parts])
 
 
@@ -90,6 +121,10 @@ Policy = Callable[[object, list, int], int]
 
 
 def oracle(env, history: list, t: int) -> int:
+    if isinstance(env, MultiarmedBandit):
+        return int(env.oracle_action()[0])
+    if isinstance(env, HigherLower):
+        return _count_cards(env, history[: t + 1], int(history[t]))
     if isinstance(env, RepeatFirst):
         return int(history[0])
     if isinstance(env, RepeatPrevious):
@@ -101,8 +136,19 @@ def oracle(env, history: list, t: int) -> int:
     return int(history[2 * first_play_step - t][1]) if t >= first_play_step else 0
 
 
+def _count_cards(env, seen: list, shown_rank: int) -> int:
+    """HigherLower's card counter: higher (0) unless more cards of lower rank are left than higher."""
+    left = [env.cards_per_class - seen.count(rank) for rank in range(env.num_classes)]
+    return 0 if sum(left[shown_rank + 1 :]) >= sum(left[:shown_rank]) else 1
+
+
 def off_by_one(env, history: list, t: int) -> int:
-    """The oracle one card out: the second card, k back, the count before this card, the next card back."""
+    """The oracle one card out: the second card, k back, the count before this card, the next card
+    back, a counter that forgets the card shown; on the bandit, the arm after the best."""
+    if isinstance(env, MultiarmedBandit):
+        return (int(env.oracle_action()[0]) + 1) % env.num_actions
+    if isinstance(env, HigherLower):
+        return _count_cards(env, history[:t], int(history[t]))
     if isinstance(env, RepeatFirst):
         return int(history[min(t, 1)])
     if isinstance(env, RepeatPrevious):
@@ -136,7 +182,7 @@ def play_side_by_side(name: str, policy: Policy, seed: int) -> SideBySide:
     """One episode of preset `name` on popgym (reset with `seed`) and on memrl, same cards, same actions."""
     reference = make_popgym_env(name)
     popgym_obs, _ = reference.reset(seed=seed)
-    env = dealing_env(*PRESETS[name], dealing_order(reference))
+    env = aligned_env(name, reference)
     obs, _ = env.reset()
     history, mismatches, oracle_agrees = [popgym_obs], [], True
     popgym_return = memrl_return = 0.0
@@ -147,15 +193,17 @@ def play_side_by_side(name: str, policy: Policy, seed: int) -> SideBySide:
             mismatches.append(f"step {t}: memrl shows {obs[0].tolist()}, popgym {popgym_obs}")
         action = policy(env, history, t)
         oracle_agrees &= int(env.oracle_action()[0]) == oracle(env, history, t)
-        popgym_obs, popgym_reward, popgym_done, _, _ = reference.step(action)
+        popgym_obs, popgym_reward, popgym_terminated, popgym_truncated, _ = reference.step(action)
+        popgym_done = popgym_terminated or popgym_truncated
         obs, reward, terminated, truncated, info = env.step(torch.tensor([action]))
         if abs(float(reward[0]) - popgym_reward) > 1e-6:
             mismatches.append(f"step {t}: memrl reward {float(reward[0]):.6f}, popgym {popgym_reward:.6f}")
-        if bool(terminated[0] | truncated[0]) != popgym_done:
-            mismatches.append(f"step {t}: memrl ended {bool(terminated[0] | truncated[0])}, popgym {popgym_done}")
+        memrl_ended = (bool(terminated[0]), bool(truncated[0]))
+        if memrl_ended != (popgym_terminated, popgym_truncated):
+            mismatches.append(f"step {t}: memrl (terminated, truncated) {memrl_ended}, popgym {(popgym_terminated, popgym_truncated)}")
         popgym_return += popgym_reward
         memrl_return += float(reward[0])
-        memrl_done |= bool(terminated[0])
+        memrl_done |= bool(terminated[0] | truncated[0])
         if popgym_done and not np.array_equal(info["final_obs"][0].numpy(), encode(env, popgym_obs)):
             mismatches.append(f"final observation: memrl {info['final_obs'][0].tolist()}, popgym {popgym_obs}")
         history.append(popgym_obs)
@@ -170,13 +218,13 @@ def make_policy(policy_name: str, seed: int) -> Policy:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--presets", nargs="+", default=CARD_PRESETS, help="card presets to compare")
+    parser.add_argument("--presets", nargs="+", default=PORTED_PRESETS, help="presets to compare")
     parser.add_argument("--episodes", type=int, default=20, help="episodes per preset and policy (popgym seeds 0 ..)")
     parser.add_argument("--output", type=Path, default=REPO_ROOT / "benchmarks" / "popgym_cards.md", help="markdown file to write")
     args = parser.parse_args(argv)
-    unknown = [name for name in args.presets if name not in CARD_PRESETS]
+    unknown = [name for name in args.presets if name not in PORTED_PRESETS]
     if unknown:
-        parser.error(f"unknown card preset {unknown[0]!r}; choose from: {', '.join(CARD_PRESETS)}")
+        parser.error(f"unknown preset {unknown[0]!r}; choose from: {', '.join(PORTED_PRESETS)}")
     if args.episodes <= 0:
         parser.error(f"--episodes must be positive, got {args.episodes}")
     return args
@@ -190,14 +238,15 @@ def main(argv: list[str] | None = None) -> None:
     import popgym
 
     lines = [
-        "# POPGym card tasks: memrl vs popgym 1.0.7, same dealt cards",
+        "# POPGym envs: memrl vs popgym 1.0.7, same randomness",
         "",
         "Mean episode return (and length) of each policy over the same episodes on popgym's env and on",
-        "memrl's port dealing popgym's cards (scripts/popgym_parity.py). `mismatched steps` counts the",
+        "memrl's port using popgym's cards / draws (scripts/popgym_parity.py). `mismatched steps` counts the",
         "steps where an observation, reward or termination differed (0 means step-for-step equal).",
         "oracle: perfect memory; off-by-one: one card out (RepeatFirst answers the second card,",
         "RepeatPrevious k back instead of k - 1, CountRecall the count before the card shown, Autoencode",
-        "the next card back); random: uniform answers (numpy seed = episode seed).",
+        "the next card back, HigherLower a card counter that forgets the card shown, MultiarmedBandit the",
+        "arm after the best); random: uniform actions (numpy seed = episode seed).",
         "",
         f"- popgym {popgym.__version__ if hasattr(popgym, '__version__') else '1.0.7'}, torch {torch.__version__}, Python {platform.python_version()}, CPU",
         f"- date: {datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}",

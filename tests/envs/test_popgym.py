@@ -14,11 +14,11 @@ import pytest
 import torch
 
 import scripts.popgym_parity as parity
-from envs.popgym import PRESETS, Autoencode, CountRecall, RepeatFirst, RepeatPrevious
-from scripts.popgym_parity import CARD_PRESETS, POLICIES, dealing_env, make_policy, play_side_by_side
+from envs.popgym import PRESETS, Autoencode, CountRecall, HigherLower, RepeatFirst, RepeatPrevious
+from scripts.popgym_parity import CARD_PRESETS, POLICIES, PORTED_PRESETS, dealing_env, make_policy, play_side_by_side
 from scripts.popgym_parity import oracle as oracle_from_history
 
-LEVELED = [name for name in PRESETS if name.rsplit("-", 1)[-1] in ("easy", "medium", "hard")]
+LEVELED = CARD_PRESETS
 EASY = [name for name in LEVELED if name.endswith("-easy")]
 NEEDS_MEMORY_TO_SUCCEED = [name for name in LEVELED if not name.startswith("repeat-first")]
 
@@ -97,11 +97,14 @@ def test_presets_follow_popgym_levels():
         ),
         "autoencode": (Autoencode, [{"num_decks": 1}, {"num_decks": 2}, {"num_decks": 3}]),
     }
-    assert len(PRESETS) == 16
+    expected["popgym-higher-lower"] = (HigherLower, [{"num_decks": 1}, {"num_decks": 2}, {"num_decks": 3}])
+    assert len(PRESETS) == 16 + 12 + 3 + 3
     for task, (task_class, levels) in expected.items():
-        assert PRESETS[task] == PRESETS[f"{task}-easy"]
+        if not task.startswith("popgym-"):
+            assert PRESETS[task] == PRESETS[f"{task}-easy"]
         for level, kwargs in zip(("easy", "medium", "hard"), levels):
             assert PRESETS[f"{task}-{level}"] == (task_class, kwargs)
+            assert PRESETS[f"popgym-{task.removeprefix('popgym-')}-{level}"] == (task_class, kwargs)
 
 
 @pytest.mark.parametrize(
@@ -341,10 +344,11 @@ needs_popgym = pytest.mark.skipif(find_spec("popgym") is None, reason="popgym (t
 
 
 @needs_popgym
-@pytest.mark.parametrize("name", CARD_PRESETS)
-def test_equal_to_popgym_on_the_same_cards(name):
-    """Oracle, off-by-one and random answers: same observations, rewards, terminations, returns and
-    lengths step for step on popgym's env and memrl's, dealing popgym's shuffled deck(s)."""
+@pytest.mark.parametrize("name", [name for name in PORTED_PRESETS if name in CARD_PRESETS or "easy" in name])
+def test_equal_to_popgym_on_the_same_randomness(name):
+    """Oracle, off-by-one and random actions: same observations, rewards, terminations, returns
+    and lengths step for step on popgym's env and memrl's, dealing popgym's shuffled deck(s) or
+    using its bandits and pull draws."""
     returns = {}
     for seed, policy_name in enumerate(POLICIES):
         result = play_side_by_side(name, make_policy(policy_name, seed), seed)
@@ -352,7 +356,8 @@ def test_equal_to_popgym_on_the_same_cards(name):
         assert result.memrl_length == result.popgym_length == make(name, num_envs=1).max_episode_steps
         assert result.memrl_return == pytest.approx(result.popgym_return, abs=1e-4)
         returns[policy_name] = result.popgym_return
-    assert returns["oracle"] == pytest.approx(1.0) and returns["random"] < 0.5
+    if name in CARD_PRESETS:
+        assert returns["oracle"] == pytest.approx(1.0) and returns["random"] < 0.5
 
 
 @needs_popgym
@@ -362,6 +367,40 @@ def test_side_by_side_catches_a_port_one_card_out(monkeypatch):
     result = play_side_by_side("repeat-previous-easy", oracle_from_history, seed=0)
     assert result.mismatches[0].startswith("step 3: memrl reward 0.000000")
     assert result.memrl_return == pytest.approx(1.0, abs=1e-4) and result.popgym_return < 0
+
+
+# -- HigherLower ---------------------------------------------------------------------------------
+
+
+def test_higher_lower_card_counting_beats_the_best_memoryless_policy():
+    """On the same cards (the deal does not depend on the actions), counting earns more."""
+    counting = rollout(make("popgym-higher-lower-easy", num_envs=256, seed=6), oracle)["info"]["episode_return"]
+    memoryless_returns = rollout(make("popgym-higher-lower-easy", num_envs=256, seed=6), memoryless)["info"]["episode_return"]
+    gain = counting - memoryless_returns
+    assert gain.mean() > margin(gain)
+
+
+@pytest.mark.parametrize("name", ["popgym-higher-lower-easy", "popgym-higher-lower-hard"])
+def test_higher_lower_memoryless_success_bound_is_below_chance_success(name):
+    """Per episode, a memoryless p(guess | rank) plays every step best with probability at most
+    prod over ranks of max_p p^a (1-p)^b; its mean (with four standard errors) stays below chance_success."""
+    env = make(name, num_envs=512, seed=7)
+    obs, _ = env.reset()
+    only_higher, only_lower, shown = [], [], []
+    for _ in range(env.max_episode_steps):
+        above, below = env._cards_left_above_and_below()
+        only_higher.append(above > below)
+        only_lower.append(below > above)
+        shown.append(env.shown_rank.clone())
+        obs, *_ = env.step(env.memoryless_action(obs))
+    ranks, higher, lower = torch.stack(shown, 1), torch.stack(only_higher, 1).float(), torch.stack(only_lower, 1).float()
+    log_bound = torch.zeros(env.num_envs)
+    for rank in range(env.num_classes):
+        at_rank = (ranks == rank).float()
+        a, b = (higher * at_rank).sum(1), (lower * at_rank).sum(1)
+        log_bound += torch.xlogy(a, a) + torch.xlogy(b, b) - torch.xlogy(a + b, a + b)
+    bound = log_bound.exp()
+    assert bound.mean().item() + margin(bound) < env.chance_success
 
 
 # -- determinism and randomness -------------------------------------------------------------------
