@@ -1,6 +1,6 @@
 """memrl's POPGym envs played side by side with popgym 1.0.7 on the same randomness.
 
-    python scripts/popgym_parity.py                      # every card preset, writes benchmarks/popgym_cards.md
+    python scripts/popgym_parity.py                      # every ported preset, writes benchmarks/popgym_parity.md
     python scripts/popgym_parity.py --episodes 5 --presets repeat-previous-easy
 
 For each episode, popgym's env is reset with a seed and its randomness is read out of it: the
@@ -220,7 +220,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--presets", nargs="+", default=PORTED_PRESETS, help="presets to compare")
     parser.add_argument("--episodes", type=int, default=20, help="episodes per preset and policy (popgym seeds 0 ..)")
-    parser.add_argument("--output", type=Path, default=REPO_ROOT / "benchmarks" / "popgym_cards.md", help="markdown file to write")
+    parser.add_argument("--output", type=Path, default=REPO_ROOT / "benchmarks" / "popgym_parity.md", help="markdown file to write")
     args = parser.parse_args(argv)
     unknown = [name for name in args.presets if name not in PORTED_PRESETS]
     if unknown:
