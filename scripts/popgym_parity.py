@@ -39,6 +39,8 @@ LEVELS = ("easy", "medium", "hard")
 CARD_PRESETS = [f"{task}-{level}" for task in CARD_TASKS for level in LEVELS]
 PORTED_PRESETS = CARD_PRESETS + [f"popgym-{env}-{level}" for env in ("higher-lower", "multiarmed-bandit") for level in LEVELS]
 """Every preset with a popgym 1.0.7 counterpart (the popgym-<card task>-<level> names repeat CARD_PRESETS)."""
+POPGYM_NAMES = sorted(name for name in PRESETS if name.startswith("popgym-"))
+"""memrl's popgym-<env>-<level> names: one per popgym 1.0.7 env and level memrl has."""
 POLICIES = ("oracle", "off-by-one", "random")
 
 
