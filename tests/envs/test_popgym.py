@@ -15,6 +15,7 @@ import torch
 
 import scripts.popgym_parity as parity
 from envs.popgym import PRESETS, Autoencode, CountRecall, HigherLower, RepeatFirst, RepeatPrevious
+from envs.popgym_bandit import MultiarmedBandit
 from scripts.popgym_parity import CARD_PRESETS, POLICIES, PORTED_PRESETS, dealing_env, make_policy, play_side_by_side
 from scripts.popgym_parity import oracle as oracle_from_history
 
@@ -135,6 +136,9 @@ def test_spaces_and_lengths(name, obs_dim, num_actions, length):
         (RepeatPrevious, {"num_decks": 1, "k": 52}, r"k must be an integer in \[1, 51\]"),
         (CountRecall, {"num_values": 3}, "num_values must be 2 .colours., 4 .suits. or 13 .ranks."),
         (CountRecall, {"num_values": 2.0}, "num_values must be 2"),
+        (HigherLower, {"num_decks": -1}, "num_decks must be a positive integer"),
+        (MultiarmedBandit, {"num_bandits": 0}, "num_bandits must be a positive integer, got 0"),
+        (MultiarmedBandit, {"episode_length": 2.5}, "episode_length must be a positive integer, got 2.5"),
     ],
 )
 def test_bad_arguments_are_rejected(task_class, kwargs, message):
@@ -464,3 +468,19 @@ def test_steps_on_cuda_without_host_syncs(name):
         torch.cuda.set_sync_debug_mode("default")
     assert info["episode_done"].all() and info["success"].all()
     torch.testing.assert_close(info["episode_return"].cpu(), torch.ones(64), atol=1e-4, rtol=0)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("name", ["popgym-higher-lower-easy", "popgym-multiarmed-bandit-easy"])
+def test_higher_lower_and_bandit_step_on_cuda_without_host_syncs(name):
+    env = make(name, num_envs=64, seed=0, device="cuda")
+    env.reset()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(env.max_episode_steps):
+            obs, reward, terminated, truncated, info = env.step(env.oracle_action())
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert info["episode_done"].all() and (info["episode_length"] == env.max_episode_steps).all()
+    assert info["success"].all()
