@@ -1,21 +1,24 @@
-"""POPGym's card tasks (Morad et al., ICLR 2023) as batched torch envs, equal to popgym 1.0.7.
+"""POPGym's card games (Morad et al., ICLR 2023) as batched torch envs, equal to popgym 1.0.7.
 
     RepeatFirst     answer the suit of the first card, every step
     RepeatPrevious  answer the suit of the k-th most recent card (k = 1 is the card shown)
     CountRecall     answer how many cards of the queried value have been dealt so far
     Autoencode      watch the deck's suits, then replay them in reverse order
+    HigherLower     guess whether the next card ranks higher or lower than the one shown
 
 Each class follows the rules of popgym 1.0.7's class of the same name (popgym/envs/*.py, read
 and run side by side in tests/envs/test_popgym.py and scripts/popgym_parity.py): the same
-episode length, reward scale, observation content and dealing. Rules the four share:
+episode length, reward scale, observation content and dealing. `PRESETS` also holds the other
+POPGym envs memrl has (envs/popgym_*.py) under their popgym-<env>-<level> names. Rules the
+card games share:
 - Cards come from a shoe of `num_decks` standard 52-card decks (52d cards), shuffled and dealt
   one at a time WITHOUT replacement; reset deals the first card. Only a card's class (its suit,
-  or CountRecall's colour/suit/rank) matters, and dealing a uniformly random card of the shoe
+  CountRecall's colour/suit/rank, HigherLower's rank) matters, and dealing a uniformly random card of the shoe
   each step is the same as dealing a shuffled shoe in order: one uniform draw per env per step.
 - Every scored answer earns +1/n when right and -1/n when wrong, n being the number of scored
   answers in an episode, so a return lies in [-1, 1]: +1 for perfect memory, -1 for always
   wrong. Unscored steps earn 0 whatever the action. popgym's n is 52d - 1 (RepeatFirst,
-  CountRecall), 52d - k (RepeatPrevious) and 52d (Autoencode).
+  CountRecall), 52d - k (RepeatPrevious) and 52d (Autoencode); HigherLower's differs (see there).
 - Episodes terminate by themselves after a fixed number of steps (popgym has no time limit;
   `max_episode_steps` equals that length, so it never truncates). The observation an episode
   ends on (`info["final_obs"]`) is the one popgym's last `step` returns.
