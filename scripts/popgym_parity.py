@@ -34,14 +34,23 @@ if str(REPO_ROOT) not in sys.path:
 
 from envs.popgym import CARD_TASKS, PRESETS, Autoencode, CountRecall, HigherLower, RepeatFirst, RepeatPrevious  # noqa: E402
 from envs.popgym_bandit import MultiarmedBandit  # noqa: E402
+from envs.popgym_cartpole import PositionOnlyCartPole  # noqa: E402
 
 LEVELS = ("easy", "medium", "hard")
 CARD_PRESETS = [f"{task}-{level}" for task in CARD_TASKS for level in LEVELS]
-PORTED_PRESETS = CARD_PRESETS + [f"popgym-{env}-{level}" for env in ("higher-lower", "multiarmed-bandit") for level in LEVELS]
+PORTED_PRESETS = CARD_PRESETS + [
+    f"popgym-{env}-{level}"
+    for env in ("higher-lower", "multiarmed-bandit", "position-only-cart-pole", "noisy-position-only-cart-pole")
+    for level in LEVELS
+]
 """Every preset with a popgym 1.0.7 counterpart (the popgym-<card task>-<level> names repeat CARD_PRESETS)."""
 POPGYM_NAMES = sorted(name for name in PRESETS if name.startswith("popgym-"))
 """memrl's popgym-<env>-<level> names: one per popgym 1.0.7 env and level memrl has."""
 POLICIES = ("oracle", "off-by-one", "random")
+OBSERVATION_TOLERANCE = 1e-4
+"""Largest difference allowed between an observation entry of memrl and popgym: one-hot entries
+agree exactly; CartPole's float64 sin/cos may differ from numpy's in the last bit, which the
+unstable pole amplifies over hundreds of steps."""
 
 
 def popgym_class_name(name: str) -> str:
@@ -98,11 +107,33 @@ def bandit_env(kwargs: dict, popgym_env):
     return Aligned(num_envs=1, seed=0, **kwargs)
 
 
-def aligned_env(name: str, popgym_env):
-    """memrl's env for preset `name` using the randomness of `popgym_env` (just reset)."""
+def cartpole_env(kwargs: dict, popgym_env, seed: int):
+    """A one-env CPU PositionOnlyCartPole starting from popgym's state (call after reset with
+    `seed`) whose observation noise is the draws popgym's generator makes after that state."""
+    from gymnasium.utils import seeding
+
+    start = torch.from_numpy(np.array(popgym_env.state, dtype=np.float64))[None]
+    generator = seeding.np_random(seed)[0]
+    generator.uniform(low=-0.05, high=0.05, size=(4,))  # the start state, drawn by reset
+    sigma = getattr(popgym_env, "noise_sigma", None)
+
+    class Aligned(PositionOnlyCartPole):
+        def _draw_initial_state(self) -> torch.Tensor:
+            return start
+
+        def _draw_noise(self, used: torch.Tensor) -> torch.Tensor:
+            return torch.from_numpy(generator.normal(0, sigma))[None] if bool(used[0]) else torch.zeros(1, 2, dtype=torch.float64)
+
+    return Aligned(num_envs=1, seed=0, **kwargs)
+
+
+def aligned_env(name: str, popgym_env, seed: int):
+    """memrl's env for preset `name` using the randomness of `popgym_env` (just reset with `seed`)."""
     task_class, kwargs = PRESETS[name]
     if task_class is MultiarmedBandit:
         return bandit_env(kwargs, popgym_env)
+    if task_class is PositionOnlyCartPole:
+        return cartpole_env(kwargs, popgym_env, seed)
     return dealing_env(task_class, kwargs, dealing_order(popgym_env))
 
 
@@ -113,6 +144,8 @@ def encode(env, popgym_obs) -> np.ndarray:
         parts = [(mode, 2), (suit, 4)]
     elif isinstance(env, CountRecall):
         parts = [(int(value), env.num_values) for value in popgym_obs]
+    elif isinstance(env, PositionOnlyCartPole):
+        return np.asarray(popgym_obs, dtype=np.float32)
     else:
         parts = [(popgym_obs, env.obs_dim)]
     return np.concatenate([np.eye(size, dtype=np.float32)[int(index)] for index, size in parts])
@@ -123,7 +156,7 @@ Policy = Callable[[object, list, int], int]
 
 
 def oracle(env, history: list, t: int) -> int:
-    if isinstance(env, MultiarmedBandit):
+    if isinstance(env, (MultiarmedBandit, PositionOnlyCartPole)):
         return int(env.oracle_action()[0])
     if isinstance(env, HigherLower):
         return _count_cards(env, history[: t + 1], int(history[t]))
@@ -146,9 +179,12 @@ def _count_cards(env, seen: list, shown_rank: int) -> int:
 
 def off_by_one(env, history: list, t: int) -> int:
     """The oracle one card out: the second card, k back, the count before this card, the next card
-    back, a counter that forgets the card shown; on the bandit, the arm after the best."""
+    back, a counter that forgets the card shown; on the bandit, the arm after the best; on CartPole,
+    pushing towards the lean seen (no velocities)."""
     if isinstance(env, MultiarmedBandit):
         return (int(env.oracle_action()[0]) + 1) % env.num_actions
+    if isinstance(env, PositionOnlyCartPole):
+        return int(history[t][1] > 0)
     if isinstance(env, HigherLower):
         return _count_cards(env, history[:t], int(history[t]))
     if isinstance(env, RepeatFirst):
@@ -184,14 +220,14 @@ def play_side_by_side(name: str, policy: Policy, seed: int) -> SideBySide:
     """One episode of preset `name` on popgym (reset with `seed`) and on memrl, same cards, same actions."""
     reference = make_popgym_env(name)
     popgym_obs, _ = reference.reset(seed=seed)
-    env = aligned_env(name, reference)
+    env = aligned_env(name, reference, seed)
     obs, _ = env.reset()
     history, mismatches, oracle_agrees = [popgym_obs], [], True
     popgym_return = memrl_return = 0.0
     popgym_done = memrl_done = False
     t = 0
     while not popgym_done and t < env.max_episode_steps + 1:
-        if not np.array_equal(obs[0].numpy(), encode(env, popgym_obs)):
+        if not np.allclose(obs[0].numpy(), encode(env, popgym_obs), rtol=0, atol=OBSERVATION_TOLERANCE):
             mismatches.append(f"step {t}: memrl shows {obs[0].tolist()}, popgym {popgym_obs}")
         action = policy(env, history, t)
         oracle_agrees &= int(env.oracle_action()[0]) == oracle(env, history, t)
@@ -206,7 +242,7 @@ def play_side_by_side(name: str, policy: Policy, seed: int) -> SideBySide:
         popgym_return += popgym_reward
         memrl_return += float(reward[0])
         memrl_done |= bool(terminated[0] | truncated[0])
-        if popgym_done and not np.array_equal(info["final_obs"][0].numpy(), encode(env, popgym_obs)):
+        if popgym_done and not np.allclose(info["final_obs"][0].numpy(), encode(env, popgym_obs), rtol=0, atol=OBSERVATION_TOLERANCE):
             mismatches.append(f"final observation: memrl {info['final_obs'][0].tolist()}, popgym {popgym_obs}")
         history.append(popgym_obs)
         t += 1
@@ -248,7 +284,8 @@ def main(argv: list[str] | None = None) -> None:
         "oracle: perfect memory; off-by-one: one card out (RepeatFirst answers the second card,",
         "RepeatPrevious k back instead of k - 1, CountRecall the count before the card shown, Autoencode",
         "the next card back, HigherLower a card counter that forgets the card shown, MultiarmedBandit the",
-        "arm after the best); random: uniform actions (numpy seed = episode seed).",
+        "arm after the best, CartPole pushing towards the lean seen); random: uniform actions (numpy seed =",
+        "episode seed). Observations agree within 1e-4 (CartPole's float64 sin/cos may differ in the last bit).",
         "",
         f"- popgym {popgym.__version__ if hasattr(popgym, '__version__') else '1.0.7'}, torch {torch.__version__}, Python {platform.python_version()}, CPU",
         f"- date: {datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}",
