@@ -17,7 +17,15 @@ import scripts.popgym_parity as parity
 from envs.popgym import PRESETS, Autoencode, CountRecall, HigherLower, RepeatFirst, RepeatPrevious
 from envs.popgym_bandit import MultiarmedBandit
 from envs.popgym_cartpole import PositionOnlyCartPole
-from scripts.popgym_parity import CARD_PRESETS, POLICIES, PORTED_PRESETS, dealing_env, make_policy, play_side_by_side
+from scripts.popgym_parity import (
+    CARD_PRESETS,
+    POLICIES,
+    PORTED_PRESETS,
+    dealing_env,
+    make_policy,
+    make_popgym_env,
+    play_side_by_side,
+)
 from scripts.popgym_parity import oracle as oracle_from_history
 
 LEVELED = CARD_PRESETS
@@ -365,6 +373,21 @@ def test_equal_to_popgym_on_the_same_randomness(name):
         returns[policy_name] = result.popgym_return
     if name in CARD_PRESETS or "cart-pole" in name:
         assert returns["oracle"] == pytest.approx(1.0) and returns["random"] < 0.5
+
+
+@needs_popgym
+@pytest.mark.parametrize("name", [name for name in PORTED_PRESETS if name not in CARD_PRESETS])
+def test_levels_match_popgym_settings(name):
+    """Medium and Hard of the non-card envs are played side by side by scripts/popgym_parity.py only;
+    here each level's settings are read off popgym's env (cards: the card tests cover every level)."""
+    reference, env = make_popgym_env(name), make(name, num_envs=1)
+    if isinstance(env, HigherLower):
+        assert env.num_decks == reference.num_decks and env.max_episode_steps == reference.deck_size - 1
+    elif isinstance(env, MultiarmedBandit):
+        assert (env.num_actions, env.max_episode_steps) == (reference.num_bandits, reference.max_episode_length)
+    else:
+        assert env.max_episode_steps == reference.max_episode_length
+        assert env.noise_sigma == pytest.approx(float(getattr(reference, "noise_sigma", [0.0])[0]))
 
 
 @needs_popgym
