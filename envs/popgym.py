@@ -1,27 +1,34 @@
-"""POPGym-style card tasks (Morad et al., ICLR 2023) as batched torch envs.
+"""POPGym's card games (Morad et al., ICLR 2023) as batched torch envs, equal to popgym 1.0.7.
 
     RepeatFirst     answer the suit of the first card, every step
-    RepeatPrevious  answer the suit of the card dealt k steps ago
+    RepeatPrevious  answer the suit of the k-th most recent card (k = 1 is the card shown)
     CountRecall     answer how many cards of the queried value have been dealt so far
-    Autoencode      watch a run of suits, then replay it in reverse order
+    Autoencode      watch the deck's suits, then replay them in reverse order
+    HigherLower     guess whether the next card ranks higher or lower than the one shown
 
-Rules the four tasks share (each class docstring gives the rest):
-- Cards come from a shoe of `num_decks` standard 52-card decks, shuffled and dealt one per
-  step WITHOUT replacement, as in POPGym: an episode sees every suit exactly 13 * num_decks
-  times. Only a card's class (its suit, or CountRecall's value) is kept; dealing a uniformly
-  random card of the shoe each step is the same as dealing a shuffled shoe in order, and
-  costs one uniform draw per env per step.
+Each class follows the rules of popgym 1.0.7's class of the same name (popgym/envs/*.py, read
+and run side by side in tests/envs/test_popgym.py and scripts/popgym_parity.py): the same
+episode length, reward scale, observation content and dealing. `PRESETS` also holds the other
+POPGym envs memrl has (envs/popgym_*.py) under their popgym-<env>-<level> names. Rules the
+card games share:
+- Cards come from a shoe of `num_decks` standard 52-card decks (52d cards), shuffled and dealt
+  one at a time WITHOUT replacement; reset deals the first card. Only a card's class (its suit,
+  CountRecall's colour/suit/rank, HigherLower's rank) matters, and dealing a uniformly random card of the shoe
+  each step is the same as dealing a shuffled shoe in order: one uniform draw per env per step.
 - Every scored answer earns +1/n when right and -1/n when wrong, n being the number of scored
   answers in an episode, so a return lies in [-1, 1]: +1 for perfect memory, -1 for always
-  wrong. Unscored steps earn 0 whatever the action.
-- An episode terminates after its last answer. Its length is fixed and equal to
-  `max_episode_steps`, so the time limit never truncates. The observation it ends on
-  (`info["final_obs"]`) shows no card (zeros where the card is encoded).
+  wrong. Unscored steps earn 0 whatever the action. popgym's n is 52d - 1 (RepeatFirst,
+  CountRecall), 52d - k (RepeatPrevious) and 52d (Autoencode); HigherLower's differs (see there).
+- Episodes terminate by themselves after a fixed number of steps (popgym has no time limit;
+  `max_episode_steps` equals that length, so it never truncates). The observation an episode
+  ends on (`info["final_obs"]`) is the one popgym's last `step` returns.
+- Observations encode popgym's Discrete / Tuple / MultiDiscrete observation as the
+  concatenated one-hots of its components, in popgym's order (the flat Box any gymnasium
+  adapter makes of them). Actions are popgym's Discrete actions, unchanged.
 - `success` = every scored answer of the episode was right (the oracle always succeeds).
-- Observations are 0/1 float vectors without a clock. `chance_success` and `chance_return`
-  are the success rate and mean return of the best memoryless policy (one that maps the
-  current observation, plus independent randomness, to an action); how each is derived is in
-  the class docstring.
+  `chance_success` and `chance_return` are the success rate and mean return of the best
+  memoryless policy (one that maps the current observation, plus independent randomness, to
+  an action); each class docstring derives them.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from math import comb
 
 import torch
 
+from envs import popgym_bandit, popgym_cartpole
 from envs.base import BatchedEnv
 
 SUITS = 4
@@ -42,8 +50,9 @@ def _require_positive_int(name: str, value: object) -> None:
 
 
 class _CardGame(BatchedEnv):
-    """A shoe of `num_decks` decks whose cards fall into `num_classes` equally common classes
-    (suits, colours or ranks), dealt one card per step without replacement."""
+    """Shoes of `num_decks` decks whose cards fall into `num_classes` equally common classes
+    (suits, colours or ranks), dealt one card per step without replacement. A shoe is the
+    count of cards of each class still in it, int64 [N, num_classes]."""
 
     obs_low = 0.0
     obs_high = 1.0
@@ -52,36 +61,41 @@ class _CardGame(BatchedEnv):
         super().__init__(num_envs, device, seed)
         self.num_decks = num_decks
         self.num_classes = num_classes
-        self.cards_per_class = CARDS_PER_DECK * num_decks // num_classes
+        self.num_cards = CARDS_PER_DECK * num_decks
+        self.cards_per_class = self.num_cards // num_classes
         self.class_ids = torch.arange(num_classes, device=self.device)
-        self.cards_left = torch.zeros(num_envs, num_classes, dtype=torch.int64, device=self.device)
-        """Cards of each class still in the shoe, int64 [N, num_classes]."""
+        self.cards_left = self._empty_shoe()
+        """The shoe the cards are dealt from, int64 [N, num_classes]."""
 
-    def _refill_shoe(self, mask: torch.Tensor) -> None:
-        self.cards_left.masked_fill_(mask[:, None], self.cards_per_class)
+    def _empty_shoe(self) -> torch.Tensor:
+        return torch.zeros(self.num_envs, self.num_classes, dtype=torch.int64, device=self.device)
 
-    def _deal(self, mask: torch.Tensor) -> torch.Tensor:
-        """Deal one card where `mask` [N] is True -> its class, int64 [N] (-1 where none was dealt).
+    def _refill(self, shoe: torch.Tensor, mask: torch.Tensor) -> None:
+        shoe.masked_fill_(mask[:, None], self.cards_per_class)
+
+    def _deal(self, shoe: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Deal one card of `shoe` where `mask` [N] is True -> its class, int64 [N] (-1 where none was dealt).
 
         A card is drawn for every env so that the generator's consumption does not depend on
         the mask; it only leaves the shoe where the mask is True.
         """
-        drawn = self._draw_card_class()
+        drawn = self._draw_card_class(shoe)
         dealt = mask & (drawn >= 0)
-        self.cards_left.scatter_add_(1, drawn.clamp(min=0)[:, None], -dealt[:, None].long())
+        shoe.scatter_add_(1, drawn.clamp(min=0)[:, None], -dealt[:, None].long())
         return torch.where(dealt, drawn, -1)
 
-    def _draw_card_class(self) -> torch.Tensor:
-        """The class of a uniformly random card of each env's shoe, int64 [N]; -1 where it is empty."""
-        shoe_size = self.cards_left.sum(1)
+    def _draw_card_class(self, shoe: torch.Tensor) -> torch.Tensor:
+        """The class of a uniformly random card of each env's `shoe`, int64 [N]; -1 where it is empty."""
+        shoe_size = shoe.sum(1)
         # The clamp guards the rare float32 rounding of u * size up to size itself.
         position = torch.minimum(self.randint(0, shoe_size, (self.num_envs,)), shoe_size - 1)
-        drawn = (self.cards_left.cumsum(1) <= position[:, None]).sum(1)
+        drawn = (shoe.cumsum(1) <= position[:, None]).sum(1)
         return torch.where(shoe_size > 0, drawn, -1)
 
-    def _one_hot(self, index: torch.Tensor) -> torch.Tensor:
-        """float32 [N, num_classes] one-hot of `index` [N]; all zeros where index is -1."""
-        return (index[:, None] == self.class_ids).float()
+    def _one_hot(self, index: torch.Tensor, size: int | None = None) -> torch.Tensor:
+        """float32 [N, size] one-hot of `index` [N] (size defaults to num_classes)."""
+        size = self.num_classes if size is None else size
+        return (index[:, None] == torch.arange(size, device=self.device)).float()
 
 
 def _scored_reward(correct: torch.Tensor, scored: torch.Tensor, num_scored: int) -> torch.Tensor:
@@ -91,81 +105,81 @@ def _scored_reward(correct: torch.Tensor, scored: torch.Tensor, num_scored: int)
 
 
 class RepeatFirst(_CardGame):
-    """Repeat the suit of the first card, at every step.
+    """Repeat the suit of the first card, at every step (popgym's RepeatFirst).
 
-    Step t = 0 .. 52d-1 (d = num_decks) shows card c_t; the answer is always suit(c_0), the
-    first step included. 52d steps, all scored: reward +-1/(52d).
-    Observation (5): one-hot suit of c_t (4), then 1.0 on the first step (the card shown is
-    the one to remember), else 0.0. Actions (4): a suit.
+    Reset deals c_0; step t = 0 .. L-1 (L = 52d - 1, d = num_decks) is shown c_t, answers
+    suit(c_0) (the first step included) and deals c_{t+1}. L steps, all scored: reward +-1/L.
+    The episode ends on the last card, c_{52d-1}.
+    Observation (4): one-hot suit of the card shown. Actions (4): a suit.
 
-    Chance. success = 1/4 exactly: every suit occurs among c_1 .. c_{52d-1}, so a policy that
-    only sees the current suit must give the same answer whatever it is shown, which is right
-    with probability 1/4 (a stochastic policy does no better). `memoryless_action` reaches it
-    by answering suit 0 after the first card. Best memoryless return = 1/(26d) - 1/2: after the
-    first card, a suit other than the one shown is right with probability 13d/(52d - 1).
+    Chance. success = 1/4 exactly: the L cards shown hold every suit, so a policy that only
+    sees the current suit must give the same answer whatever it is shown, which is right with
+    probability 1/4 (a stochastic policy does no better). `memoryless_action` reaches it by
+    always answering suit 0. Best memoryless return: answering the suit shown is right at
+    step 0 and, at a later step, with probability (13d - 1)/(52d - 1) (another suit: 13d/(52d - 1));
+    averaged over the L steps the suit shown wins by 1/L^2, and is right with probability
+    p = ((L - 1) 13d + 1) / L^2, so chance_return = 2p - 1.
     """
 
-    obs_dim = SUITS + 1
+    obs_dim = SUITS
     num_actions = SUITS
     chance_success = 0.25
 
     def __init__(self, num_envs: int, device: torch.device | str = "cpu", seed: int | None = None, *, num_decks: int = 1):
         _require_positive_int("num_decks", num_decks)
-        self.num_cards = CARDS_PER_DECK * num_decks
-        self.max_episode_steps = self.num_cards
-        self.chance_return = 1 / (26 * num_decks) - 0.5
+        length = CARDS_PER_DECK * num_decks - 1
+        self.max_episode_steps = length
+        self.chance_return = 2 * ((length - 1) * 13 * num_decks + 1) / length**2 - 1
         super().__init__(num_envs, device, seed, num_decks, SUITS)
         self.first_suit = torch.zeros(num_envs, dtype=torch.int64, device=self.device)
-        self.shown_suit = torch.full((num_envs,), -1, dtype=torch.int64, device=self.device)
-        self.card_index = torch.zeros(num_envs, dtype=torch.int64, device=self.device)
+        self.shown_suit = torch.zeros(num_envs, dtype=torch.int64, device=self.device)
+        self.step_index = torch.zeros(num_envs, dtype=torch.int64, device=self.device)
         self.all_correct = torch.ones(num_envs, dtype=torch.bool, device=self.device)
 
     def _start_episodes(self, mask: torch.Tensor) -> None:
-        self._refill_shoe(mask)
-        first = self._deal(mask)
+        self._refill(self.cards_left, mask)
+        first = self._deal(self.cards_left, mask)
         self.shown_suit = torch.where(mask, first, self.shown_suit)
         self.first_suit = torch.where(mask, first, self.first_suit)
-        self.card_index.masked_fill_(mask, 0)
+        self.step_index.masked_fill_(mask, 0)
         self.all_correct |= mask
 
     def _transition(self, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         correct = action == self.first_suit
-        reward = _scored_reward(correct, torch.ones_like(correct), self.num_cards)
+        reward = _scored_reward(correct, torch.ones_like(correct), self.max_episode_steps)
         self.all_correct &= correct
-        self.card_index += 1
-        terminated = self.card_index == self.num_cards
-        self.shown_suit = self._deal(~terminated)
+        self.step_index += 1
+        terminated = self.step_index == self.max_episode_steps
+        self.shown_suit = self._deal(self.cards_left, torch.ones_like(terminated))
         return reward, terminated, terminated & self.all_correct
 
     def _observe(self) -> torch.Tensor:
-        is_first = (self.card_index == 0).float()
-        return torch.cat([self._one_hot(self.shown_suit), is_first[:, None]], dim=1)
+        return self._one_hot(self.shown_suit)
 
     def oracle_action(self) -> torch.Tensor:
         return self.first_suit.clone()
 
     def memoryless_action(self, obs: torch.Tensor) -> torch.Tensor:
-        shown_suit = obs[:, :SUITS].argmax(1)
-        return torch.where(obs[:, SUITS] > 0, shown_suit, 0)
+        return torch.zeros(obs.shape[0], dtype=torch.int64, device=obs.device)
 
 
 class RepeatPrevious(_CardGame):
-    """Answer the suit of the card dealt k steps ago.
+    """Answer the suit of the k-th most recent card, the card shown counting as the first
+    (popgym's RepeatPrevious: k = 1 asks for the card shown, k = 4 for the one 3 steps back).
 
-    Step t = 0 .. 52d-1 (d = num_decks) shows card c_t; for t >= k the answer is suit(c_{t-k})
-    and is scored +-1/(52d - k). The first k steps have no card k steps back: they are not
-    scored (reward 0 whatever the action, and they do not count for success).
+    Reset deals c_0; step t = 0 .. 52d-2 (d = num_decks) is shown c_t and deals c_{t+1}; for
+    t >= k - 1 the answer is suit(c_{t-k+1}), scored +-1/(52d - k). The first k - 1 steps are
+    not scored (reward 0 whatever the action, and they do not count for success). The episode
+    is 52d - 1 steps long and ends on the last card.
     Observation (4): one-hot suit of c_t. Actions (4): a suit.
 
-    Chance. Best memoryless return = -(26d - 1)/(52d - 1): c_{t-k} is one of the other 52d - 1
-    cards, so a suit other than the one shown is right with probability 13d/(52d - 1), which
-    `memoryless_action` answers. success: chance_success = 0. Even a memoryless policy that
-    knew t must get the k-back suits of any m disjoint (k-back, shown) card pairs right, which
-    happens with probability at most prod_{i<m} 13d/(52d - m - i) (given the m shown suits, the
-    m k-back cards are a random draw from the other 52d - m cards): below 5e-6 for Easy
-    (m = 15), 3e-11 for Medium (m = 30), 2e-16 for Hard (m = 45). Without a clock it is far
-    smaller: the per-episode bound described under CountRecall stayed below 1e-22 on 1024
-    sampled Easy episodes.
+    Chance (k >= 2). Best memoryless return = -(26d - 1)/(52d - 1): c_{t-k+1} is one of the
+    other 52d - 1 cards, so a suit other than the one shown is right with probability
+    13d/(52d - 1), which `memoryless_action` answers. success: chance_success = 0. Even a
+    memoryless policy that knew t must get the answers of any m disjoint (answer, shown) card
+    pairs right, which happens with probability at most prod_{i<m} 13d/(52d - m - i): below
+    1e-5 for Easy, far below for Medium and Hard; without a clock it is smaller still (the
+    per-episode bound of the tests stays below 1e-12). k = 1 needs no memory.
     """
 
     obs_dim = SUITS
@@ -182,71 +196,75 @@ class RepeatPrevious(_CardGame):
         k: int = 4,
     ):
         _require_positive_int("num_decks", num_decks)
-        self.num_cards = CARDS_PER_DECK * num_decks
-        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k < self.num_cards:
-            raise ValueError(
-                f"k must be an integer in [1, {self.num_cards - 1}] (fewer than the {self.num_cards} cards dealt), got {k!r}"
-            )
+        num_cards = CARDS_PER_DECK * num_decks
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k < num_cards:
+            raise ValueError(f"k must be an integer in [1, {num_cards - 1}] (fewer than the {num_cards} cards dealt), got {k!r}")
         self.k = k
-        self.max_episode_steps = self.num_cards
+        self.max_episode_steps = num_cards - 1
         self.chance_return = -(26 * num_decks - 1) / (52 * num_decks - 1)
         super().__init__(num_envs, device, seed, num_decks, SUITS)
-        self.shown_suit = torch.full((num_envs,), -1, dtype=torch.int64, device=self.device)
-        self.card_index = torch.zeros(num_envs, dtype=torch.int64, device=self.device)
+        self.step_index = torch.zeros(num_envs, dtype=torch.int64, device=self.device)
         self.recent_suits = torch.zeros(num_envs, k, dtype=torch.int64, device=self.device)
-        """Ring buffer: slot t % k holds suit(c_{t-k}) while step t is answered, int64 [N, k]."""
+        """Ring buffer of the last k suits shown: slot t % k holds suit(c_t), int64 [N, k]."""
         self.all_correct = torch.ones(num_envs, dtype=torch.bool, device=self.device)
 
+    def _show(self, suit: torch.Tensor, mask: torch.Tensor) -> None:
+        """Write `suit` to slot step_index % k where `mask`."""
+        slot = (self.step_index % self.k)[:, None]
+        kept = self.recent_suits.gather(1, slot).squeeze(1)
+        self.recent_suits.scatter_(1, slot, torch.where(mask, suit, kept)[:, None])
+
     def _start_episodes(self, mask: torch.Tensor) -> None:
-        self._refill_shoe(mask)
-        self.shown_suit = torch.where(mask, self._deal(mask), self.shown_suit)
-        self.card_index.masked_fill_(mask, 0)
+        self._refill(self.cards_left, mask)
+        self.step_index.masked_fill_(mask, 0)
         self.recent_suits.masked_fill_(mask[:, None], 0)
+        self._show(self._deal(self.cards_left, mask), mask)
         self.all_correct |= mask
 
     def _transition(self, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        slot = (self.card_index % self.k)[:, None]
-        scored = self.card_index >= self.k
-        correct = action == self.recent_suits.gather(1, slot).squeeze(1)
+        scored = self.step_index >= self.k - 1
+        correct = action == self.oracle_action()
         reward = _scored_reward(correct, scored, self.num_cards - self.k)
         self.all_correct &= correct | ~scored
-        self.recent_suits.scatter_(1, slot, self.shown_suit[:, None])
-        self.card_index += 1
-        terminated = self.card_index == self.num_cards
-        self.shown_suit = self._deal(~terminated)
+        self.step_index += 1
+        terminated = self.step_index == self.max_episode_steps
+        everyone = torch.ones_like(terminated)
+        self._show(self._deal(self.cards_left, everyone), everyone)
         return reward, terminated, terminated & self.all_correct
 
     def _observe(self) -> torch.Tensor:
-        return self._one_hot(self.shown_suit)
+        return self._one_hot(self.recent_suits.gather(1, (self.step_index % self.k)[:, None]).squeeze(1))
 
     def oracle_action(self) -> torch.Tensor:
-        """suit(c_{t-k}); suit 0 on the unscored first k steps."""
-        return self.recent_suits.gather(1, (self.card_index % self.k)[:, None]).squeeze(1)
+        """suit(c_{t-k+1}) (slot (t + 1) % k); suit 0 on the unscored first k - 1 steps."""
+        recalled = self.recent_suits.gather(1, ((self.step_index + 1) % self.k)[:, None]).squeeze(1)
+        return torch.where(self.step_index >= self.k - 1, recalled, 0)
 
     def memoryless_action(self, obs: torch.Tensor) -> torch.Tensor:
         return (obs.argmax(1) + 1) % SUITS
 
 
 class CountRecall(_CardGame):
-    """Answer how many cards of the queried value have been dealt so far.
+    """Answer how many cards of the queried value have been dealt so far (popgym's CountRecall).
 
     A card's value is its colour (num_values = 2), suit (4) or rank (13); each value has
-    K = 52d / num_values cards in the shoe (d = num_decks). Step t = 0 .. 52d-1 deals card c_t
-    and draws a query value q_t uniformly at random (independently of the cards); the answer is
-    #{i <= t : value(c_i) = q_t}, the card just dealt included. It lies in [0, K], so the
-    actions are the K + 1 counts themselves, no bucketing. Every step is scored +-1/(52d).
-    Observation (2 * num_values): one-hot value of c_t, then one-hot q_t.
+    K = 52d / num_values cards in a shoe (d = num_decks). Two shoes are shuffled: the value
+    shoe and the query shoe. Reset deals value v_0 and query q_0 (the query's value); step
+    t = 0 .. 52d-2 answers #{i <= t : v_i = q_t} (the card shown included) and deals v_{t+1},
+    q_{t+1}. The answer lies in [0, K], so the actions are the K + 1 counts themselves. All
+    52d - 1 steps are scored +-1/(52d - 1); the episode ends on the last card of both shoes.
+    Observation (2 * num_values): one-hot value of v_t, then one-hot value of q_t.
 
     Chance. The best memoryless policy answers one count when the shown card has the queried
     value and another when it has not; each is the count most often right over the episode
-    (from the hypergeometric law of the earlier cards), which gives `chance_return` exactly and
-    is `memoryless_action`. success: chance_success = 0. The counts a policy without memory must
-    match grow through the episode while its observations repeat, so for every episode the best
-    any memoryless policy can do is prod over observations o of max_p prod_{steps with o}
-    p(answer) = prod over o and answers a of (n_oa / n_o)^n_oa, n_oa counting the steps with
-    observation o and answer a (the cards do not depend on the actions, so this is the best
-    success probability on that episode). Over 1024 sampled episodes per preset its largest
-    value was below 1e-40; tests/envs/test_popgym.py checks it stays below 1e-12.
+    (the query shoe is independent of the value shoe, and the earlier values follow the
+    hypergeometric law), which gives `chance_return` exactly and is `memoryless_action`.
+    success: chance_success = 0. The counts a policy without memory must match grow through
+    the episode while its observations repeat, so for every episode the best any memoryless
+    policy can do is prod over observations o of max_p prod_{steps with o} p(answer) = prod over
+    o and answers a of (n_oa / n_o)^n_oa, n_oa counting the steps with observation o and answer
+    a (the cards do not depend on the actions, so this is the best success probability on that
+    episode); tests/envs/test_popgym.py checks it stays below 1e-12.
     """
 
     chance_success = 0.0
@@ -264,38 +282,40 @@ class CountRecall(_CardGame):
         if isinstance(num_values, bool) or not isinstance(num_values, int) or num_values not in (2, 4, 13):
             raise ValueError(f"num_values must be 2 (colours), 4 (suits) or 13 (ranks), got {num_values!r}")
         self.num_values = num_values
-        self.num_cards = CARDS_PER_DECK * num_decks
-        max_count = self.num_cards // num_values
+        num_cards = CARDS_PER_DECK * num_decks
+        max_count = num_cards // num_values
         self.obs_dim = 2 * num_values
         self.num_actions = max_count + 1
-        self.max_episode_steps = self.num_cards
-        self.guess_if_match, self.guess_if_no_match, accuracy = _best_memoryless_counts(self.num_cards, max_count, num_values)
+        self.max_episode_steps = num_cards - 1
+        self.guess_if_match, self.guess_if_no_match, accuracy = _best_memoryless_counts(
+            num_cards, max_count, num_values, self.max_episode_steps
+        )
         self.chance_return = 2 * accuracy - 1
         super().__init__(num_envs, device, seed, num_decks, num_values)
-        self.shown_value = torch.full((num_envs,), -1, dtype=torch.int64, device=self.device)
+        self.queries_left = self._empty_shoe()
+        """The query shoe, int64 [N, num_values]."""
+        self.shown_value = torch.zeros(num_envs, dtype=torch.int64, device=self.device)
         self.query = torch.zeros(num_envs, dtype=torch.int64, device=self.device)
-        self.card_index = torch.zeros(num_envs, dtype=torch.int64, device=self.device)
+        self.step_index = torch.zeros(num_envs, dtype=torch.int64, device=self.device)
         self.all_correct = torch.ones(num_envs, dtype=torch.bool, device=self.device)
 
-    def _draw_query(self) -> torch.Tensor:
-        """A uniformly random value for every env, int64 [N]."""
-        return self.randint(0, self.num_values, (self.num_envs,))
-
     def _start_episodes(self, mask: torch.Tensor) -> None:
-        self._refill_shoe(mask)
-        self.shown_value = torch.where(mask, self._deal(mask), self.shown_value)
-        self.query = torch.where(mask, self._draw_query(), self.query)
-        self.card_index.masked_fill_(mask, 0)
+        self._refill(self.cards_left, mask)
+        self._refill(self.queries_left, mask)
+        self.shown_value = torch.where(mask, self._deal(self.cards_left, mask), self.shown_value)
+        self.query = torch.where(mask, self._deal(self.queries_left, mask), self.query)
+        self.step_index.masked_fill_(mask, 0)
         self.all_correct |= mask
 
     def _transition(self, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         correct = action == self.oracle_action()
-        reward = _scored_reward(correct, torch.ones_like(correct), self.num_cards)
+        reward = _scored_reward(correct, torch.ones_like(correct), self.max_episode_steps)
         self.all_correct &= correct
-        self.card_index += 1
-        terminated = self.card_index == self.num_cards
-        self.shown_value = self._deal(~terminated)
-        self.query = self._draw_query()
+        self.step_index += 1
+        terminated = self.step_index == self.max_episode_steps
+        everyone = torch.ones_like(terminated)
+        self.shown_value = self._deal(self.cards_left, everyone)
+        self.query = self._deal(self.queries_left, everyone)
         return reward, terminated, terminated & self.all_correct
 
     def _observe(self) -> torch.Tensor:
@@ -311,8 +331,8 @@ class CountRecall(_CardGame):
         return torch.where(match, self.guess_if_match, self.guess_if_no_match)
 
 
-def _best_memoryless_counts(num_cards: int, max_count: int, num_values: int) -> tuple[int, int, float]:
-    """CountRecall's best memoryless answers and their accuracy.
+def _best_memoryless_counts(num_cards: int, max_count: int, num_values: int, num_steps: int) -> tuple[int, int, float]:
+    """CountRecall's best memoryless answers and their accuracy over steps t = 0 .. num_steps-1.
 
     At step t the t earlier cards are a uniform draw from the num_cards - 1 cards other than
     the one shown, of which max_count - 1 (query matches the shown card) or max_count (it does
@@ -324,10 +344,10 @@ def _best_memoryless_counts(num_cards: int, max_count: int, num_values: int) -> 
 
     def count_frequency(queried_among_others: int, offset: int) -> list[float]:
         frequency = [0.0] * (max_count + 1)
-        for earlier in range(num_cards):
+        for earlier in range(num_steps):
             for seen in range(min(earlier, queried_among_others) + 1):
                 ways = comb(queried_among_others, seen) * comb(others - queried_among_others, earlier - seen)
-                frequency[seen + offset] += ways / comb(others, earlier) / num_cards
+                frequency[seen + offset] += ways / comb(others, earlier) / num_steps
         return frequency
 
     if_match = count_frequency(max_count - 1, offset=1)
@@ -338,77 +358,147 @@ def _best_memoryless_counts(num_cards: int, max_count: int, num_values: int) -> 
     return guess_if_match, guess_if_no_match, accuracy
 
 
+PLAY, WATCH = 0, 1
+"""Autoencode's modes, numbered as popgym numbers them."""
+
+
 class Autoencode(_CardGame):
-    """Watch every card of the shoe, then replay their suits in reverse order.
+    """Watch the deck's suits, then replay them in reverse order (popgym's Autoencode).
 
-    Watch phase, steps t = 0 .. L-1 (L = 52d, d = num_decks): step t shows card c_t; actions
-    are not scored. Play phase, steps t = L .. 2L-1: no card is shown and the answer is
-    suit(c_{2L-1-t}), i.e. the last card watched first; each answer is scored +-1/L.
-    Observation (5): one-hot suit of the card shown (zeros in the play phase), then 1.0 in the
-    play phase, else 0.0. Actions (4): a suit.
+    Watch phase: reset deals c_0; steps t = 0 .. L-2 (L = 52d, d = num_decks) are shown c_t,
+    deal c_{t+1} and are not scored. Play phase: step L-1 is shown the last card c_{L-1} with
+    the play flag, and steps t = L-1 .. 2L-2 answer suit(c_{2L-2-t}) (the last card dealt first,
+    c_0 last), each scored +-1/L. After the first play step popgym shows suit 0 with the play
+    flag (the observation of its card index 0), and so does memrl. 2L - 1 steps.
+    Observation (6): one-hot mode (PLAY, WATCH), then one-hot suit shown. Actions (4): a suit.
 
-    Chance. Best memoryless return = -1/2: play-phase observations are all alike and each
-    position of the run is equally likely to hold any suit, so any memoryless answer is right
-    a quarter of the time (a fixed suit, `memoryless_action`, is right for exactly 13d of the L
-    answers: return exactly -1/2). success: chance_success = 0. Even knowing t, a memoryless
-    policy can only bet on one suit sequence, and the likeliest has probability
-    1 / multinomial(52d; 13d, 13d, 13d, 13d) (under 2e-29 for Easy); without a clock the best
-    is (1/4)^(52d).
+    Chance. Best memoryless return = -1/2 + 3/(104d): the first play answer is shown and right;
+    the other L - 1 play observations are all alike (unless c_{L-1} is suit 0, when all L are)
+    and each suit is as likely there, so a fixed suit is the best answer; `memoryless_action`
+    (the suit shown) is right 13d + 3/4 times on average. success: chance_success = 0. Even
+    knowing t, a memoryless policy can only bet on one sequence of L - 1 suits, the likeliest
+    of which has probability 1 / multinomial(L - 1; ...) (under 1e-27 for Easy).
     """
 
-    obs_dim = SUITS + 1
+    obs_dim = 2 + SUITS
     num_actions = SUITS
     chance_success = 0.0
-    chance_return = -0.5
 
     def __init__(self, num_envs: int, device: torch.device | str = "cpu", seed: int | None = None, *, num_decks: int = 1):
         _require_positive_int("num_decks", num_decks)
-        self.num_cards = CARDS_PER_DECK * num_decks
-        self.max_episode_steps = 2 * self.num_cards
+        self.max_episode_steps = 2 * CARDS_PER_DECK * num_decks - 1
+        self.chance_return = -0.5 + 3 / (104 * num_decks)
         super().__init__(num_envs, device, seed, num_decks, SUITS)
         self.watched_suits = torch.zeros(num_envs, self.num_cards, dtype=torch.int64, device=self.device)
         """suit(c_i) at column i, filled as the cards are dealt, int64 [N, L]."""
-        self.shown_suit = torch.full((num_envs,), -1, dtype=torch.int64, device=self.device)
         self.step_index = torch.zeros(num_envs, dtype=torch.int64, device=self.device)
         self.all_correct = torch.ones(num_envs, dtype=torch.bool, device=self.device)
 
-    def _show_card(self, mask: torch.Tensor) -> None:
-        """Deal c_t (t = step_index) where `mask`, show it and write it to column t."""
-        dealt = self._deal(mask)
+    def _watch(self, mask: torch.Tensor) -> None:
+        """Deal c_t (t = step_index) where `mask` and write it to column t."""
+        dealt = self._deal(self.cards_left, mask)
         column = self.step_index.clamp(max=self.num_cards - 1)[:, None]
         kept = self.watched_suits.gather(1, column).squeeze(1)
         self.watched_suits.scatter_(1, column, torch.where(dealt >= 0, dealt, kept)[:, None])
-        self.shown_suit = torch.where(mask, dealt, self.shown_suit)
 
     def _start_episodes(self, mask: torch.Tensor) -> None:
-        self._refill_shoe(mask)
+        self._refill(self.cards_left, mask)
         self.step_index.masked_fill_(mask, 0)
         self.all_correct |= mask
-        self._show_card(mask)
+        self._watch(mask)
 
     def _transition(self, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        in_play = self.step_index >= self.num_cards
+        in_play = self.step_index >= self.num_cards - 1
         correct = action == self.oracle_action()
         reward = _scored_reward(correct, in_play, self.num_cards)
         self.all_correct &= correct | ~in_play
         self.step_index += 1
-        terminated = self.step_index == 2 * self.num_cards
-        self.shown_suit.fill_(-1)
-        self._show_card(self.step_index < self.num_cards)
+        terminated = self.step_index == self.max_episode_steps
+        self._watch(self.step_index < self.num_cards)
         return reward, terminated, terminated & self.all_correct
 
     def _observe(self) -> torch.Tensor:
-        in_play = (self.step_index >= self.num_cards).float()
-        return torch.cat([self._one_hot(self.shown_suit), in_play[:, None]], dim=1)
+        mode = torch.where(self.step_index >= self.num_cards - 1, PLAY, WATCH)
+        last_card_shown = self.step_index.clamp(max=self.num_cards - 1)[:, None]
+        shown = torch.where(self.step_index < self.num_cards, self.watched_suits.gather(1, last_card_shown).squeeze(1), 0)
+        return torch.cat([self._one_hot(mode, 2), self._one_hot(shown)], dim=1)
 
     def oracle_action(self) -> torch.Tensor:
-        """suit(c_{2L-1-t}) in the play phase; suit 0 while watching (not scored)."""
-        column = (2 * self.num_cards - 1 - self.step_index).clamp(0, self.num_cards - 1)
+        """suit(c_{2L-2-t}) in the play phase; suit 0 while watching (not scored)."""
+        column = (2 * self.num_cards - 2 - self.step_index).clamp(0, self.num_cards - 1)
         recalled = self.watched_suits.gather(1, column[:, None]).squeeze(1)
-        return torch.where(self.step_index >= self.num_cards, recalled, 0)
+        return torch.where(self.step_index >= self.num_cards - 1, recalled, 0)
 
     def memoryless_action(self, obs: torch.Tensor) -> torch.Tensor:
-        return torch.zeros(obs.shape[0], dtype=torch.int64, device=obs.device)
+        return obs[:, 2:].argmax(1)
+
+
+RANKS = 13
+HIGHER, LOWER = 0, 1
+"""HigherLower's actions, numbered as popgym numbers them."""
+
+
+class HigherLower(_CardGame):
+    """Guess whether the next card ranks higher or lower than the one shown (popgym's HigherLower).
+
+    Reset deals c_0; step t = 0 .. 52d-2 (d = num_decks) is shown rank(c_t), takes a guess and
+    deals c_{t+1}: +1/(52d) if the guess was right, -1/(52d) if wrong, 0 when the ranks are
+    equal (a push). popgym scales by the deck size although 52d - 1 guesses are made. The
+    episode ends on the last card. Ranks run ace (0) to king (12).
+    Observation (13): one-hot rank shown. Actions (2): 0 = higher, 1 = lower.
+
+    Memory helps by counting cards: `oracle_action` guesses the side with more cards left in
+    the shoe (higher on a tie), the best guess given every card dealt. success = every guess
+    was a best guess (one at least as likely to be right as the other). The best memoryless
+    policy guesses higher below rank 6 and lower above it (`memoryless_action`). success is a
+    weak memory signal here: a memoryless policy p(guess | rank) plays every step best with
+    probability at most prod over ranks of max_p p^a (1-p)^b on an episode (a, b: steps where
+    only higher, only lower is best), whose mean over 1000 episodes is 0.27 / 0.084 / 0.046 for
+    d = 1 / 2 / 3; chance_success = 0.4 / d lies above it (tests/envs/test_popgym.py checks).
+    """
+
+    obs_dim = RANKS
+    num_actions = 2
+
+    def __init__(self, num_envs: int, device: torch.device | str = "cpu", seed: int | None = None, *, num_decks: int = 1):
+        _require_positive_int("num_decks", num_decks)
+        self.max_episode_steps = CARDS_PER_DECK * num_decks - 1
+        self.chance_success = 0.4 / num_decks
+        super().__init__(num_envs, device, seed, num_decks, RANKS)
+        self.shown_rank = torch.zeros(num_envs, dtype=torch.int64, device=self.device)
+        self.all_best = torch.ones(num_envs, dtype=torch.bool, device=self.device)
+
+    def _start_episodes(self, mask: torch.Tensor) -> None:
+        self._refill(self.cards_left, mask)
+        self.shown_rank = torch.where(mask, self._deal(self.cards_left, mask), self.shown_rank)
+        self.all_best |= mask
+
+    def _cards_left_above_and_below(self) -> tuple[torch.Tensor, torch.Tensor]:
+        rank = self.shown_rank[:, None]
+        above = (self.cards_left * (self.class_ids > rank)).sum(1)
+        below = (self.cards_left * (self.class_ids < rank)).sum(1)
+        return above, below
+
+    def _transition(self, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        above, below = self._cards_left_above_and_below()
+        guessed_higher = action == HIGHER
+        self.all_best &= torch.where(guessed_higher, above >= below, below >= above)
+        next_rank = self._deal(self.cards_left, torch.ones_like(guessed_higher))
+        right = (next_rank > self.shown_rank) == guessed_higher
+        reward = _scored_reward(right, next_rank != self.shown_rank, self.num_cards)
+        self.shown_rank = next_rank
+        terminated = self.cards_left.sum(1) == 0
+        return reward, terminated, terminated & self.all_best
+
+    def _observe(self) -> torch.Tensor:
+        return self._one_hot(self.shown_rank)
+
+    def oracle_action(self) -> torch.Tensor:
+        above, below = self._cards_left_above_and_below()
+        return torch.where(above >= below, HIGHER, LOWER)
+
+    def memoryless_action(self, obs: torch.Tensor) -> torch.Tensor:
+        return torch.where(obs.argmax(1) <= RANKS // 2, HIGHER, LOWER)
 
 
 PRESETS: dict[str, tuple[type[BatchedEnv], dict]] = {
@@ -428,4 +518,13 @@ PRESETS: dict[str, tuple[type[BatchedEnv], dict]] = {
     "autoencode-easy": (Autoencode, {"num_decks": 1}),
     "autoencode-medium": (Autoencode, {"num_decks": 2}),
     "autoencode-hard": (Autoencode, {"num_decks": 3}),
+    "popgym-higher-lower-easy": (HigherLower, {"num_decks": 1}),
+    "popgym-higher-lower-medium": (HigherLower, {"num_decks": 2}),
+    "popgym-higher-lower-hard": (HigherLower, {"num_decks": 3}),
 }
+CARD_TASKS = ("repeat-first", "repeat-previous", "count-recall", "autoencode")
+PRESETS.update({f"popgym-{task}-{level}": PRESETS[f"{task}-{level}"] for task in CARD_TASKS for level in ("easy", "medium", "hard")})
+PRESETS.update(popgym_bandit.PRESETS)
+PRESETS.update(popgym_cartpole.PRESETS)
+"""Every POPGym env memrl has, also under its `popgym-<env>-<level>` name (gymnasium id
+memrl/Popgym<Env><Level>-v0); the card tasks keep their short names too."""

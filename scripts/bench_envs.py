@@ -3,12 +3,18 @@
     python scripts/bench_envs.py                                   # CPU, 2 threads, default tasks
     python scripts/bench_envs.py --threads 2 1 --envs endless-tmaze
     python scripts/bench_envs.py --device cuda --num-envs 4096 65536 1048576
+    python scripts/bench_envs.py --popgym --threads 1 --num-envs 1 64 1024   # every POPGym env, beside popgym's
 
 For every task and num_envs: `env.step` is called on uniformly random actions drawn before
 timing (a pool of 64 action vectors is cycled, so sampling costs nothing), auto-resets
 included. A run is `steps` consecutive steps; the throughput of the best of `--repeats` runs
 is reported (the least disturbed by other processes on a shared machine) next to the median.
 Steps/s = num_envs * steps / seconds. On CUDA the device is synchronised around each run.
+With --popgym the envs are memrl's popgym-<env>-<level> names (every POPGym env memrl has) and
+popgym 1.0.7's own envs are timed in the same run, vectorised the way gymnasium vectorises them
+(`gymnasium.vector.SyncVectorEnv`, its default next-step auto-reset, popgym being numpy on the
+CPU), on random actions from a pre-drawn pool of the same size; the table adds popgym's rate
+and memrl's / popgym's ratio.
 The markdown table goes to --output with device, date, commit, torch version and this command.
 """
 
@@ -16,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.util
 import os
 import platform
 import shlex
@@ -32,6 +39,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from envs.registry import env_names, make_env  # noqa: E402
+from scripts.popgym_parity import POPGYM_NAMES, make_popgym_env, popgym_class_name  # noqa: E402
 
 DEFAULT_ENVS = (
     "endless-tmaze",
@@ -47,6 +55,8 @@ DEFAULT_ENVS = (
 ACTION_POOL = 64
 RUN_ELEMENTS = 2_000_000
 """Env steps (num_envs x steps) per timed run, so every run lasts long enough to time."""
+POPGYM_RUN_ELEMENTS = 20_000
+"""The same for popgym's envs, which step about a hundred times slower."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -59,7 +69,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-steps", type=int, default=1000, help="at most this many steps per timed run")
     parser.add_argument("--output", type=Path, default=REPO_ROOT / "benchmarks" / "envs.md", help="markdown file to write")
     parser.add_argument("--note", default="", help="a line added under the table (e.g. what else ran on the machine)")
+    parser.add_argument("--popgym", action="store_true",
+                        help="time every popgym-<env>-<level> env (unless --envs is given) beside popgym 1.0.7's own env")
     args = parser.parse_args(argv)
+    if args.popgym:
+        if importlib.util.find_spec("popgym") is None:
+            parser.error("--popgym needs popgym 1.0.7 (pip install popgym==1.0.7, or the dev extra)")
+        if args.envs == list(DEFAULT_ENVS):
+            args.envs = list(POPGYM_NAMES)
+        if any(name not in POPGYM_NAMES for name in args.envs):
+            bad = next(name for name in args.envs if name not in POPGYM_NAMES)
+            parser.error(f"--popgym times envs with a popgym counterpart; {bad!r} is not one: {', '.join(POPGYM_NAMES)}")
     unknown = [name for name in args.envs if name not in env_names()]
     if unknown:
         parser.error(f"unknown env {unknown[0]!r}; choose from: {', '.join(env_names())}")
@@ -99,6 +119,27 @@ def measure(name: str, num_envs: int, device: str, repeats: int, max_steps: int)
     return max(rates), statistics.median(rates)
 
 
+def measure_popgym(name: str, num_envs: int, repeats: int, max_steps: int) -> tuple[float, float]:
+    """-> (best, median) env steps per second of popgym's env for memrl's `name`, vectorised by gymnasium."""
+    import gymnasium
+
+    env = gymnasium.vector.SyncVectorEnv([lambda: make_popgym_env(name)] * num_envs)
+    env.action_space.seed(1)
+    actions = [env.action_space.sample() for _ in range(ACTION_POOL)]
+    steps = max(10, min(max_steps, POPGYM_RUN_ELEMENTS // num_envs))
+    env.reset(seed=0)
+    for index in range(min(steps, 20)):
+        env.step(actions[index % ACTION_POOL])
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for index in range(steps):
+            env.step(actions[index % ACTION_POOL])
+        rates.append(num_envs * steps / (time.perf_counter() - start))
+    env.close()
+    return max(rates), statistics.median(rates)
+
+
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -129,7 +170,8 @@ def format_rate(rate: float) -> str:
     return f"{rate / 1e6:.2f} M" if rate >= 1e5 else f"{rate / 1e3:.1f} k"
 
 
-def write_report(args: argparse.Namespace, results: dict[tuple[int, str, int], tuple[float, float]]) -> str:
+def write_report(args: argparse.Namespace, results: dict[tuple[int, str, int], tuple[float, float]],
+                 popgym_results: dict[tuple[int, str, int], tuple[float, float]]) -> str:
     device = torch.device(args.device)
     lines = [
         "# Batched env throughput",
@@ -156,21 +198,44 @@ def write_report(args: argparse.Namespace, results: dict[tuple[int, str, int], t
         for name in args.envs:
             rates = (results[threads, name, n] for n in args.num_envs)
             lines.append(f"| {name} | " + " | ".join(f"{format_rate(best)} ({format_rate(median)})" for best, median in rates) + " |")
+        if popgym_results:
+            lines += popgym_table(args, results, popgym_results, threads)
     if args.note:
         lines += ["", args.note]
     return "\n".join(lines) + "\n"
 
 
+def popgym_table(args: argparse.Namespace, results: dict, popgym_results: dict, threads: int) -> list[str]:
+    """Markdown rows: memrl's best rate, popgym's (gymnasium SyncVectorEnv) and their ratio, per env and num_envs."""
+    lines = [
+        "",
+        f"### beside popgym 1.0.7 (gymnasium SyncVectorEnv, numpy; best of the runs; torch threads = {threads})",
+        "",
+        "| env | popgym id | " + " | ".join(f"{n} envs: memrl / popgym (ratio)" for n in args.num_envs) + " |",
+        "|" + "---|" * (len(args.num_envs) + 2),
+    ]
+    for name in args.envs:
+        cells = []
+        for num_envs in args.num_envs:
+            memrl_rate, popgym_rate = results[threads, name, num_envs][0], popgym_results[threads, name, num_envs][0]
+            cells.append(f"{format_rate(memrl_rate)} / {format_rate(popgym_rate)} ({memrl_rate / popgym_rate:.1f}x)")
+        lines.append(f"| {name} | popgym-{popgym_class_name(name)}-v0 | " + " | ".join(cells) + " |")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    results = {}
+    results, popgym_results = {}, {}
     for threads in args.threads:
         torch.set_num_threads(threads)
         for name in args.envs:
             for num_envs in args.num_envs:
                 best, median = results[threads, name, num_envs] = measure(name, num_envs, args.device, args.repeats, args.max_steps)
                 print(f"threads {threads}  {name:30s} {num_envs:>7d} envs  {format_rate(best)} steps/s (median {format_rate(median)})", flush=True)
-    report = write_report(args, results)
+                if args.popgym:
+                    best, _ = popgym_results[threads, name, num_envs] = measure_popgym(name, num_envs, args.repeats, args.max_steps)
+                    print(f"{'':10s} popgym {name:23s} {num_envs:>7d} envs  {format_rate(best)} steps/s", flush=True)
+    report = write_report(args, results, popgym_results)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     temporary = args.output.with_suffix(args.output.suffix + ".tmp")
     temporary.write_text(report)

@@ -13,7 +13,8 @@ Runs go to a local pool of `--workers` processes, or to a Ray cluster with `--ra
 
 Then, per env x agent x backbone, over the seeds: final eval success and return, sample
 efficiency (area under the training success-rate curve over [0, steps], divided by the
-steps, so it lies in [0, 1]), steps per second, trainable parameters and peak memory, each
+steps, so it lies in [0, 1]), POPGym's MMER (the best mean episodic return over training) and
+its normalised form, steps per second, trainable parameters and peak memory, each
 with its IQM and mean and 95% stratified-bootstrap intervals (`agents.scores`). Written to
 the output dir: `results.csv` (one row per env x agent x backbone), `runs.csv` (one row per
 run), `results.md` (a table per env and agent, with date, commit, command, machine and
@@ -52,12 +53,13 @@ from envs.registry import env_names
 from memory import BACKBONES
 
 SUCCESS_TAG = "charts/success_rate"
+RETURN_TAG = "charts/episodic_return"
 CURVE_POINTS = 101
 """Points of the common step grid, 0 to the run's steps, that learning curves are put on."""
 GRID_FLAGS = ("agent", "backbone", "env", "seed", "torch_threads")
 """train-agent settings the study sets itself; --train-arg may not override them."""
 PLOT_NAMES = ("learning_curves.png", "final_success_heatmap.png", "speed_vs_success.png")
-METRICS = {"success": "success_rate", "return": "return_mean", "auc": "auc"}
+METRICS = {"success": "success_rate", "return": "return_mean", "auc": "auc", "mmer": "mmer", "mmer_normalised": "mmer_normalised"}
 """Per-seed scores summarised with IQM and mean and their bootstrap intervals: name -> runs.csv column."""
 
 
@@ -188,16 +190,26 @@ def _finish_with_ray(jobs, torch_threads: int, gpus_per_run: float, ray_address:
 # -- aggregation -----------------------------------------------------------------------------
 
 
-def read_success_curve(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(steps, values) of every charts/success_rate scalar in the run's tensorboard logs."""
+def read_success_curve(run_dir: Path, tag: str = SUCCESS_TAG) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, values) of every `tag` scalar (charts/success_rate by default) in the run's tensorboard logs."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     accumulator = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
     accumulator.Reload()
-    if SUCCESS_TAG not in accumulator.Tags()["scalars"]:
+    if tag not in accumulator.Tags()["scalars"]:
         return np.zeros(0), np.zeros(0)
-    events = accumulator.Scalars(SUCCESS_TAG)
+    events = accumulator.Scalars(tag)
     return np.array([event.step for event in events], dtype=np.float64), np.array([event.value for event in events])
+
+
+def binned_means(steps: np.ndarray, values: np.ndarray, grid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(centres, means) of the cells of an increasing step grid that hold logged values: the mean of
+    the values logged inside each such cell, and the cell's centre."""
+    cells = np.clip(np.digitize(steps, grid) - 1, 0, grid.size - 2)
+    counts = np.bincount(cells, minlength=grid.size - 1)
+    sums = np.bincount(cells, weights=values, minlength=grid.size - 1)
+    filled = counts > 0
+    return ((grid[:-1] + grid[1:]) / 2)[filled], sums[filled] / counts[filled]
 
 
 def curve_on_grid(steps: np.ndarray, values: np.ndarray, grid: np.ndarray) -> np.ndarray:
@@ -206,17 +218,26 @@ def curve_on_grid(steps: np.ndarray, values: np.ndarray, grid: np.ndarray) -> np
     constant before the first and after the last cell with data). All NaN without data."""
     if steps.size == 0:
         return np.full(grid.shape, np.nan)
-    cells = np.clip(np.digitize(steps, grid) - 1, 0, grid.size - 2)
-    counts = np.bincount(cells, minlength=grid.size - 1)
-    sums = np.bincount(cells, weights=values, minlength=grid.size - 1)
-    centres = (grid[:-1] + grid[1:]) / 2
-    filled = counts > 0
-    return np.interp(grid, centres[filled], sums[filled] / counts[filled])
+    return np.interp(grid, *binned_means(steps, values, grid))
 
 
 def normalised_auc(curve: np.ndarray) -> float:
     """Trapezoid area under a curve on an evenly spaced grid, divided by the grid's span."""
     return float(np.mean((curve[1:] + curve[:-1]) / 2))
+
+
+def max_mean_episodic_return(steps: np.ndarray, returns: np.ndarray, total_steps: float) -> float:
+    """POPGym's MMER: the maximum over training of the mean episodic return. POPGym reads RLlib's
+    per-iteration mean over the latest episodes; here the mean is taken over the episodes logged in
+    each 1% of the training steps (the learning-curve cells). NaN if no episode ended."""
+    if steps.size == 0:
+        return float("nan")
+    return float(binned_means(steps, returns, np.linspace(0, total_steps, CURVE_POINTS))[1].max())
+
+
+def normalised_mmer(mmer: float) -> float:
+    """POPGym's normalised score, 0.5 * MMER + 0.5: maps its [-1, 1] returns to [0, 1]."""
+    return 0.5 * mmer + 0.5
 
 
 def load_run(run: GridRun) -> dict | None:
@@ -228,10 +249,12 @@ def load_run(run: GridRun) -> dict | None:
     steps, values = read_success_curve(run.run_dir)
     total_steps = evaluation["global_step"]
     curve = curve_on_grid(steps, values, np.linspace(0, total_steps, CURVE_POINTS))
+    mmer = max_mean_episodic_return(*read_success_curve(run.run_dir, RETURN_TAG), total_steps)
     return {
         "env": run.env, "agent": run.agent, "backbone": run.backbone, "seed": run.seed, "run_dir": str(run.run_dir),
         "success_rate": evaluation["success_rate"], "return_mean": evaluation["return_mean"],
         "return_std": evaluation["return_std"], "auc": normalised_auc(curve),
+        "mmer": mmer, "mmer_normalised": normalised_mmer(mmer),
         "sps": total_steps / max(evaluation["train_wall_time_seconds"], 1e-9),
         "parameters": evaluation.get("parameters", np.nan), "peak_memory_mb": evaluation.get("peak_memory_mb", np.nan),
         "global_step": total_steps, "train_wall_time_seconds": evaluation["train_wall_time_seconds"],
@@ -354,7 +377,27 @@ def results_markdown(rows: list[dict], records: list[dict], runs: list[GridRun],
                     f"{_interval(row, 'success_mean')} | {_interval(row, 'return_mean')} | {_interval(row, 'auc_iqm')} | "
                     f"{_count(row['sps'])} | {_count(row['parameters'])} | {_count(row['peak_memory_mb'])} |"
                 )
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + mmer_markdown(rows)) + "\n"
+
+
+def mmer_markdown(rows: list[dict]) -> list[str]:
+    """results.md's MMER section: per env and, over the envs, the mean of each backbone's normalised MMER."""
+    lines = ["", "## MMER (POPGym's score)", "",
+             ("MMER: the maximum over training of the mean episodic return (mean over the episodes of each "
+              "1% of the training steps); normalised = 0.5 * MMER + 0.5 (POPGym, Morad et al. 2023). "
+              "Mean over seeds [95% CI]."), "",
+             "| env | agent | backbone | MMER | normalised MMER |", "|---|---|---|---:|---:|"]
+    lines += [f"| {row['env']} | {row['agent']} | {row['backbone']} | {_interval(row, 'mmer_mean')} | "
+              f"{_interval(row, 'mmer_normalised_mean')} |" for row in rows]
+    envs = {row["env"] for row in rows}
+    if len(envs) > 1:
+        lines += ["", f"Normalised MMER averaged over the {len(envs)} envs (backbones that finished every env):", "",
+                  "| agent | backbone | mean normalised MMER |", "|---|---|---:|"]
+        for agent, backbone in dict.fromkeys((row["agent"], row["backbone"]) for row in rows):
+            scores_by_env = [row["mmer_normalised_mean"] for row in rows if (row["agent"], row["backbone"]) == (agent, backbone)]
+            if len(scores_by_env) == len(envs) and np.isfinite(scores_by_env).all():
+                lines.append(f"| {agent} | {backbone} | {np.mean(scores_by_env):.3f} |")
+    return lines
 
 
 def _row_label(row: dict, several_agents: bool) -> str:

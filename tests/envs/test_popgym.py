@@ -1,4 +1,4 @@
-"""POPGym-style card tasks (envs/popgym.py): rules, reward scale, chance levels, determinism.
+"""POPGym card tasks (envs/popgym.py): rules, reward scale, chance levels, determinism, equality to popgym 1.0.7.
 
 Statistical margins: a measured rate or mean may exceed its stated value by at most four
 standard errors (false-alarm rate about 3e-5 per check), the standard error of a rate being
@@ -8,13 +8,27 @@ taken at max(rate, 1/n) so that a chance level of 0 still allows a fluke or two.
 from __future__ import annotations
 
 import math
+from importlib.util import find_spec
 
 import pytest
 import torch
 
-from envs.popgym import PRESETS, Autoencode, CountRecall, RepeatFirst, RepeatPrevious
+import scripts.popgym_parity as parity
+from envs.popgym import PRESETS, Autoencode, CountRecall, HigherLower, RepeatFirst, RepeatPrevious
+from envs.popgym_bandit import MultiarmedBandit
+from envs.popgym_cartpole import PositionOnlyCartPole
+from scripts.popgym_parity import (
+    CARD_PRESETS,
+    POLICIES,
+    PORTED_PRESETS,
+    dealing_env,
+    make_policy,
+    make_popgym_env,
+    play_side_by_side,
+)
+from scripts.popgym_parity import oracle as oracle_from_history
 
-LEVELED = [name for name in PRESETS if name.rsplit("-", 1)[-1] in ("easy", "medium", "hard")]
+LEVELED = CARD_PRESETS
 EASY = [name for name in LEVELED if name.endswith("-easy")]
 NEEDS_MEMORY_TO_SUCCEED = [name for name in LEVELED if not name.startswith("repeat-first")]
 
@@ -75,7 +89,9 @@ def rate_margin(rate: float, n: int) -> float:
 def scored_count(env) -> int:
     if isinstance(env, RepeatPrevious):
         return env.num_cards - env.k
-    return env.num_cards
+    if isinstance(env, Autoencode):
+        return env.num_cards
+    return env.num_cards - 1
 
 
 # -- presets --------------------------------------------------------------------------------
@@ -91,21 +107,24 @@ def test_presets_follow_popgym_levels():
         ),
         "autoencode": (Autoencode, [{"num_decks": 1}, {"num_decks": 2}, {"num_decks": 3}]),
     }
-    assert len(PRESETS) == 16
+    expected["popgym-higher-lower"] = (HigherLower, [{"num_decks": 1}, {"num_decks": 2}, {"num_decks": 3}])
+    assert len(PRESETS) == 16 + 12 + 3 + 3 + 6
     for task, (task_class, levels) in expected.items():
-        assert PRESETS[task] == PRESETS[f"{task}-easy"]
+        if not task.startswith("popgym-"):
+            assert PRESETS[task] == PRESETS[f"{task}-easy"]
         for level, kwargs in zip(("easy", "medium", "hard"), levels):
             assert PRESETS[f"{task}-{level}"] == (task_class, kwargs)
+            assert PRESETS[f"popgym-{task.removeprefix('popgym-')}-{level}"] == (task_class, kwargs)
 
 
 @pytest.mark.parametrize(
     "name, obs_dim, num_actions, length",
     [
-        ("repeat-first-hard", 5, 4, 832),
-        ("repeat-previous-hard", 4, 4, 156),
-        ("count-recall-easy", 4, 27, 52),
-        ("count-recall-hard", 26, 17, 208),
-        ("autoencode-medium", 5, 4, 208),
+        ("repeat-first-hard", 4, 4, 831),
+        ("repeat-previous-hard", 4, 4, 155),
+        ("count-recall-easy", 4, 27, 51),
+        ("count-recall-hard", 26, 17, 207),
+        ("autoencode-medium", 6, 4, 207),
     ],
 )
 def test_spaces_and_lengths(name, obs_dim, num_actions, length):
@@ -126,6 +145,11 @@ def test_spaces_and_lengths(name, obs_dim, num_actions, length):
         (RepeatPrevious, {"num_decks": 1, "k": 52}, r"k must be an integer in \[1, 51\]"),
         (CountRecall, {"num_values": 3}, "num_values must be 2 .colours., 4 .suits. or 13 .ranks."),
         (CountRecall, {"num_values": 2.0}, "num_values must be 2"),
+        (HigherLower, {"num_decks": -1}, "num_decks must be a positive integer"),
+        (MultiarmedBandit, {"num_bandits": 0}, "num_bandits must be a positive integer, got 0"),
+        (MultiarmedBandit, {"episode_length": 2.5}, "episode_length must be a positive integer, got 2.5"),
+        (PositionOnlyCartPole, {"max_episode_length": 0}, "max_episode_length must be a positive integer, got 0"),
+        (PositionOnlyCartPole, {"noise_sigma": -0.1}, "noise_sigma must be a number >= 0, got -0.1"),
     ],
 )
 def test_bad_arguments_are_rejected(task_class, kwargs, message):
@@ -174,14 +198,9 @@ def test_memoryless_policy_does_not_beat_chance(name):
 
 @pytest.mark.parametrize("name", ["repeat-first-easy", "repeat-first-medium"])
 def test_repeat_first_best_memoryless_return_is_reached(name):
-    """Answering the first card, then any suit but the one shown, earns 1/(26d) - 1/2 on average."""
+    """Answering the suit shown (right at step 0, slightly likelier than another later) earns chance_return."""
     env = make(name, num_envs=128, seed=2)
-
-    def shown_then_other_suit(env, obs):
-        shown = obs[:, :4].argmax(1)
-        return torch.where(obs[:, 4] > 0, shown, (shown + 1) % 4)
-
-    returns = rollout(env, shown_then_other_suit)["info"]["episode_return"]
+    returns = rollout(env, lambda env, obs: obs.argmax(1))["info"]["episode_return"]
     assert abs(returns.mean().item() - env.chance_return) <= margin(returns)
 
 
@@ -217,26 +236,13 @@ def test_no_memoryless_policy_can_succeed(name):
 
 
 def scripted(task_class, card_classes: list[int], queries: list[int] | None = None, **kwargs):
-    """A one-env task whose shoe deals `card_classes` in order (and CountRecall asks `queries`,
-    the query of step t right after card t). The next scripted card is the one at the index of
-    the number of cards dealt so far, as the env also draws where it deals nothing."""
-
-    class Scripted(task_class):
-        def _cards_dealt(self) -> int:
-            return self.num_cards - int(self.cards_left.sum())
-
-        def _draw_card_class(self):
-            dealt = self._cards_dealt()
-            return torch.tensor([card_classes[dealt] if dealt < len(card_classes) else -1])
-
-        def _draw_query(self):
-            return torch.tensor([queries[max(self._cards_dealt() - 1, 0)]])
-
-    return Scripted(num_envs=1, seed=0, **kwargs)
+    """A one-env task whose shoe deals `card_classes` in order (and CountRecall's query shoe `queries`)."""
+    order = {"cards_left": card_classes, "queries_left": queries or []}
+    return dealing_env(task_class, kwargs, order)
 
 
-def play(env, answers: list[int]) -> tuple[list[torch.Tensor], list[float], list[int], bool]:
-    """Reset, answer `answers` in turn -> (observations, rewards, oracle actions, success)."""
+def play(env, answers: list[int]) -> tuple[list[torch.Tensor], list[float], list[int], bool, torch.Tensor]:
+    """Reset, answer `answers` in turn -> (observations, rewards, oracle actions, success, final obs)."""
     obs, _ = env.reset()
     observations, rewards, oracle_actions = [], [], []
     for answer in answers:
@@ -245,7 +251,7 @@ def play(env, answers: list[int]) -> tuple[list[torch.Tensor], list[float], list
         obs, reward, terminated, _, info = env.step(torch.tensor([answer]))
         rewards.append(float(reward[0]))
     assert bool(terminated[0])
-    return observations, rewards, oracle_actions, bool(info["success"][0])
+    return observations, rewards, oracle_actions, bool(info["success"][0]), info["final_obs"][0]
 
 
 def shuffled_suits(num_decks: int, seed: int) -> list[int]:
@@ -256,62 +262,63 @@ def shuffled_suits(num_decks: int, seed: int) -> list[int]:
 def test_repeat_first_rules():
     cards = [2] + [0] * 13 + [1] * 13 + [2] * 12 + [3] * 13
     env = scripted(RepeatFirst, cards, num_decks=1)
-    observations, rewards, oracle_actions, success = play(env, [2] * 52)
-    assert rewards == pytest.approx([1 / 52] * 52) and success and oracle_actions == [2] * 52
-    assert [obs[:4].argmax().item() for obs in observations] == cards
-    assert [obs[4].item() for obs in observations] == [1.0] + [0.0] * 51
-    _, rewards, _, success = play(env, cards)  # repeating the card shown is right only for suit 2
-    assert rewards == pytest.approx([1 / 52 if suit == 2 else -1 / 52 for suit in cards]) and not success
+    observations, rewards, oracle_actions, success, final_obs = play(env, [2] * 51)
+    assert rewards == pytest.approx([1 / 51] * 51) and success and oracle_actions == [2] * 51
+    assert [obs.argmax().item() for obs in observations] == cards[:51] and final_obs.tolist() == [0, 0, 0, 1]
+    _, rewards, _, success, _ = play(env, cards[:51])  # repeating the card shown is right only for suit 2
+    assert rewards == pytest.approx([1 / 51 if suit == 2 else -1 / 51 for suit in cards[:51]]) and not success
 
 
 @pytest.mark.parametrize("k", [1, 4, 7])
-def test_repeat_previous_scores_the_card_k_steps_back(k):
+def test_repeat_previous_scores_the_kth_most_recent_card(k):
+    """popgym's k: the card shown is the first most recent, so k = 4 asks for the card 3 steps back."""
     cards = shuffled_suits(1, seed=k)
     env = scripted(RepeatPrevious, cards, num_decks=1, k=k)
-    k_back = [0] * k + cards[:-k]
-    observations, rewards, oracle_actions, success = play(env, k_back)
-    assert [obs.argmax().item() for obs in observations] == cards
-    assert rewards == pytest.approx([0.0] * k + [1 / (52 - k)] * (52 - k)) and success
-    assert oracle_actions[k:] == cards[:-k]
-    one_step_short = [0] * k + [cards[t - k + 1] for t in range(k, 52)]
-    _, rewards, _, success = play(env, one_step_short)
-    expected = [0.0] * k + [1 / (52 - k) if a == b else -1 / (52 - k) for a, b in zip(one_step_short[k:], cards[:-k])]
+    answers = [0] * (k - 1) + cards[: 52 - k]
+    observations, rewards, oracle_actions, success, final_obs = play(env, answers)
+    assert [obs.argmax().item() for obs in observations] == cards[:51] and final_obs.argmax().item() == cards[51]
+    assert rewards == pytest.approx([0.0] * (k - 1) + [1 / (52 - k)] * (52 - k)) and success
+    assert oracle_actions[k - 1 :] == cards[: 52 - k]
+    one_step_too_far = [0] * k + cards[: 51 - k]  # memrl's former lag
+    _, rewards, _, success, _ = play(env, one_step_too_far)
+    expected = [0.0] * (k - 1) + [1 / (52 - k) if a == b else -1 / (52 - k) for a, b in zip(one_step_too_far[k - 1 :], cards)]
     assert rewards == pytest.approx(expected) and not success
-    periodic = scripted(RepeatPrevious, [0, 1, 2, 3] * 13, num_decks=1, k=4)
-    _, rewards, _, success = play(periodic, [0, 1, 2, 3] * 13)  # 4 back is the suit shown now
-    assert rewards == pytest.approx([0.0] * 4 + [1 / 48] * 48) and success
+    periodic = scripted(RepeatPrevious, [0, 1, 2, 3] * 13, num_decks=1, k=5)
+    _, rewards, _, success, _ = play(periodic, [0, 1, 2, 3] * 12 + [0, 1, 2])  # 4 back is the suit shown now
+    assert rewards == pytest.approx([0.0] * 4 + [1 / 47] * 47) and success
 
 
 def test_autoencode_replays_in_reverse():
     cards = [0] * 13 + [1] * 13 + [2] * 13 + [3] * 13
     env = scripted(Autoencode, cards, num_decks=1)
     reverse = cards[::-1]
-    observations, rewards, oracle_actions, success = play(env, [1] * 52 + reverse)
-    assert [obs[:4].argmax().item() for obs in observations[:52]] == cards
-    assert [obs[4].item() for obs in observations[:52]] == [0.0] * 52
-    assert all(obs.tolist() == [0, 0, 0, 0, 1] for obs in observations[52:])
-    assert rewards == pytest.approx([0.0] * 52 + [1 / 52] * 52) and success
-    assert oracle_actions[52:] == reverse
-    _, rewards, _, success = play(env, [0] * 52 + cards)  # forward order is wrong everywhere here
-    assert rewards == pytest.approx([0.0] * 52 + [-1 / 52] * 52) and not success
+    observations, rewards, oracle_actions, success, final_obs = play(env, [1] * 51 + reverse)
+    assert all(obs[:2].tolist() == [0, 1] for obs in observations[:51])  # WATCH
+    assert [obs[2:].argmax().item() for obs in observations[:52]] == cards
+    assert observations[51][:2].tolist() == [1, 0]  # PLAY, shown with the last card
+    assert all(obs.tolist() == [1, 0, 1, 0, 0, 0] for obs in observations[52:]) and final_obs.tolist() == [1, 0, 1, 0, 0, 0]
+    assert rewards == pytest.approx([0.0] * 51 + [1 / 52] * 52) and success
+    assert oracle_actions[51:] == reverse
+    _, rewards, _, success, _ = play(env, [0] * 51 + cards)  # forward order is wrong everywhere here
+    assert rewards == pytest.approx([0.0] * 51 + [-1 / 52] * 52) and not success
     shuffled = shuffled_suits(1, seed=0)
-    _, rewards, _, success = play(scripted(Autoencode, shuffled, num_decks=1), [0] * 52 + shuffled[::-1])
-    assert rewards == pytest.approx([0.0] * 52 + [1 / 52] * 52) and success
+    _, rewards, _, success, _ = play(scripted(Autoencode, shuffled, num_decks=1), [0] * 51 + shuffled[::-1])
+    assert rewards == pytest.approx([0.0] * 51 + [1 / 52] * 52) and success
 
 
-def test_count_recall_counts_the_queried_value():
+def test_count_recall_counts_the_queried_value_from_a_query_shoe():
     values = [0, 1] * 26
-    queries = [0, 0, 1] * 17 + [1]
+    queries = [0, 0, 1, 1] * 13
     env = scripted(CountRecall, values, queries, num_decks=1, num_values=2)
-    counts = [values[: t + 1].count(queries[t]) for t in range(52)]
-    assert counts[:6] == [1, 1, 1, 2, 3, 3] and counts[-1] == 26
-    observations, rewards, oracle_actions, success = play(env, counts)
-    assert [obs[:2].argmax().item() for obs in observations] == values
-    assert [obs[2:].argmax().item() for obs in observations] == queries
-    assert rewards == pytest.approx([1 / 52] * 52) and success and oracle_actions == counts
+    counts = [values[: t + 1].count(queries[t]) for t in range(51)]
+    assert counts[:6] == [1, 1, 1, 2, 3, 3] and counts[-1] == 25
+    observations, rewards, oracle_actions, success, final_obs = play(env, counts)
+    assert [obs[:2].argmax().item() for obs in observations] == values[:51]
+    assert [obs[2:].argmax().item() for obs in observations] == queries[:51] and final_obs.tolist() == [0, 1, 0, 1]
+    assert rewards == pytest.approx([1 / 51] * 51) and success and oracle_actions == counts
     off_by_one = [count - 1 if count > 0 else 1 for count in counts]  # e.g. not counting this card
-    _, rewards, _, success = play(env, off_by_one)
-    assert rewards == pytest.approx([-1 / 52] * 52) and not success
+    _, rewards, _, success, _ = play(env, off_by_one)
+    assert rewards == pytest.approx([-1 / 51] * 51) and not success
 
 
 @pytest.mark.parametrize("name", LEVELED)
@@ -320,26 +327,110 @@ def test_rewards_follow_the_rules_on_random_shoes(name):
     env = make(name, num_envs=3, seed=4)
     trajectory = rollout(env, random_policy(5))
     scale = 1 / scored_count(env)
-    for obs, actions, rewards in zip(trajectory["obs"], trajectory["action"], trajectory["reward"]):
-        shown = obs[:, : env.num_classes].argmax(1).tolist()
+    suit_start = 2 if isinstance(env, Autoencode) else 0
+    final_obs = trajectory["info"]["final_obs"]
+    for obs, actions, rewards, last_obs in zip(trajectory["obs"], trajectory["action"], trajectory["reward"], final_obs):
+        shown = obs[:, suit_start : suit_start + env.num_classes].argmax(1).tolist()
+        length = env.max_episode_steps
         if isinstance(env, RepeatFirst):
-            answers = [shown[0]] * env.num_cards
+            answers = [shown[0]] * length
         elif isinstance(env, RepeatPrevious):
-            answers = [None] * env.k + shown[: -env.k]
+            answers = [None] * (env.k - 1) + shown[: length - env.k + 1]
         elif isinstance(env, Autoencode):
             shown = shown[: env.num_cards]
-            answers = [None] * env.num_cards + shown[::-1]
+            answers = [None] * (env.num_cards - 1) + shown[::-1]
         else:
-            queries = obs[:, env.num_values :].argmax(1).tolist()
-            answers = [shown[: t + 1].count(queries[t]) for t in range(env.num_cards)]
+            queries = obs[:, env.num_values :].argmax(1).tolist() + [last_obs[env.num_values :].argmax().item()]
+            answers = [shown[: t + 1].count(queries[t]) for t in range(length)]
+            assert all(queries.count(value) == env.cards_per_class for value in range(env.num_classes))
+        if not isinstance(env, Autoencode):
+            shown.append(last_obs[: env.num_classes].argmax().item())
         # A shoe holds every class equally often and deals it all.
         assert all(shown.count(card_class) == env.cards_per_class for card_class in range(env.num_classes))
         expected = [
             0.0 if answer is None else (scale if action == answer else -scale) for action, answer in zip(actions.tolist(), answers)
         ]
         assert rewards.tolist() == pytest.approx(expected)
-    final_card = trajectory["info"]["final_obs"][:, : env.num_classes]
-    assert (final_card == 0).all()
+
+
+# -- side by side with popgym 1.0.7 ---------------------------------------------------------------
+
+needs_popgym = pytest.mark.skipif(find_spec("popgym") is None, reason="popgym (the dev extra) is not installed")
+
+
+@needs_popgym
+@pytest.mark.parametrize("name", [name for name in PORTED_PRESETS if name in CARD_PRESETS or "easy" in name])
+def test_equal_to_popgym_on_the_same_randomness(name):
+    """Oracle, off-by-one and random actions: same observations, rewards, terminations, returns
+    and lengths step for step on popgym's env and memrl's, dealing popgym's shuffled deck(s) or
+    using its bandits and pull draws."""
+    returns = {}
+    for seed, policy_name in enumerate(POLICIES):
+        result = play_side_by_side(name, make_policy(policy_name, seed), seed)
+        assert result.mismatches == [] and result.oracle_agrees, (policy_name, result.mismatches[:3])
+        assert result.memrl_length == result.popgym_length
+        assert result.memrl_return == pytest.approx(result.popgym_return, abs=1e-4)
+        returns[policy_name] = result.popgym_return
+    if name in CARD_PRESETS or "cart-pole" in name:
+        assert returns["oracle"] == pytest.approx(1.0) and returns["random"] < 0.5
+
+
+@needs_popgym
+@pytest.mark.parametrize("name", [name for name in PORTED_PRESETS if name not in CARD_PRESETS])
+def test_levels_match_popgym_settings(name):
+    """Medium and Hard of the non-card envs are played side by side by scripts/popgym_parity.py only;
+    here each level's settings are read off popgym's env (cards: the card tests cover every level)."""
+    reference, env = make_popgym_env(name), make(name, num_envs=1)
+    if isinstance(env, HigherLower):
+        assert env.num_decks == reference.num_decks and env.max_episode_steps == reference.deck_size - 1
+    elif isinstance(env, MultiarmedBandit):
+        assert (env.num_actions, env.max_episode_steps) == (reference.num_bandits, reference.max_episode_length)
+    else:
+        assert env.max_episode_steps == reference.max_episode_length
+        assert env.noise_sigma == pytest.approx(float(getattr(reference, "noise_sigma", [0.0])[0]))
+
+
+@needs_popgym
+def test_side_by_side_catches_a_port_one_card_out(monkeypatch):
+    """memrl's former RepeatPrevious lag (k back, not k - 1) differs from popgym's rewards at once."""
+    monkeypatch.setitem(parity.PRESETS, "repeat-previous-easy", (RepeatPrevious, {"num_decks": 1, "k": 5}))
+    result = play_side_by_side("repeat-previous-easy", oracle_from_history, seed=0)
+    assert result.mismatches[0].startswith("step 3: memrl reward 0.000000")
+    assert result.memrl_return == pytest.approx(1.0, abs=1e-4) and result.popgym_return < 0
+
+
+# -- HigherLower ---------------------------------------------------------------------------------
+
+
+def test_higher_lower_card_counting_beats_the_best_memoryless_policy():
+    """On the same cards (the deal does not depend on the actions), counting earns more."""
+    counting = rollout(make("popgym-higher-lower-easy", num_envs=256, seed=6), oracle)["info"]["episode_return"]
+    memoryless_returns = rollout(make("popgym-higher-lower-easy", num_envs=256, seed=6), memoryless)["info"]["episode_return"]
+    gain = counting - memoryless_returns
+    assert gain.mean() > margin(gain)
+
+
+@pytest.mark.parametrize("name", ["popgym-higher-lower-easy", "popgym-higher-lower-hard"])
+def test_higher_lower_memoryless_success_bound_is_below_chance_success(name):
+    """Per episode, a memoryless p(guess | rank) plays every step best with probability at most
+    prod over ranks of max_p p^a (1-p)^b; its mean (with four standard errors) stays below chance_success."""
+    env = make(name, num_envs=512, seed=7)
+    obs, _ = env.reset()
+    only_higher, only_lower, shown = [], [], []
+    for _ in range(env.max_episode_steps):
+        above, below = env._cards_left_above_and_below()
+        only_higher.append(above > below)
+        only_lower.append(below > above)
+        shown.append(env.shown_rank.clone())
+        obs, *_ = env.step(env.memoryless_action(obs))
+    ranks, higher, lower = torch.stack(shown, 1), torch.stack(only_higher, 1).float(), torch.stack(only_lower, 1).float()
+    log_bound = torch.zeros(env.num_envs)
+    for rank in range(env.num_classes):
+        at_rank = (ranks == rank).float()
+        a, b = (higher * at_rank).sum(1), (lower * at_rank).sum(1)
+        log_bound += torch.xlogy(a, a) + torch.xlogy(b, b) - torch.xlogy(a + b, a + b)
+    bound = log_bound.exp()
+    assert bound.mean().item() + margin(bound) < env.chance_success
 
 
 # -- determinism and randomness -------------------------------------------------------------------
@@ -403,3 +494,21 @@ def test_steps_on_cuda_without_host_syncs(name):
         torch.cuda.set_sync_debug_mode("default")
     assert info["episode_done"].all() and info["success"].all()
     torch.testing.assert_close(info["episode_return"].cpu(), torch.ones(64), atol=1e-4, rtol=0)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize(
+    "name", ["popgym-higher-lower-easy", "popgym-multiarmed-bandit-easy", "popgym-noisy-position-only-cart-pole-easy"]
+)
+def test_other_popgym_envs_step_on_cuda_without_host_syncs(name):
+    env = make(name, num_envs=64, seed=0, device="cuda")
+    env.reset()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(env.max_episode_steps):
+            obs, reward, terminated, truncated, info = env.step(env.oracle_action())
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert info["episode_done"].all() and (info["episode_length"] == env.max_episode_steps).all()
+    assert info["success"].all()

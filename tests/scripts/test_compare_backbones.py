@@ -17,7 +17,10 @@ from scripts.compare_backbones import (
     build_grid,
     curve_on_grid,
     main,
+    max_mean_episodic_return,
+    mmer_markdown,
     normalised_auc,
+    normalised_mmer,
     run_grid,
 )
 
@@ -98,6 +101,29 @@ def test_learning_curve_is_binned_then_interpolated_and_its_auc_is_normalised():
     assert np.isnan(curve_on_grid(np.zeros(0), np.zeros(0), grid)).all()
 
 
+def test_mmer_is_the_best_mean_return_of_any_percent_of_training_and_is_normalised():
+    steps = np.array([5.0, 15.0, 16.0, 55.0, 55.4, 95.0])
+    returns = np.array([-1.0, 0.2, 0.6, 1.0, 0.0, 0.5])  # the two episodes logged at 55-56 average 0.5
+    assert max_mean_episodic_return(steps, returns, total_steps=100) == pytest.approx(0.6)
+    assert max_mean_episodic_return(steps[:1], returns[:1], total_steps=100) == -1.0
+    assert np.isnan(max_mean_episodic_return(np.zeros(0), np.zeros(0), total_steps=100))
+    assert (normalised_mmer(-1.0), normalised_mmer(0.6), normalised_mmer(1.0)) == (0.0, 0.8, 1.0)
+
+
+def test_mmer_table_averages_normalised_mmer_over_envs_for_backbones_that_finished_every_env():
+    def row(env, backbone, normalised):
+        mmer = 2 * normalised - 1
+        return {"env": env, "agent": "ppo", "backbone": backbone, "mmer_mean": mmer, "mmer_mean_low": mmer,
+                "mmer_mean_high": mmer, "mmer_normalised_mean": normalised, "mmer_normalised_mean_low": normalised,
+                "mmer_normalised_mean_high": normalised}
+
+    rows = [row("a", "gru", 0.9), row("a", "none", 0.5), row("b", "gru", 0.7)]
+    lines = mmer_markdown(rows)
+    assert "| a | ppo | gru | 0.800 [0.800, 0.800] | 0.900 [0.900, 0.900] |" in lines
+    assert "| ppo | gru | 0.800 |" in lines and not any(line.startswith("| ppo | none |") for line in lines)
+    assert not any("averaged over" in line for line in mmer_markdown(rows[:2]))
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -144,6 +170,7 @@ def test_a_tiny_study_trains_aggregates_plots_and_resumes(tmp_path, capsys):
         assert 0.0 <= float(row["success_rate"]) <= 1.0 and 0.0 <= float(row["auc"]) <= 1.0
         assert float(row["sps"]) > 0 and int(row["parameters"]) > 0 and float(row["peak_memory_mb"]) > 0
         assert int(row["global_step"]) == 1024 and row["preset"] == "smoke"
+        assert -1.0 <= float(row["mmer"]) <= 1.0 and float(row["mmer_normalised"]) == pytest.approx(0.5 * float(row["mmer"]) + 0.5)
     results = read_csv(output / "results.csv")
     assert [(row["env"], row["agent"], row["backbone"], row["seeds"]) for row in results] == [
         ("memory-retention", "ppo", "none", "2"), ("memory-retention", "ppo", "gru", "2")]
@@ -159,6 +186,7 @@ def test_a_tiny_study_trains_aggregates_plots_and_resumes(tmp_path, capsys):
     assert "## memory-retention — ppo" in markdown and "| none | 2 |" in markdown and "| gru | 2 |" in markdown
     assert "commit" in markdown and "compare-backbones --backbones none gru" in markdown
     assert "torch" in markdown and "1,024 env steps per run, preset smoke" in markdown
+    assert "## MMER (POPGym's score)" in markdown and "| memory-retention | ppo | gru |" in markdown
     for name in compare_backbones.PLOT_NAMES:
         assert (output / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(output.glob(".*.tmp"))
