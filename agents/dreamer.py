@@ -105,6 +105,8 @@ class DreamerConfig:
     batch_length: int = field(default=64, metadata={"help": "steps per replayed window"})
     train_ratio: float = field(default=512.0, metadata={"help": "replayed steps (batch_size x batch_length per update) per env step"})
     replay_capacity: int = field(default=1_000_000, metadata={"help": "env steps the replay holds (all envs together)"})
+    replay_state: bool = field(default=True, metadata={"help": "store the memory (h and the backbone state) the agent had before each step and start replayed windows from it, refreshed by every replay of the rows (DreamerV3's replay context); false starts every window from the initial state"})
+    burn_in: int = field(default=0, metadata={"help": "replayed steps run without gradient before each trained window of batch_length steps (they refresh its start state)"})
     replay_sampling: str = field(default="uniform", metadata={"help": f"window sampling: {', '.join(SAMPLING)}"})
     recency_exponent: float = field(default=1.0, metadata={"help": "recency sampling: a window's weight is (age + 1) ** -exponent"})
     prefill: int = field(default=2500, metadata={"help": "env steps (all envs) collected before training; random actions on a fresh run"})
@@ -129,8 +131,9 @@ class DreamerConfig:
         for name in ("gamma", "return_lambda", "return_norm_decay", "critic_ema_decay", "unimix"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
-        if self.prefill < 0:
-            raise ValueError(f"prefill must be 0 or more, got {self.prefill}")
+        for name in ("prefill", "burn_in"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be 0 or more, got {getattr(self, name)}")
 
 
 # -- networks --------------------------------------------------------------------------
@@ -247,43 +250,55 @@ class WorldModel(nn.Module):
         """Probability that the episode goes on after that transition [...]."""
         return torch.sigmoid(self.continue_head(hidden).squeeze(-1))
 
-    def observe(self, obs: torch.Tensor, actions: torch.Tensor, is_first: torch.Tensor,
-                collect_states: bool = True) -> dict[str, Any]:
-        """Posterior pass over replayed windows, each started from the initial state.
+    def initial_carry(self, batch_size: int, device: torch.device | str | None = None) -> dict:
+        """The memory before any step: {"deter": zeros [B, hidden_dim], "backbone": the backbone's initial state}."""
+        return {"deter": torch.zeros(batch_size, self.config.hidden_dim, device=device),
+                "backbone": self.backbone.initial_state(batch_size, device)}
 
-        obs [B, T, ...], actions [B, T, action_dim], is_first bool [B, T] -> dict of
-        "posterior", "prior" (distributions over [B, T, num_latents, num_classes]),
+    def observe(self, obs: torch.Tensor, actions: torch.Tensor, is_first: torch.Tensor,
+                start: dict | None = None, collect_states: bool = True) -> dict[str, Any]:
+        """Posterior pass over replayed windows, each started from the memory carried into its first row.
+
+        obs [B, T, ...], actions [B, T, action_dim], is_first bool [B, T]; `start` is the carry
+        {"deter" [B, hidden_dim], "backbone": State} going into row 0 (the stored replay state;
+        None: the initial state). A window whose first row is_first resets either way. Returns
+        a dict of "posterior", "prior" (distributions over [B, T, num_latents, num_classes]),
         "latents" [B, T, latent_dim], "deter" d [B, T, hidden_dim], "hidden" h [B, T, hidden_dim],
         "features" [B, T, feature_dim], "states": backbone state carried into each row, every
-        leaf [B, T, ...] (detached: only imagination reads it; None when the parallel model is
-        asked not to `collect_states`), and "is_first".
+        leaf [B, T, ...] (detached: imagination and the replay write-back read it; None when
+        the parallel model is asked not to `collect_states`), "final": the carry going into the
+        row after the window (detached), and "is_first".
         """
         batch_size = is_first.shape[0]
+        start = start if start is not None else self.initial_carry(batch_size, obs.device)
         embedding = self.encoder(obs)
         if self.sequential:
-            return self._observe_sequential(embedding, actions, is_first)
+            return self._observe_sequential(embedding, actions, is_first, start)
         posterior = self.posterior_distribution(embedding, None)
         latents = posterior.sample().flatten(-2)
         inputs = torch.cat([latents, actions], -1)
-        hidden, _ = self.backbone(inputs, self.backbone.initial_state(batch_size, obs.device), is_first)
-        deter = torch.cat([torch.zeros_like(hidden[:, :1]), hidden[:, :-1]], 1).masked_fill(is_first[..., None], 0.0)
-        states = self.states_before_each_row(inputs.detach(), is_first) if collect_states else None
-        return self._assemble(posterior, latents, deter, hidden, states, is_first)
+        hidden, final_state = self.backbone(inputs, start["backbone"], is_first)
+        deter = torch.cat([start["deter"][:, None], hidden[:, :-1]], 1).masked_fill(is_first[..., None], 0.0)
+        states = self.states_before_each_row(inputs.detach(), is_first, start["backbone"]) if collect_states else None
+        final = {"deter": hidden[:, -1].detach(), "backbone": {key: value.detach() for key, value in final_state.items()}}
+        return self._assemble(posterior, latents, deter, hidden, states, final, is_first)
 
     @torch.no_grad()
-    def states_before_each_row(self, inputs: torch.Tensor, is_first: torch.Tensor) -> State:
+    def states_before_each_row(self, inputs: torch.Tensor, is_first: torch.Tensor, state: State | None = None) -> State:
+        """The backbone state carried into each row [B, T, ...] of a window of inputs [B, T, D]
+        entered with `state` (None: the initial state)."""
         batch_size, length = is_first.shape
-        state = self.backbone.initial_state(batch_size, inputs.device)
+        state = state if state is not None else self.backbone.initial_state(batch_size, inputs.device)
         collected = []
         for t in range(length):
             collected.append(state)
             _, state = self.backbone.step(inputs[:, t], state, is_first[:, t])
         return {key: torch.stack([entry[key] for entry in collected], 1) for key in state}
 
-    def _observe_sequential(self, embedding: torch.Tensor, actions: torch.Tensor, is_first: torch.Tensor) -> dict[str, Any]:
-        batch_size, length = is_first.shape
-        state = self.backbone.initial_state(batch_size, embedding.device)
-        previous = torch.zeros(batch_size, self.config.hidden_dim, device=embedding.device)
+    def _observe_sequential(self, embedding: torch.Tensor, actions: torch.Tensor, is_first: torch.Tensor,
+                            start: dict) -> dict[str, Any]:
+        length = is_first.shape[1]
+        state, previous = start["backbone"], start["deter"]
         logits, latents, deters, hiddens, states = [], [], [], [], []
         for t in range(length):
             states.append({key: value.detach() for key, value in state.items()})
@@ -298,12 +313,14 @@ class WorldModel(nn.Module):
         # The stacked logits are already unimixed log-probabilities: unimix 0 keeps them as they are.
         posterior = UnimixCategorical(torch.stack(logits, 1), unimix=0.0)
         stacked_states = {key: torch.stack([entry[key] for entry in states], 1) for key in state}
+        final = {"deter": previous.detach(), "backbone": {key: value.detach() for key, value in state.items()}}
         return self._assemble(posterior, torch.stack(latents, 1), torch.stack(deters, 1), torch.stack(hiddens, 1),
-                              stacked_states, is_first)
+                              stacked_states, final, is_first)
 
-    def _assemble(self, posterior, latents, deter, hidden, states, is_first) -> dict[str, Any]:
+    def _assemble(self, posterior, latents, deter, hidden, states, final, is_first) -> dict[str, Any]:
         return {
             "is_first": is_first,
+            "final": final,
             "posterior": posterior,
             "prior": self.prior_distribution(deter),
             "latents": latents,
@@ -313,11 +330,12 @@ class WorldModel(nn.Module):
             "states": states,
         }
 
-    def loss(self, batch: dict[str, torch.Tensor], collect_states: bool = True
+    def loss(self, batch: dict[str, torch.Tensor], start: dict | None = None, collect_states: bool = True
              ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, Any]]:
-        """World-model loss on a replayed batch [B, T] -> (scalar loss, per-term means, observe() output)."""
+        """World-model loss on a replayed batch [B, T] entered with the carry `start` (see
+        `observe`) -> (scalar loss, per-term means, observe() output)."""
         config = self.config
-        outputs = self.observe(batch["obs"], batch["action"], batch["is_first"], collect_states)
+        outputs = self.observe(batch["obs"], batch["action"], batch["is_first"], start, collect_states)
         prediction = self.decoder(outputs["features"])
         if self.image:
             target = batch["obs"].float() / 255.0 if batch["obs"].dtype == torch.uint8 else batch["obs"]
@@ -445,8 +463,7 @@ class DreamerAgent(nn.Module):
 
     def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> dict:
         device = device if device is not None else self.return_scale.device
-        return {"deter": torch.zeros(batch_size, self.config.hidden_dim, device=device),
-                "backbone": self.world_model.backbone.initial_state(batch_size, device)}
+        return self.world_model.initial_carry(batch_size, device)
 
     def random_actions(self, batch_size: int, device: torch.device) -> torch.Tensor:
         """Uniformly random action vectors [batch_size, action_dim]."""
@@ -535,6 +552,25 @@ class DreamerAgent(nn.Module):
 
 # -- the trainer -------------------------------------------------------------------------
 
+CARRY_PREFIX = "memory."
+"""Replay fields of the stored memory: "memory.deter" and "memory.backbone.<state key>"."""
+
+
+def flatten_carry(carry: dict) -> dict[str, torch.Tensor]:
+    """{"deter": d, "backbone": {key: leaf}} -> flat replay fields {"memory.deter": d, "memory.backbone.key": leaf}."""
+    flat = {f"{CARRY_PREFIX}deter": carry["deter"]}
+    flat.update({f"{CARRY_PREFIX}backbone.{key}": value for key, value in carry["backbone"].items()})
+    return flat
+
+
+def unflatten_carry(fields: dict[str, torch.Tensor]) -> dict:
+    """The inverse of `flatten_carry`; fields without the memory prefix are ignored."""
+    backbone_prefix = f"{CARRY_PREFIX}backbone."
+    return {"deter": fields[f"{CARRY_PREFIX}deter"],
+            "backbone": {key.removeprefix(backbone_prefix): value for key, value in fields.items()
+                         if key.startswith(backbone_prefix)}}
+
+
 
 class DreamerTrainer:
     """Owns the agent, optimisers, replay, env carry and counters; `train` runs to `total_steps`.
@@ -559,10 +595,10 @@ class DreamerTrainer:
         if total_steps <= 0:
             raise ValueError(f"total_steps must be positive, got {total_steps}")
         config.validate()
-        if config.replay_capacity < env.num_envs * config.batch_length:
+        if config.replay_capacity < env.num_envs * (config.burn_in + config.batch_length):
             raise ValueError(
-                f"replay_capacity ({config.replay_capacity}) must hold at least batch_length "
-                f"({config.batch_length}) steps for each of the {env.num_envs} envs"
+                f"replay_capacity ({config.replay_capacity}) must hold at least burn_in + batch_length "
+                f"({config.burn_in + config.batch_length}) steps for each of the {env.num_envs} envs"
             )
         self.config, self.env, self.device = config, env, torch.device(device)
         self.total_steps = total_steps
@@ -574,13 +610,14 @@ class DreamerTrainer:
         self.critic_optimizer = torch.optim.Adam(self.agent.critic.parameters(), lr=config.critic_lr, eps=1e-5)
         obs_space = env.single_observation_space
         obs_dtype = torch.uint8 if obs_space.dtype == np.uint8 else torch.float32
-        self.replay = SequenceReplay(
-            config.replay_capacity, env.num_envs,
-            {"obs": (tuple(obs_space.shape), obs_dtype), "is_first": ((), torch.bool),
-             "action": ((self.agent.world_model.action_dim,), torch.float32),
-             "reward": ((), torch.float32), "terminated": ((), torch.bool)},
-            device=env.device, sampling=config.replay_sampling, recency_exponent=config.recency_exponent,
-        )
+        fields = {"obs": (tuple(obs_space.shape), obs_dtype), "is_first": ((), torch.bool),
+                  "action": ((self.agent.world_model.action_dim,), torch.float32),
+                  "reward": ((), torch.float32), "terminated": ((), torch.bool)}
+        if config.replay_state:
+            carry = flatten_carry(self.agent.initial_state(1, "cpu"))
+            fields.update({name: (tuple(value.shape[1:]), value.dtype) for name, value in carry.items()})
+        self.replay = SequenceReplay(config.replay_capacity, env.num_envs, fields, device=env.device,
+                                     sampling=config.replay_sampling, recency_exponent=config.recency_exponent)
         self.updates_per_env_step = config.train_ratio / (config.batch_size * config.batch_length)
         self.update = 0
         self.global_step = 0
@@ -638,27 +675,53 @@ class DreamerTrainer:
     # -- acting and learning -------------------------------------------------------------
 
     def ready_to_train(self) -> bool:
-        return self.replay.num_steps >= self.config.prefill and self.replay.can_sample(self.config.batch_length)
+        config = self.config
+        return self.replay.num_steps >= config.prefill and self.replay.can_sample(config.burn_in + config.batch_length)
 
     def env_step(self, writer) -> None:
         """Step every env once with the current policy and append the step to the replay."""
-        obs, is_first = self.next_obs, self.next_is_first
+        obs, is_first, carry = self.next_obs, self.next_is_first, self.state
         action, self.state = self.agent.policy_step(
-            obs.to(self.device), self.state, is_first.to(self.device), uniform=self.global_step < self.config.prefill
+            obs.to(self.device), carry, is_first.to(self.device), uniform=self.global_step < self.config.prefill
         )
         self.next_obs, reward, terminated, _, info = self.env.step(self.agent.env_action(action).to(self.env.device))
         self.next_is_first = info["is_first"]
         self.global_step += self.env.num_envs
-        self.replay.add({"obs": obs, "is_first": is_first, "action": action, "reward": reward.float(),
-                         "terminated": terminated})
+        row = {"obs": obs, "is_first": is_first, "action": action, "reward": reward.float(), "terminated": terminated}
+        if self.config.replay_state:
+            row.update({key: value.detach() for key, value in flatten_carry(carry).items()})
+        self.replay.add(row)
         self.statistics.record(info, writer, self.global_step)
+
+    def replayed_world_model_loss(self) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, Any]]:
+        """Sample burn_in + batch_length rows per window, enter each window with its stored
+        memory (replay_state) or the initial state, run the burn-in rows without gradient, and
+        return `WorldModel.loss` of the trained rows. With replay_state, the memory the model
+        has just computed for every replayed row after the first is written back to the replay."""
+        config, world_model = self.config, self.agent.world_model
+        sampled, (envs, rows) = self.replay.sample_with_index(config.batch_size, config.burn_in + config.batch_length)
+        sampled = {key: value.to(self.device) for key, value in sampled.items()}
+        start = unflatten_carry({key: value[:, 0] for key, value in sampled.items()}) if config.replay_state else None
+        carried: list[dict] = []
+        if config.burn_in > 0:
+            with torch.no_grad():
+                burn_in = world_model.observe(sampled["obs"][:, :config.burn_in], sampled["action"][:, :config.burn_in],
+                                              sampled["is_first"][:, :config.burn_in], start)
+            start = burn_in["final"]
+            carried.append({"deter": burn_in["deter"], "backbone": burn_in["states"]})
+        batch = {key: value[:, config.burn_in:] for key, value in sampled.items()}
+        loss, terms, outputs = world_model.loss(batch, start)
+        if config.replay_state:
+            carried.append({"deter": outputs["deter"].detach(), "backbone": outputs["states"]})
+            refreshed = {key: torch.cat([part[key] for part in map(flatten_carry, carried)], 1)[:, 1:]
+                         for key in flatten_carry(carried[0])}
+            self.replay.overwrite(envs, rows[:, 1:], refreshed)
+        return loss, terms, outputs
 
     def train_step(self) -> dict[str, float]:
         """One update of the world model, actor and critic on a replayed batch."""
         config, agent = self.config, self.agent
-        batch = {key: value.to(self.device) for key, value in
-                 self.replay.sample(config.batch_size, config.batch_length).items()}
-        world_model_loss, terms, start = agent.world_model.loss(batch)
+        world_model_loss, terms, start = self.replayed_world_model_loss()
         actor_loss, critic_loss, ac_metrics = agent.actor_critic_loss(start)
         losses = torch.stack([world_model_loss, actor_loss, critic_loss]).detach()
         if not bool(torch.isfinite(losses).all()):  # one host sync for the three checks

@@ -221,7 +221,7 @@ def test_bad_settings_are_refused_in_one_sentence():
         make_trainer(None, config=dataclasses.replace(TINY, world_model="lstm"))
     with pytest.raises(ValueError, match="batch_length must be positive, got 0"):
         make_trainer(None, config=dataclasses.replace(TINY, batch_length=0))
-    with pytest.raises(ValueError, match="replay_capacity .* must hold at least batch_length"):
+    with pytest.raises(ValueError, match=r"replay_capacity .* must hold at least burn_in \+ batch_length"):
         make_trainer(None, config=dataclasses.replace(TINY, replay_capacity=16))
     with pytest.raises(ValueError, match="total_steps must be positive"):
         make_trainer(None, total_steps=0)
