@@ -11,7 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from agents.dreamer import DreamerAgent, DreamerConfig, DreamerTrainer, lambda_returns
+from agents.distributions import UnimixCategorical
+from agents.dreamer import DreamerAgent, DreamerConfig, DreamerTrainer, flatten_carry, lambda_returns, unflatten_carry
 from agents.run import TrainingDiverged, evaluate, load_checkpoint, seed_everything
 from envs.gymnasium_adapter import GymnasiumVectorEnv
 from envs.registry import make_env
@@ -132,6 +133,92 @@ def test_rssm_posterior_reads_the_memory_and_walks_the_window_step_by_step():
     torch.testing.assert_close(outputs["deter"][:, 1:][carried], outputs["hidden"][:, :-1][carried])
     # The state carried into row t + 1 is h_t even where row t + 1 starts an episode (step applies the reset).
     torch.testing.assert_close(outputs["states"]["hidden"][:, 1:, 0], outputs["hidden"][:, :-1])
+
+
+# -- memory stored in the replay ------------------------------------------------------------
+
+
+@pytest.fixture
+def mode_latents(monkeypatch):
+    """Latents and discrete actions take their modes, so two passes over the same rows are comparable."""
+    monkeypatch.setattr(UnimixCategorical, "sample", UnimixCategorical.mode)
+
+
+def test_the_replay_stores_the_memory_before_each_step_exactly_across_episodes_and_the_ring_seam():
+    config = dataclasses.replace(TINY, replay_capacity=4 * 10)
+    trainer = make_trainer(None, backbone="s5", config=config)
+    carries = []
+    for _ in range(27):  # the ring of 10 rows per env wraps twice; 3-step corridors start many episodes
+        carries.append(flatten_carry(trainer.state))
+        trainer.env_step(writer=None)
+    replay = trainer.replay
+    assert replay.storage["memory.backbone.ssm"].dtype == torch.complex64
+    for step in range(17, 27):
+        for name, value in carries[step].items():
+            assert torch.equal(replay.storage[name][:, step % 10], value), (name, step)
+    is_first = replay.storage["is_first"]
+    assert is_first.any() and (replay.storage["memory.deter"][is_first] != 0).any(), \
+        "an episode's first row keeps the memory the agent had before the reset"
+
+
+@pytest.mark.parametrize("backbone,world_model", [("gru", "parallel"), ("s5", "parallel"), ("gru", "rssm")])
+def test_a_window_entered_with_its_stored_memory_equals_running_from_the_episode_start(backbone, world_model,
+                                                                                        mode_latents):
+    config = dataclasses.replace(TINY, world_model=world_model, replay_capacity=4 * 200)
+    trainer = make_trainer(None, backbone=backbone, config=config)
+    for _ in range(60):
+        trainer.env_step(writer=None)
+    world_model = trainer.agent.world_model
+    history = {name: value[:, :60] for name, value in trainer.replay.storage.items()}
+    assert history["is_first"][:, 0].all() and history["is_first"][:, 1:].any()
+    torch.manual_seed(3)
+    batch, (envs, rows) = trainer.replay.sample_with_index(8, 8)
+    with torch.no_grad():
+        from_start = world_model.observe(history["obs"], history["action"], history["is_first"])
+        window = world_model.observe(batch["obs"], batch["action"], batch["is_first"],
+                                     unflatten_carry({key: value[:, 0] for key, value in batch.items()}))
+        zero_start = world_model.observe(batch["obs"], batch["action"], batch["is_first"])
+    expected = from_start["features"][envs[:, None], rows]
+    torch.testing.assert_close(window["features"], expected, rtol=1e-4, atol=1e-5)
+    carried_in = ~batch["is_first"][:, 0]
+    assert carried_in.any(), "some windows must start inside an episode"
+    assert not torch.allclose(zero_start["features"][carried_in], expected[carried_in], atol=1e-3)
+
+
+def test_replaying_refreshes_the_stored_memory_and_burn_in_runs_before_the_trained_rows(mode_latents):
+    config = dataclasses.replace(TINY, burn_in=3)
+    trainer = make_trainer(None, config=config)
+    while not trainer.ready_to_train():
+        trainer.env_step(writer=None)
+    sampled = []
+    sample_with_index = trainer.replay.sample_with_index
+    trainer.replay.sample_with_index = lambda *args: sampled.append(sample_with_index(*args)) or sampled[-1]
+    before = {name: value.clone() for name, value in trainer.replay.storage.items()}
+    with torch.no_grad():
+        trainer.agent.world_model.backbone.cells[0].weight_hh.mul_(1.5)  # the stored memory is now stale
+        _, _, outputs = trainer.replayed_world_model_loss()
+    batch, (envs, rows) = sampled[0]
+    assert rows.shape == (TINY.batch_size, 3 + TINY.batch_length)
+    with torch.no_grad():
+        whole = trainer.agent.world_model.observe(batch["obs"], batch["action"], batch["is_first"],
+                                                  unflatten_carry({key: value[:, 0] for key, value in batch.items()}))
+    torch.testing.assert_close(outputs["features"], whole["features"][:, 3:])
+    stored = trainer.replay.storage
+    torch.testing.assert_close(stored["memory.deter"][envs[:, None], rows[:, 1:]], whole["deter"][:, 1:])
+    torch.testing.assert_close(stored["memory.backbone.hidden"][envs[:, None], rows[:, 1:]],
+                               whole["states"]["hidden"][:, 1:])
+    assert not torch.allclose(stored["memory.deter"][envs[:, None], rows[:, 1:]],
+                              before["memory.deter"][envs[:, None], rows[:, 1:]])
+    untouched = torch.ones_like(stored["is_first"])
+    untouched[envs[:, None], rows[:, 1:]] = False
+    assert torch.equal(stored["memory.deter"][untouched], before["memory.deter"][untouched])
+
+
+def test_zero_start_windows_ignore_the_replay_memory():
+    trainer = make_trainer(None, config=dataclasses.replace(TINY, replay_state=False))
+    assert not any(name.startswith("memory.") for name in trainer.replay.storage)
+    trainer.train()
+    assert trainer.update >= 4
 
 
 def test_lambda_returns_match_their_definition():
