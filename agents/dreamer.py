@@ -68,6 +68,7 @@ from agents.run import (
 from memory import State, make_backbone
 
 WORLD_MODELS = ("parallel", "rssm")
+IMAGE_NETWORKS = ("nature", "dreamerv3")
 RETURN_PERCENTILES = (0.05, 0.95)
 
 
@@ -81,7 +82,9 @@ class DreamerConfig:
     encoder_dim: int = field(default=256, metadata={"help": "observation embedding size"})
     mlp_units: int = field(default=256, metadata={"help": "width of the MLP heads (decoder, reward, continue, actor, critic)"})
     mlp_layers: int = field(default=2, metadata={"help": "hidden layers of the MLP heads"})
-    decoder_channels: int = field(default=32, metadata={"help": "channels of the last transposed convolution of the image decoder (x2 per stage)"})
+    decoder_channels: int = field(default=32, metadata={"help": "channels of the last transposed convolution of the image decoder (x2 per stage); with image_network dreamerv3 also the encoder's first convolution"})
+    image_network: str = field(default="nature", metadata={"help": f"image encoder and decoder: {', '.join(IMAGE_NETWORKS)} (nature: the Nature-DQN CNN to encoder_dim features and a plain transposed-CNN decoder; dreamerv3: four stride-2 convolutions with LayerNorm + SiLU, the flattened grid as embedding, and the mirrored decoder)"})
+    input_layer: bool = field(default=False, metadata={"help": "a Linear + LayerNorm + SiLU layer of mlp_units between concat(z, a) and the sequence model (DreamerV3's RSSM input layer)"})
     num_latents: int = field(default=32, metadata={"help": "categorical latents per step"})
     num_classes: int = field(default=32, metadata={"help": "classes per categorical latent"})
     unimix: float = field(default=0.01, metadata={"help": "uniform mixed into latent and discrete action distributions"})
@@ -118,6 +121,8 @@ class DreamerConfig:
         """Raise ValueError, in one sentence, for the first setting out of range."""
         if self.world_model not in WORLD_MODELS:
             raise ValueError(f"unknown world_model {self.world_model!r}; choose one of: {', '.join(WORLD_MODELS)}")
+        if self.image_network not in IMAGE_NETWORKS:
+            raise ValueError(f"unknown image_network {self.image_network!r}; choose one of: {', '.join(IMAGE_NETWORKS)}")
         if self.replay_sampling not in SAMPLING:
             raise ValueError(f"unknown replay_sampling {self.replay_sampling!r}; choose one of: {', '.join(SAMPLING)}")
         positive = ("hidden_dim", "encoder_dim", "mlp_units", "mlp_layers", "decoder_channels", "num_latents",
@@ -165,14 +170,49 @@ class SymlogEncoder(nn.Module):
         return self.encoder(symlog(obs))
 
 
+class ChannelNorm(nn.LayerNorm):
+    """LayerNorm over the channels of images [N, C, H, W]."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return super().forward(images.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class ConvEncoder(nn.Module):
+    """DreamerV3's image encoder: images [..., H, W, C] (uint8 0..255 or float 0..1) -> [..., output_dim].
+
+    Pixels are scaled to [-0.5, 0.5]; four stride-2 convolutions (kernel 4) with c, 2c, 4c, 8c
+    channels, each followed by a LayerNorm over channels and SiLU, halve the image four times
+    (64x64 -> 4x4); the flattened 8c x H/16 x W/16 grid is the embedding (4,096 for c = 32).
+    """
+
+    def __init__(self, obs_shape: tuple[int, int, int], channels: int):
+        super().__init__()
+        height, width, image_channels = obs_shape
+        widths = [image_channels, channels, 2 * channels, 4 * channels, 8 * channels]
+        layers: list[nn.Module] = []
+        for in_channels, out_channels in zip(widths, widths[1:]):
+            layers += [nn.Conv2d(in_channels, out_channels, 4, stride=2, padding=1, bias=False),
+                       ChannelNorm(out_channels), nn.SiLU()]
+        self.convs = nn.Sequential(*layers, nn.Flatten())
+        with torch.no_grad():
+            self.output_dim = self.convs(torch.zeros(1, image_channels, height, width)).shape[-1]
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        leading = obs.shape[:-3]
+        images = obs.reshape(-1, *obs.shape[-3:]).permute(0, 3, 1, 2).float()
+        images = (images / 255.0 if obs.dtype == torch.uint8 else images) - 0.5
+        return self.convs(images).reshape(*leading, self.output_dim)
+
+
 class ImageDecoder(nn.Module):
     """Features [..., F] -> images [..., H, W, C] in [0, 1] scale (pixel / 255).
 
     A linear layer to a (ceil(H/16), ceil(W/16)) grid of 8c channels, four stride-2
-    transposed convolutions (8c -> 4c -> 2c -> c -> C), cropped to H x W.
+    transposed convolutions (8c -> 4c -> 2c -> c -> C), cropped to H x W; `normalise` puts a
+    LayerNorm over channels before each hidden SiLU (DreamerV3's decoder).
     """
 
-    def __init__(self, feature_dim: int, obs_shape: tuple[int, int, int], channels: int):
+    def __init__(self, feature_dim: int, obs_shape: tuple[int, int, int], channels: int, normalise: bool = False):
         super().__init__()
         self.height, self.width, image_channels = obs_shape
         self.grid = (math.ceil(self.height / 16), math.ceil(self.width / 16))
@@ -181,7 +221,8 @@ class ImageDecoder(nn.Module):
         widths = [8 * channels, 4 * channels, 2 * channels, channels]
         layers: list[nn.Module] = []
         for in_channels, out_channels in zip(widths, widths[1:]):
-            layers += [nn.ConvTranspose2d(in_channels, out_channels, 4, stride=2, padding=1), nn.SiLU()]
+            layers += [nn.ConvTranspose2d(in_channels, out_channels, 4, stride=2, padding=1, bias=not normalise),
+                       *([ChannelNorm(out_channels)] if normalise else []), nn.SiLU()]
         layers.append(nn.ConvTranspose2d(channels, image_channels, 4, stride=2, padding=1))
         self.deconvs = nn.Sequential(*layers)
 
@@ -210,19 +251,27 @@ class WorldModel(nn.Module):
         self.sequential = config.world_model == "rssm"
         self.obs_shape = tuple(observation_space.shape)
         self.image = len(self.obs_shape) == 3
-        encoder = make_encoder(observation_space, config.encoder_dim)
-        self.encoder = encoder if self.image else SymlogEncoder(encoder)
+        dreamerv3_images = self.image and config.image_network == "dreamerv3"
+        if dreamerv3_images:
+            self.encoder = ConvEncoder(self.obs_shape, config.decoder_channels)
+        else:
+            encoder = make_encoder(observation_space, config.encoder_dim)
+            self.encoder = encoder if self.image else SymlogEncoder(encoder)
+        embedding_dim = self.encoder.output_dim if dreamerv3_images else config.encoder_dim
         self.discrete = isinstance(action_space, gymnasium.spaces.Discrete)
         self.action_dim = int(action_space.n) if self.discrete else int(action_space.shape[0])
         self.latent_dim = config.num_latents * config.num_classes
         self.feature_dim = config.hidden_dim + self.latent_dim
-        posterior_input = config.encoder_dim + (config.hidden_dim if self.sequential else 0)
+        posterior_input = embedding_dim + (config.hidden_dim if self.sequential else 0)
         self.posterior = mlp(posterior_input, config.mlp_units, 1, self.latent_dim)
-        self.backbone = make_backbone(backbone, self.latent_dim + self.action_dim, config.hidden_dim,
-                                      **config.backbone_options)
+        sequence_input_dim = self.latent_dim + self.action_dim
+        self.input_layer = mlp(sequence_input_dim, config.mlp_units, 1) if config.input_layer else nn.Identity()
+        self.backbone = make_backbone(backbone, config.mlp_units if config.input_layer else sequence_input_dim,
+                                      config.hidden_dim, **config.backbone_options)
         self.prior = mlp(config.hidden_dim, config.mlp_units, 1, self.latent_dim)
         if self.image:
-            self.decoder = ImageDecoder(self.feature_dim, self.obs_shape, config.decoder_channels)
+            self.decoder = ImageDecoder(self.feature_dim, self.obs_shape, config.decoder_channels,
+                                        normalise=dreamerv3_images)
         else:
             self.decoder = mlp(self.feature_dim, config.mlp_units, config.mlp_layers, self.obs_shape[0])
         self.reward_head = mlp(config.hidden_dim, config.mlp_units, config.mlp_layers, config.reward_bins, zero_output=True)
@@ -238,6 +287,11 @@ class WorldModel(nn.Module):
         """The RSSM's posterior reads the memory d too; the parallel one ignores `deter`."""
         inputs = torch.cat([embedding, deter], -1) if self.sequential else embedding
         return self.latent_distribution(self.posterior(inputs))
+
+    def sequence_input(self, latents: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """What the sequence model reads at a step: concat(z, a) [..., latent_dim + action_dim],
+        through the input layer when there is one."""
+        return self.input_layer(torch.cat([latents, actions], -1))
 
     def prior_distribution(self, deter: torch.Tensor) -> UnimixCategorical:
         return self.latent_distribution(self.prior(deter))
@@ -276,7 +330,7 @@ class WorldModel(nn.Module):
             return self._observe_sequential(embedding, actions, is_first, start)
         posterior = self.posterior_distribution(embedding, None)
         latents = posterior.sample().flatten(-2)
-        inputs = torch.cat([latents, actions], -1)
+        inputs = self.sequence_input(latents, actions)
         hidden, final_state = self.backbone(inputs, start["backbone"], is_first)
         deter = torch.cat([start["deter"][:, None], hidden[:, :-1]], 1).masked_fill(is_first[..., None], 0.0)
         states = self.states_before_each_row(inputs.detach(), is_first, start["backbone"]) if collect_states else None
@@ -305,7 +359,7 @@ class WorldModel(nn.Module):
             deter = previous.masked_fill(is_first[:, t, None], 0.0)
             posterior = self.posterior_distribution(embedding[:, t], deter)
             latent = posterior.sample().flatten(-2)
-            previous, state = self.backbone.step(torch.cat([latent, actions[:, t]], -1), state, is_first[:, t])
+            previous, state = self.backbone.step(self.sequence_input(latent, actions[:, t]), state, is_first[:, t])
             logits.append(posterior.logits)
             latents.append(latent)
             deters.append(deter)
@@ -372,7 +426,7 @@ class WorldModel(nn.Module):
         features, all_latents, actions, hiddens = [torch.cat([deter, latents], -1)], [latents], [], []
         for _ in range(horizon):
             action = policy(features[-1])
-            hidden, state = self.backbone.step(torch.cat([latents, action], -1), state, reset)
+            hidden, state = self.backbone.step(self.sequence_input(latents, action), state, reset)
             reset = torch.zeros_like(reset)
             latents = self.prior_distribution(hidden).sample().flatten(-2)
             features.append(torch.cat([hidden, latents], -1))
@@ -495,7 +549,7 @@ class DreamerAgent(nn.Module):
         else:
             policy = self.actor(torch.cat([deter, latents], -1))
             action = policy.mode() if deterministic else policy.sample()
-        hidden, backbone_state = world_model.backbone.step(torch.cat([latents, action], -1), state["backbone"], is_first)
+        hidden, backbone_state = world_model.backbone.step(world_model.sequence_input(latents, action), state["backbone"], is_first)
         return action, {"deter": hidden, "backbone": backbone_state}
 
     @torch.no_grad()

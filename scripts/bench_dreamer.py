@@ -69,7 +69,7 @@ def benchmark(backbone: str, world_model: str, config: DreamerConfig, device: to
     def imagine_from_batch():
         with torch.no_grad():
             if world_model == "parallel":  # the extra walk that collects the state carried into every row
-                inputs = torch.cat([start["latents"], batch["action"]], -1)
+                inputs = agent.world_model.sequence_input(start["latents"], batch["action"])
                 states = agent.world_model.states_before_each_row(inputs, batch["is_first"])
             else:  # the RSSM's posterior walk has collected them already
                 states = start["states"]

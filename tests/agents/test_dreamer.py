@@ -257,6 +257,36 @@ def test_image_observations_use_the_cnn_encoder_and_transposed_cnn_decoder():
     assert action.dtype == torch.int64 and action.shape == (2,) and state["deter"].shape == (2, TINY.hidden_dim)
 
 
+def test_the_dreamerv3_image_network_and_input_layer_at_tiny_sizes():
+    torch.manual_seed(3)
+    config = dataclasses.replace(TINY, decoder_channels=4, image_network="dreamerv3", input_layer=True, mlp_units=12)
+    observation_space = gymnasium.spaces.Box(0, 255, (64, 64, 3), dtype="uint8")
+    agent = DreamerAgent(observation_space, gymnasium.spaces.Discrete(5), "gru", config)
+    world_model = agent.world_model
+    convs = [layer for layer in world_model.encoder.convs if isinstance(layer, torch.nn.Conv2d)]
+    assert [(conv.out_channels, conv.stride) for conv in convs] == [(4, (2, 2)), (8, (2, 2)), (16, (2, 2)), (32, (2, 2))]
+    norms = [layer for layer in world_model.encoder.convs if isinstance(layer, torch.nn.LayerNorm)]
+    assert [norm.normalized_shape for norm in norms] == [(4,), (8,), (16,), (32,)]
+    assert world_model.encoder.output_dim == 32 * 4 * 4  # the flattened 4x4 grid of 8c channels
+    assert world_model.posterior[0].in_features == 32 * 4 * 4
+    assert sum(isinstance(layer, torch.nn.LayerNorm) for layer in world_model.decoder.deconvs) == 3
+    assert world_model.backbone.input_dim == 12 and world_model.input_layer[0].in_features == 4 * 4 + 5
+    obs = torch.randint(0, 256, (2, 6, 64, 64, 3), dtype=torch.uint8)
+    assert world_model.encoder(obs).shape == (2, 6, 512)
+    batch = {"obs": obs, "action": F.one_hot(torch.randint(0, 5, (2, 6)), 5).float(),
+             "is_first": torch.zeros(2, 6, dtype=torch.bool), "reward": torch.randn(2, 6),
+             "terminated": torch.zeros(2, 6, dtype=torch.bool)}
+    loss, terms, outputs = world_model.loss(batch)
+    assert world_model.decoder(outputs["features"]).shape == (2, 6, 64, 64, 3)
+    loss.backward()
+    assert world_model.encoder.convs[0].weight.grad.abs().sum() > 0
+    assert world_model.input_layer[0].weight.grad.abs().sum() > 0
+    action, state = agent.act(obs[:, 0], agent.initial_state(2), torch.ones(2, dtype=torch.bool))
+    assert action.shape == (2,) and state["deter"].shape == (2, TINY.hidden_dim)
+    with pytest.raises(ValueError, match="unknown image_network 'resnet'; choose one of: nature, dreamerv3"):
+        dataclasses.replace(TINY, image_network="resnet").validate()
+
+
 # -- training ------------------------------------------------------------------------------
 
 
