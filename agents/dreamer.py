@@ -9,8 +9,8 @@ The world model, for every row t:
     z_t  ~ q(z | enc(obs_t))                    posterior from the encoder alone ("parallel");
                                                 the RSSM's also reads d_t (see below)
     h_t, state = backbone(concat(z_t, a_t), state, reset=is_first_t)
-    d_t  = 0 if is_first_t (or t is the window's first row) else h_{t-1}
-                                                the memory of everything before obs_t
+    d_t  = 0 if is_first_t else h_{t-1}         the memory of everything before obs_t (at the
+                                                window's first row: the stored memory, below)
     feature s_t = concat(d_t, z_t)              what the actor, the critic and the decoder read
     prior p(z_t | d_t)                          (so the prior head maps h_{t-1} to z_t)
     decoder(s_t) -> obs_t,  reward(h_t) -> reward_t,  continue(h_t) -> not terminated_t
@@ -23,6 +23,18 @@ the whole [B, T] window in one `forward` call (R2I / Drama style), so S5, Mamba 
 train in parallel. `world_model="rssm"` is the classic reference: the posterior reads
 concat(enc(obs_t), d_t), so the sequence is walked one `step` at a time (use the GRU backbone
 for DreamerV3's RSSM).
+
+Memory across windows (DreamerV3's replay context). With `replay_state` (the default) every
+replay row also stores the memory the agent had before that step: h_{t-1} and the backbone
+state carried into step t ("memory.deter", "memory.backbone.<key>"; fixed-size for any
+backbone). A replayed window enters its first row with that stored memory instead of the
+initial state, so the world model and imagination see what happened before the window; a
+window whose first row is_first resets as usual. After each update the memory the world model
+computed for the window's later rows is written back to the replay at those rows, so stored
+states do not stay as stale as the policy that collected them. `burn_in` > 0 replays that many
+extra rows before each trained window without gradient (they refresh its start state).
+Gradients still stop at the window's start (truncated backpropagation): a cue older than the
+window is only learnable while the memory keeps it by itself.
 
 Imagination starts from every replayed row: (d_t, z_t) and the backbone state carried into
 row t, applying reset=is_first_t at the first imagined step. The RSSM walk yields those states
