@@ -46,7 +46,8 @@ Actor-critic (DreamerV3): H imagined steps with `backbone.step` and prior sample
 continuation from the heads, lambda-returns bootstrapped from the critic, advantages divided
 by max(1, S) with S the EMA of the 5th-95th percentile range of the returns, REINFORCE for
 discrete and continuous actions with entropy bonus, a two-hot symlog critic regularised
-towards its slow EMA copy. DreamerV3's extra critic loss on replayed trajectories is left out.
+towards its slow EMA copy; optionally (`replay_value_loss`, DreamerV3's repval) the critic also
+learns lambda-returns along the replayed windows, bootstrapped from the returns imagined there.
 """
 
 from __future__ import annotations
@@ -115,6 +116,7 @@ class DreamerConfig:
     actor_entropy: float = field(default=3e-4, metadata={"help": "actor entropy bonus"})
     return_norm_decay: float = field(default=0.99, metadata={"help": "EMA decay of the 5th-95th percentile return range"})
     critic_ema_decay: float = field(default=0.98, metadata={"help": "EMA decay of the slow critic"})
+    replay_value_loss: float = field(default=0.0, metadata={"help": "weight of DreamerV3's critic loss on replayed rows (lambda-returns of the replayed rewards, bootstrapped from the imagined returns; DreamerV3: 0.3); 0 leaves it out"})
     slow_critic_reg: float = field(default=1.0, metadata={"help": "weight of the critic's regulariser towards the slow critic"})
     batch_size: int = field(default=16, metadata={"help": "replayed windows per update"})
     batch_length: int = field(default=64, metadata={"help": "steps per replayed window"})
@@ -482,6 +484,27 @@ class Critic(nn.Module):
         return self.net(features)
 
 
+def replay_returns(rewards: torch.Tensor, terminated: torch.Tensor, is_first: torch.Tensor, bootstrap: torch.Tensor,
+                   gamma: float, lambda_: float) -> torch.Tensor:
+    """Lambda-returns along replayed windows [B, T] -> [B, T - 1] (rows 0..T-2).
+
+    rewards, terminated: what the env returned for row t's action; is_first: row t starts an
+    episode; bootstrap: a value estimate of row t (the imagined return from it).
+    R_t = r_t + gamma (1 - terminated_t) ((1 - lambda) b_{t+1} + lambda R_{t+1}), R_{T-1} = b_{T-1};
+    where row t + 1 starts a new episode without row t terminating (truncation), R_t = b_t.
+    """
+    length = rewards.shape[1]
+    returns = torch.empty_like(rewards[:, :-1])
+    running = bootstrap[:, -1]
+    for t in reversed(range(length - 1)):
+        target = rewards[:, t] + gamma * (~terminated[:, t]).float() * (
+            (1 - lambda_) * bootstrap[:, t + 1] + lambda_ * running)
+        truncated = is_first[:, t + 1] & ~terminated[:, t]
+        running = torch.where(truncated, bootstrap[:, t], target)
+        returns[:, t] = running
+    return returns
+
+
 def lambda_returns(rewards: torch.Tensor, continues: torch.Tensor, values: torch.Tensor, gamma: float,
                    lambda_: float) -> torch.Tensor:
     """rewards, continues [N, H] of imagined steps 0..H-1, values [N, H + 1] of features 0..H ->
@@ -573,8 +596,10 @@ class DreamerAgent(nn.Module):
     def critic_value(self, critic: nn.Module, features: torch.Tensor) -> torch.Tensor:
         return self.world_model.two_hot.decode(critic(features))
 
-    def actor_critic_loss(self, start: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-        """Imagine from the replayed rows in `start` (an `observe` output) -> (actor loss, critic loss, metrics)."""
+    def actor_critic_loss(self, start: dict[str, Any], batch: dict[str, torch.Tensor] | None = None
+                          ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """Imagine from the replayed rows in `start` (an `observe` output of the replayed `batch`
+        [B, T]) -> (actor loss, critic loss, metrics). The replay value loss needs `batch`."""
         config, world_model = self.config, self.world_model
         with torch.no_grad():
             flat = {key: value.flatten(0, 1) for key, value in start["states"].items()}
@@ -602,12 +627,29 @@ class DreamerAgent(nn.Module):
         two_hot = world_model.two_hot
         critic_loss = (weights * (two_hot.loss(critic_logits, returns)
                                   + config.slow_critic_reg * two_hot.loss(critic_logits, slow_values))).mean()
+        if config.replay_value_loss > 0 and batch is not None:
+            critic_loss = critic_loss + config.replay_value_loss * self.replay_value_loss(start, batch, returns[:, 0])
         metrics = {
             "losses/entropy": entropy.mean(), "imagination/advantage": advantages.mean(),
             "imagination/return": returns.mean(), "imagination/reward": rewards.mean(),
             "imagination/continue": continues.mean(), "imagination/return_scale": self.return_scale.clone(),
         }
         return actor_loss, critic_loss, metrics
+
+    def replay_value_loss(self, start: dict[str, Any], batch: dict[str, torch.Tensor],
+                          imagined_returns: torch.Tensor) -> torch.Tensor:
+        """DreamerV3's critic loss on the replayed rows: two-hot loss of the critic on their
+        (detached) features against `replay_returns` bootstrapped from `imagined_returns` [B * T]
+        (the return imagined from each row), plus the slow-critic regulariser."""
+        config, two_hot = self.config, self.world_model.two_hot
+        features = start["features"].detach()[:, :-1]
+        with torch.no_grad():
+            bootstrap = imagined_returns.reshape(batch["reward"].shape)
+            targets = replay_returns(batch["reward"], batch["terminated"], batch["is_first"], bootstrap,
+                                     config.gamma, config.return_lambda)
+            slow_values = self.critic_value(self.slow_critic, features)
+        logits = self.critic(features)
+        return (two_hot.loss(logits, targets) + config.slow_critic_reg * two_hot.loss(logits, slow_values)).mean()
 
     @torch.no_grad()
     def update_slow_critic(self) -> None:
@@ -759,10 +801,10 @@ class DreamerTrainer:
         self.replay.add(row)
         self.statistics.record(info, writer, self.global_step)
 
-    def replayed_world_model_loss(self) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, Any]]:
+    def replayed_world_model_loss(self) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, Any], dict]:
         """Sample burn_in + batch_length rows per window, enter each window with its stored
         memory (replay_state) or the initial state, run the burn-in rows without gradient, and
-        return `WorldModel.loss` of the trained rows. With replay_state, the memory the model
+        return `WorldModel.loss` of the trained rows and those rows. With replay_state, the memory the model
         has just computed for every replayed row after the first is written back to the replay."""
         config, world_model = self.config, self.agent.world_model
         sampled, (envs, rows) = self.replay.sample_with_index(config.batch_size, config.burn_in + config.batch_length)
@@ -782,13 +824,13 @@ class DreamerTrainer:
             refreshed = {key: torch.cat([part[key] for part in map(flatten_carry, carried)], 1)[:, 1:]
                          for key in flatten_carry(carried[0])}
             self.replay.overwrite(envs, rows[:, 1:], refreshed)
-        return loss, terms, outputs
+        return loss, terms, outputs, batch
 
     def train_step(self) -> dict[str, float]:
         """One update of the world model, actor and critic on a replayed batch."""
         config, agent = self.config, self.agent
-        world_model_loss, terms, start = self.replayed_world_model_loss()
-        actor_loss, critic_loss, ac_metrics = agent.actor_critic_loss(start)
+        world_model_loss, terms, start, batch = self.replayed_world_model_loss()
+        actor_loss, critic_loss, ac_metrics = agent.actor_critic_loss(start, batch)
         losses = torch.stack([world_model_loss, actor_loss, critic_loss]).detach()
         if not bool(torch.isfinite(losses).all()):  # one host sync for the three checks
             name, value = next((name, value) for name, value in zip(("world model", "actor", "critic"), losses.tolist())

@@ -81,11 +81,11 @@ PRESETS: dict[str, dict] = {
                   "eval_deterministic": False, "env_options": {"clip_rewards": True}},
     "dreamer:default": {"num_envs": 16},
     # DreamerV3's Atari100k setting (arXiv 2301.04104v1): model size S (GRU and MLP widths 512, CNN depth 32,
-    # 2-layer MLPs, 32 x 32 latents), train ratio 1024, lives unused, the RSSM posterior for the GRU.
+    # 2-layer MLPs, 32 x 32 latents), train ratio 1024, the replay value loss, lives unused, the RSSM for the GRU.
     "dreamer:atari100k": {"total_steps": 100_000, "num_envs": 1, "replay_capacity": 100_000, "eval_episodes": 100,
                           "eval_deterministic": False, "train_ratio": 1024, "hidden_dim": 512, "mlp_units": 512,
                           "mlp_layers": 2, "decoder_channels": 32, "image_network": "dreamerv3", "input_layer": True,
-                          "env_options": {"life_loss": False}},
+                          "replay_value_loss": 0.3, "env_options": {"life_loss": False}},
     "dreamer:atari100k/gru": {"world_model": "rssm"},
     "dreamer:memory-retention": {"total_steps": 15_000, "num_envs": 8, "hidden_dim": 32, "encoder_dim": 32,
                                  "mlp_units": 32, "mlp_layers": 1, "num_latents": 4, "num_classes": 4,

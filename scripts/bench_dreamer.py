@@ -88,7 +88,7 @@ def benchmark(backbone: str, world_model: str, config: DreamerConfig, device: to
             )
 
     def actor_critic_update():
-        actor_loss, critic_loss, _ = agent.actor_critic_loss(start)
+        actor_loss, critic_loss, _ = agent.actor_critic_loss(start, batch)
         actor_critic_optimizer.zero_grad(set_to_none=True)
         (actor_loss + critic_loss).backward()
         actor_critic_optimizer.step()

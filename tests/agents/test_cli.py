@@ -83,5 +83,5 @@ def test_the_dreamer_atari100k_preset_is_dreamerv3s_setting(backbone, world_mode
     assert (config.train_ratio, config.hidden_dim, config.mlp_units, config.mlp_layers) == (1024, 512, 512, 2)
     assert (config.image_network, config.decoder_channels, config.input_layer) == ("dreamerv3", 32, True)
     assert (config.num_latents, config.num_classes, config.batch_size, config.batch_length) == (32, 32, 16, 64)
-    assert config.world_model == world_model and config.replay_state
+    assert config.world_model == world_model and config.replay_state and config.replay_value_loss == 0.3
     assert run.env_options == {"life_loss": False} and run.eval_deterministic is False

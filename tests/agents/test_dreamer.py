@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from agents.distributions import UnimixCategorical
-from agents.dreamer import DreamerAgent, DreamerConfig, DreamerTrainer, flatten_carry, lambda_returns, unflatten_carry
+from agents.dreamer import (DreamerAgent, DreamerConfig, DreamerTrainer, flatten_carry, lambda_returns,
+                            replay_returns, unflatten_carry)
 from agents.run import TrainingDiverged, evaluate, load_checkpoint, seed_everything
 from envs.gymnasium_adapter import GymnasiumVectorEnv
 from envs.registry import make_env
@@ -196,7 +197,7 @@ def test_replaying_refreshes_the_stored_memory_and_burn_in_runs_before_the_train
     before = {name: value.clone() for name, value in trainer.replay.storage.items()}
     with torch.no_grad():
         trainer.agent.world_model.backbone.cells[0].weight_hh.mul_(1.5)  # the stored memory is now stale
-        _, _, outputs = trainer.replayed_world_model_loss()
+        _, _, outputs, _ = trainer.replayed_world_model_loss()
     batch, (envs, rows) = sampled[0]
     assert rows.shape == (TINY.batch_size, 3 + TINY.batch_length)
     with torch.no_grad():
@@ -232,6 +233,33 @@ def test_lambda_returns_match_their_definition():
     # lambda = 0: one-step targets r_i + gamma c_i v_{i+1}.
     torch.testing.assert_close(lambda_returns(rewards, continues, values, gamma, 0.0),
                                torch.tensor([[1.0 + 0.9 * 1.0, 0.0 + 0.9 * 3.0, 2.0]]))
+
+
+def test_replay_returns_follow_the_replayed_rewards_and_cut_at_ends_and_truncations():
+    rewards = torch.tensor([[1.0, 2.0, 3.0, 4.0, 5.0]])
+    terminated = torch.tensor([[False, True, False, False, False]])
+    is_first = torch.tensor([[False, False, True, False, True]])  # row 3 is truncated: row 4 starts anew
+    bootstrap = torch.tensor([[10.0, 20.0, 30.0, 40.0, 50.0]])
+    gamma, lambda_ = 0.5, 0.5
+    returns = replay_returns(rewards, terminated, is_first, bootstrap, gamma, lambda_)
+    r2 = 3.0 + gamma * (0.5 * 40.0 + 0.5 * 40.0)  # R_3 = b_3 (truncated)
+    torch.testing.assert_close(returns, torch.tensor([[1.0 + gamma * (0.5 * 20.0 + 0.5 * 2.0), 2.0, r2, 40.0]]))
+
+
+def test_the_replay_value_loss_trains_the_critic_on_replayed_rows():
+    trainer = make_trainer(None, config=dataclasses.replace(TINY, replay_value_loss=0.3))
+    while not trainer.ready_to_train():
+        trainer.env_step(writer=None)
+    torch.manual_seed(4)
+    _, _, start, batch = trainer.replayed_world_model_loss()
+    agent = trainer.agent
+    torch.manual_seed(5)
+    _, with_replay, _ = agent.actor_critic_loss(start, batch)
+    torch.manual_seed(5)
+    _, without_replay, _ = agent.actor_critic_loss(start)
+    assert with_replay.item() > without_replay.item() + 0.3 * 0.5  # two-hot cross-entropies are well above 0.5 here
+    metrics = trainer.train()
+    assert trainer.update >= 4 and all(torch.isfinite(torch.tensor(value)) for value in metrics.values())
 
 
 def test_image_observations_use_the_cnn_encoder_and_transposed_cnn_decoder():
