@@ -348,7 +348,8 @@ class WorldModel(nn.Module):
         hidden, final_state = self.backbone(inputs, start["backbone"], is_first)
         deter = torch.cat([start["deter"][:, None], hidden[:, :-1]], 1).masked_fill(is_first[..., None], 0.0)
         states = self.states_before_each_row(inputs.detach(), is_first, start["backbone"]) if collect_states else None
-        final = {"deter": hidden[:, -1].detach(), "backbone": {key: value.detach() for key, value in final_state.items()}}
+        final = {"deter": hidden[:, -1].detach(),
+                 "backbone": {key: value.detach() for key, value in final_state.items()}}
         return self._assemble(posterior, latents, deter, hidden, states, final, is_first)
 
     @torch.no_grad()
@@ -584,7 +585,8 @@ class DreamerAgent(nn.Module):
         else:
             policy = self.actor(torch.cat([deter, latents], -1))
             action = policy.mode() if deterministic else policy.sample()
-        hidden, backbone_state = world_model.backbone.step(world_model.sequence_input(latents, action), state["backbone"], is_first)
+        inputs = world_model.sequence_input(latents, action)
+        hidden, backbone_state = world_model.backbone.step(inputs, state["backbone"], is_first)
         return action, {"deter": hidden, "backbone": backbone_state}
 
     @torch.no_grad()
