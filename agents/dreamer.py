@@ -12,6 +12,8 @@ The world model, for every row t:
     d_t  = 0 if is_first_t else h_{t-1}         the memory of everything before obs_t (at the
                                                 window's first row: the stored memory, below)
     feature s_t = concat(d_t, z_t)              what the actor, the critic and the decoder read
+                                                (`actor_critic_full_state`: the actor and critic
+                                                also read the backbone state carried into t, R2I)
     prior p(z_t | d_t)                          (so the prior head maps h_{t-1} to z_t)
     decoder(s_t) -> obs_t,  reward(h_t) -> reward_t,  continue(h_t) -> not terminated_t
 So reward and continuation are predicted from h_t, which has read a_t: they belong to the
@@ -116,6 +118,7 @@ class DreamerConfig:
     actor_entropy: float = field(default=3e-4, metadata={"help": "actor entropy bonus"})
     return_norm_decay: float = field(default=0.99, metadata={"help": "EMA decay of the 5th-95th percentile return range"})
     critic_ema_decay: float = field(default=0.98, metadata={"help": "EMA decay of the slow critic"})
+    actor_critic_full_state: bool = field(default=False, metadata={"help": "actor and critic also read the backbone's whole state (R2I's input; complex states as real and imaginary parts), not only (d, z)"})
     replay_value_loss: float = field(default=0.0, metadata={"help": "weight of DreamerV3's critic loss on replayed rows (lambda-returns of the replayed rewards, bootstrapped from the imagined returns; DreamerV3: 0.3); 0 leaves it out"})
     slow_critic_reg: float = field(default=1.0, metadata={"help": "weight of the critic's regulariser towards the slow critic"})
     batch_size: int = field(default=16, metadata={"help": "replayed windows per update"})
@@ -276,6 +279,7 @@ class WorldModel(nn.Module):
         self.action_dim = int(action_space.n) if self.discrete else int(action_space.shape[0])
         self.latent_dim = config.num_latents * config.num_classes
         self.feature_dim = config.hidden_dim + self.latent_dim
+        self.full_state = config.actor_critic_full_state
         posterior_input = embedding_dim + (config.hidden_dim if self.sequential else 0)
         self.posterior = mlp(posterior_input, config.mlp_units, 1, self.latent_dim)
         sequence_input_dim = self.latent_dim + self.action_dim
@@ -291,6 +295,9 @@ class WorldModel(nn.Module):
         self.reward_head = mlp(config.hidden_dim, config.mlp_units, config.mlp_layers, config.reward_bins, zero_output=True)
         self.continue_head = mlp(config.hidden_dim, config.mlp_units, config.mlp_layers, 1)
         self.two_hot = TwoHot(config.reward_bins)
+        no_reset = torch.zeros(1, dtype=torch.bool)
+        self.policy_feature_dim = self.feature_dim + (
+            self.state_features(self.backbone.initial_state(1), no_reset).shape[-1] if self.full_state else 0)
 
     def latent_distribution(self, logits: torch.Tensor) -> UnimixCategorical:
         """Flat logits [..., num_latents * num_classes] -> grouped categorical [..., num_latents, num_classes]."""
@@ -301,6 +308,21 @@ class WorldModel(nn.Module):
         """The RSSM's posterior reads the memory d too; the parallel one ignores `deter`."""
         inputs = torch.cat([embedding, deter], -1) if self.sequential else embedding
         return self.latent_distribution(self.posterior(inputs))
+
+    def state_features(self, state: State, reset: torch.Tensor) -> torch.Tensor:
+        """The backbone's whole state as detached real features [N, S] (complex leaves as real and
+        imaginary parts; the initial state where reset [N]); S = 0 for a stateless backbone."""
+        initial = self.backbone.initial_state(reset.shape[0], reset.device)
+        parts = []
+        for key in sorted(state):
+            value = torch.where(reset.view(-1, *[1] * (state[key].dim() - 1)), initial[key], state[key]).detach()
+            parts.append((torch.view_as_real(value) if value.is_complex() else value).flatten(1).float())
+        return torch.cat(parts, -1) if parts else torch.zeros(reset.shape[0], 0, device=reset.device)
+
+    def policy_features(self, features: torch.Tensor, state: State, reset: torch.Tensor) -> torch.Tensor:
+        """What the actor and critic read [N, policy_feature_dim]: features (d, z) [N, F], with
+        `actor_critic_full_state` followed by `state_features(state, reset)`."""
+        return torch.cat([features, self.state_features(state, reset)], -1) if self.full_state else features
 
     def sequence_input(self, latents: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """What the sequence model reads at a step: concat(z, a) [..., latent_dim + action_dim],
@@ -433,18 +455,20 @@ class WorldModel(nn.Module):
 
         deter [N, hidden_dim] and latents [N, latent_dim] are the start features, `state` the
         backbone state carried into the start row and `reset` [N] its is_first flag.
-        `policy(features [N, feature_dim]) -> action vectors [N, action_dim]`. Returns
-        "features" [N, H + 1, F], "latents" [N, H + 1, latent_dim], "actions" [N, H, action_dim]
+        `policy(features [N, policy_feature_dim]) -> action vectors [N, action_dim]`. Returns
+        "features" [N, H + 1, policy_feature_dim] (what the actor and critic read: (d, z) first),
+        "latents" [N, H + 1, latent_dim], "actions" [N, H, action_dim]
         and "hidden" [N, H, hidden_dim]: hidden[:, i] has read (latents[:, i], actions[:, i])
         and predicts the reward and continuation of imagined step i.
         """
-        features, all_latents, actions, hiddens = [torch.cat([deter, latents], -1)], [latents], [], []
+        features = [self.policy_features(torch.cat([deter, latents], -1), state, reset)]
+        all_latents, actions, hiddens = [latents], [], []
         for _ in range(horizon):
             action = policy(features[-1])
             hidden, state = self.backbone.step(self.sequence_input(latents, action), state, reset)
             reset = torch.zeros_like(reset)
             latents = self.prior_distribution(hidden).sample().flatten(-2)
-            features.append(torch.cat([hidden, latents], -1))
+            features.append(self.policy_features(torch.cat([hidden, latents], -1), state, reset))
             all_latents.append(latents)
             actions.append(action)
             hiddens.append(hidden)
@@ -537,7 +561,7 @@ class DreamerAgent(nn.Module):
         config.validate()
         self.config = config
         self.world_model = WorldModel(observation_space, action_space, backbone, config)
-        feature_dim, action_dim = self.world_model.feature_dim, self.world_model.action_dim
+        feature_dim, action_dim = self.world_model.policy_feature_dim, self.world_model.action_dim
         self.discrete = self.world_model.discrete
         self.actor = Actor(feature_dim, action_dim, self.discrete, config)
         self.critic = Critic(feature_dim, config)
@@ -583,7 +607,8 @@ class DreamerAgent(nn.Module):
         if uniform:
             action = self.random_actions(obs.shape[0], obs.device)
         else:
-            policy = self.actor(torch.cat([deter, latents], -1))
+            features = world_model.policy_features(torch.cat([deter, latents], -1), state["backbone"], is_first)
+            policy = self.actor(features)
             action = policy.mode() if deterministic else policy.sample()
         inputs = world_model.sequence_input(latents, action)
         hidden, backbone_state = world_model.backbone.step(inputs, state["backbone"], is_first)
@@ -643,8 +668,12 @@ class DreamerAgent(nn.Module):
         """DreamerV3's critic loss on the replayed rows: two-hot loss of the critic on their
         (detached) features against `replay_returns` bootstrapped from `imagined_returns` [B * T]
         (the return imagined from each row), plus the slow-critic regulariser."""
-        config, two_hot = self.config, self.world_model.two_hot
-        features = start["features"].detach()[:, :-1]
+        config, world_model = self.config, self.world_model
+        flat_states = {key: value.flatten(0, 1) for key, value in start["states"].items()}
+        features = world_model.policy_features(start["features"].detach().flatten(0, 1), flat_states,
+                                               start["is_first"].flatten(0, 1))
+        features = features.unflatten(0, start["is_first"].shape)[:, :-1]
+        two_hot = world_model.two_hot
         with torch.no_grad():
             bootstrap = imagined_returns.reshape(batch["reward"].shape)
             targets = replay_returns(batch["reward"], batch["terminated"], batch["is_first"], bootstrap,

@@ -318,6 +318,32 @@ def test_the_dreamerv3_image_network_and_input_layer_at_tiny_sizes():
         dataclasses.replace(TINY, image_network="resnet").validate()
 
 
+@pytest.mark.parametrize("backbone", ["gru", "s5"])
+def test_actor_and_critic_can_read_the_whole_backbone_state(backbone):
+    config = dataclasses.replace(TINY, actor_critic_full_state=True, replay_value_loss=0.3)
+    trainer = make_trainer(None, backbone=backbone, config=config)
+    world_model, agent = trainer.agent.world_model, trainer.agent
+    initial = world_model.backbone.initial_state(1)
+    state_size = sum(2 * value.numel() if value.is_complex() else value.numel() for value in initial.values())
+    assert agent.actor.net[0].in_features == agent.critic.net[0].in_features == world_model.feature_dim + state_size
+    while not trainer.ready_to_train():
+        trainer.env_step(writer=None)
+    _, _, start, batch = trainer.replayed_world_model_loss()
+    rows = start["is_first"].flatten()
+    flat_states = {key: value.flatten(0, 1) for key, value in start["states"].items()}
+    with torch.no_grad():
+        trajectory = world_model.imagine(lambda features: agent.actor(features).sample(),
+                                         start["deter"].flatten(0, 1), start["latents"].flatten(0, 1),
+                                         flat_states, rows, 3)
+    tail = trajectory["features"][..., world_model.feature_dim:]
+    torch.testing.assert_close(tail[:, 0], world_model.state_features(flat_states, rows))
+    assert (tail[rows, 0] == 0).all() and (tail[~rows, 0] != 0).any()
+    if backbone == "gru":  # a one-layer GRU's state is its output h
+        torch.testing.assert_close(tail[:, 1:], trajectory["hidden"])
+    metrics = trainer.train_step()
+    assert all(torch.isfinite(torch.tensor(value)) for value in metrics.values())
+
+
 # -- training ------------------------------------------------------------------------------
 
 
