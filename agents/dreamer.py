@@ -9,9 +9,11 @@ The world model, for every row t:
     z_t  ~ q(z | enc(obs_t))                    posterior from the encoder alone ("parallel");
                                                 the RSSM's also reads d_t (see below)
     h_t, state = backbone(concat(z_t, a_t), state, reset=is_first_t)
-    d_t  = 0 if is_first_t (or t is the window's first row) else h_{t-1}
-                                                the memory of everything before obs_t
+    d_t  = 0 if is_first_t else h_{t-1}         the memory of everything before obs_t (at the
+                                                window's first row: the stored memory, below)
     feature s_t = concat(d_t, z_t)              what the actor, the critic and the decoder read
+                                                (`actor_critic_full_state`: the actor and critic
+                                                also read the backbone state carried into t, R2I)
     prior p(z_t | d_t)                          (so the prior head maps h_{t-1} to z_t)
     decoder(s_t) -> obs_t,  reward(h_t) -> reward_t,  continue(h_t) -> not terminated_t
 So reward and continuation are predicted from h_t, which has read a_t: they belong to the
@@ -24,6 +26,18 @@ train in parallel. `world_model="rssm"` is the classic reference: the posterior 
 concat(enc(obs_t), d_t), so the sequence is walked one `step` at a time (use the GRU backbone
 for DreamerV3's RSSM).
 
+Memory across windows (DreamerV3's replay context). With `replay_state` (the default) every
+replay row also stores the memory the agent had before that step: h_{t-1} and the backbone
+state carried into step t ("memory.deter", "memory.backbone.<key>"; fixed-size for any
+backbone). A replayed window enters its first row with that stored memory instead of the
+initial state, so the world model and imagination see what happened before the window; a
+window whose first row is_first resets as usual. After each update the memory the world model
+computed for the window's later rows is written back to the replay at those rows, so stored
+states do not stay as stale as the policy that collected them. `burn_in` > 0 replays that many
+extra rows before each trained window without gradient (they refresh its start state).
+Gradients still stop at the window's start (truncated backpropagation): a cue older than the
+window is only learnable while the memory keeps it by itself.
+
 Imagination starts from every replayed row: (d_t, z_t) and the backbone state carried into
 row t, applying reset=is_first_t at the first imagined step. The RSSM walk yields those states
 for free; for the parallel world model they are collected by a second, gradient-free walk of
@@ -34,7 +48,8 @@ Actor-critic (DreamerV3): H imagined steps with `backbone.step` and prior sample
 continuation from the heads, lambda-returns bootstrapped from the critic, advantages divided
 by max(1, S) with S the EMA of the 5th-95th percentile range of the returns, REINFORCE for
 discrete and continuous actions with entropy bonus, a two-hot symlog critic regularised
-towards its slow EMA copy. DreamerV3's extra critic loss on replayed trajectories is left out.
+towards its slow EMA copy; optionally (`replay_value_loss`, DreamerV3's repval) the critic also
+learns lambda-returns along the replayed windows, bootstrapped from the returns imagined there.
 """
 
 from __future__ import annotations
@@ -69,6 +84,7 @@ from agents.run import (
 from memory import State, make_backbone
 
 WORLD_MODELS = ("parallel", "rssm")
+IMAGE_NETWORKS = ("nature", "dreamerv3")
 RETURN_PERCENTILES = (0.05, 0.95)
 
 
@@ -82,7 +98,9 @@ class DreamerConfig:
     encoder_dim: int = field(default=256, metadata={"help": "observation embedding size"})
     mlp_units: int = field(default=256, metadata={"help": "width of the MLP heads (decoder, reward, continue, actor, critic)"})
     mlp_layers: int = field(default=2, metadata={"help": "hidden layers of the MLP heads"})
-    decoder_channels: int = field(default=32, metadata={"help": "channels of the last transposed convolution of the image decoder (x2 per stage)"})
+    decoder_channels: int = field(default=32, metadata={"help": "channels of the last transposed convolution of the image decoder (x2 per stage); with image_network dreamerv3 also the encoder's first convolution"})
+    image_network: str = field(default="nature", metadata={"help": f"image encoder and decoder: {', '.join(IMAGE_NETWORKS)} (nature: the Nature-DQN CNN to encoder_dim features and a plain transposed-CNN decoder; dreamerv3: four stride-2 convolutions with LayerNorm + SiLU, the flattened grid as embedding, and the mirrored decoder)"})
+    input_layer: bool = field(default=False, metadata={"help": "a Linear + LayerNorm + SiLU layer of mlp_units between concat(z, a) and the sequence model (DreamerV3's RSSM input layer)"})
     num_latents: int = field(default=32, metadata={"help": "categorical latents per step"})
     num_classes: int = field(default=32, metadata={"help": "classes per categorical latent"})
     unimix: float = field(default=0.01, metadata={"help": "uniform mixed into latent and discrete action distributions"})
@@ -101,11 +119,15 @@ class DreamerConfig:
     actor_entropy: float = field(default=3e-4, metadata={"help": "actor entropy bonus"})
     return_norm_decay: float = field(default=0.99, metadata={"help": "EMA decay of the 5th-95th percentile return range"})
     critic_ema_decay: float = field(default=0.98, metadata={"help": "EMA decay of the slow critic"})
+    actor_critic_full_state: bool = field(default=False, metadata={"help": "actor and critic also read the backbone's whole state (R2I's input; complex states as real and imaginary parts), not only (d, z)"})
+    replay_value_loss: float = field(default=0.0, metadata={"help": "weight of DreamerV3's critic loss on replayed rows (lambda-returns of the replayed rewards, bootstrapped from the imagined returns; DreamerV3: 0.3); 0 leaves it out"})
     slow_critic_reg: float = field(default=1.0, metadata={"help": "weight of the critic's regulariser towards the slow critic"})
     batch_size: int = field(default=16, metadata={"help": "replayed windows per update"})
     batch_length: int = field(default=64, metadata={"help": "steps per replayed window"})
     train_ratio: float = field(default=512.0, metadata={"help": "replayed steps (batch_size x batch_length per update) per env step"})
     replay_capacity: int = field(default=1_000_000, metadata={"help": "env steps the replay holds (all envs together)"})
+    replay_state: bool = field(default=True, metadata={"help": "store the memory (h and the backbone state) the agent had before each step and start replayed windows from it, refreshed by every replay of the rows (DreamerV3's replay context); false starts every window from the initial state"})
+    burn_in: int = field(default=0, metadata={"help": "replayed steps run without gradient before each trained window of batch_length steps (they refresh its start state)"})
     replay_sampling: str = field(default="uniform", metadata={"help": f"window sampling: {', '.join(SAMPLING)}"})
     recency_exponent: float = field(default=1.0, metadata={"help": "recency sampling: a window's weight is (age + 1) ** -exponent"})
     prefill: int = field(default=2500, metadata={"help": "env steps (all envs) collected before training; random actions on a fresh run"})
@@ -117,6 +139,8 @@ class DreamerConfig:
         """Raise ValueError, in one sentence, for the first setting out of range."""
         if self.world_model not in WORLD_MODELS:
             raise ValueError(f"unknown world_model {self.world_model!r}; choose one of: {', '.join(WORLD_MODELS)}")
+        if self.image_network not in IMAGE_NETWORKS:
+            raise ValueError(f"unknown image_network {self.image_network!r}; choose one of: {', '.join(IMAGE_NETWORKS)}")
         if self.replay_sampling not in SAMPLING:
             raise ValueError(f"unknown replay_sampling {self.replay_sampling!r}; choose one of: {', '.join(SAMPLING)}")
         positive = ("hidden_dim", "encoder_dim", "mlp_units", "mlp_layers", "decoder_channels", "num_latents",
@@ -130,8 +154,9 @@ class DreamerConfig:
         for name in ("gamma", "return_lambda", "return_norm_decay", "critic_ema_decay", "unimix"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
-        if self.prefill < 0:
-            raise ValueError(f"prefill must be 0 or more, got {self.prefill}")
+        for name in ("prefill", "burn_in"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be 0 or more, got {getattr(self, name)}")
 
 
 # -- networks --------------------------------------------------------------------------
@@ -163,14 +188,49 @@ class SymlogEncoder(nn.Module):
         return self.encoder(symlog(obs))
 
 
+class ChannelNorm(nn.LayerNorm):
+    """LayerNorm over the channels of images [N, C, H, W]."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return super().forward(images.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class ConvEncoder(nn.Module):
+    """DreamerV3's image encoder: images [..., H, W, C] (uint8 0..255 or float 0..1) -> [..., output_dim].
+
+    Pixels are scaled to [-0.5, 0.5]; four stride-2 convolutions (kernel 4) with c, 2c, 4c, 8c
+    channels, each followed by a LayerNorm over channels and SiLU, halve the image four times
+    (64x64 -> 4x4); the flattened 8c x H/16 x W/16 grid is the embedding (4,096 for c = 32).
+    """
+
+    def __init__(self, obs_shape: tuple[int, int, int], channels: int):
+        super().__init__()
+        height, width, image_channels = obs_shape
+        widths = [image_channels, channels, 2 * channels, 4 * channels, 8 * channels]
+        layers: list[nn.Module] = []
+        for in_channels, out_channels in zip(widths, widths[1:]):
+            layers += [nn.Conv2d(in_channels, out_channels, 4, stride=2, padding=1, bias=False),
+                       ChannelNorm(out_channels), nn.SiLU()]
+        self.convs = nn.Sequential(*layers, nn.Flatten())
+        with torch.no_grad():
+            self.output_dim = self.convs(torch.zeros(1, image_channels, height, width)).shape[-1]
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        leading = obs.shape[:-3]
+        images = obs.reshape(-1, *obs.shape[-3:]).permute(0, 3, 1, 2).float()
+        images = (images / 255.0 if obs.dtype == torch.uint8 else images) - 0.5
+        return self.convs(images).reshape(*leading, self.output_dim)
+
+
 class ImageDecoder(nn.Module):
     """Features [..., F] -> images [..., H, W, C] in [0, 1] scale (pixel / 255).
 
     A linear layer to a (ceil(H/16), ceil(W/16)) grid of 8c channels, four stride-2
-    transposed convolutions (8c -> 4c -> 2c -> c -> C), cropped to H x W.
+    transposed convolutions (8c -> 4c -> 2c -> c -> C), cropped to H x W; `normalise` puts a
+    LayerNorm over channels before each hidden SiLU (DreamerV3's decoder).
     """
 
-    def __init__(self, feature_dim: int, obs_shape: tuple[int, int, int], channels: int):
+    def __init__(self, feature_dim: int, obs_shape: tuple[int, int, int], channels: int, normalise: bool = False):
         super().__init__()
         self.height, self.width, image_channels = obs_shape
         self.grid = (math.ceil(self.height / 16), math.ceil(self.width / 16))
@@ -179,7 +239,8 @@ class ImageDecoder(nn.Module):
         widths = [8 * channels, 4 * channels, 2 * channels, channels]
         layers: list[nn.Module] = []
         for in_channels, out_channels in zip(widths, widths[1:]):
-            layers += [nn.ConvTranspose2d(in_channels, out_channels, 4, stride=2, padding=1), nn.SiLU()]
+            layers += [nn.ConvTranspose2d(in_channels, out_channels, 4, stride=2, padding=1, bias=not normalise),
+                       *([ChannelNorm(out_channels)] if normalise else []), nn.SiLU()]
         layers.append(nn.ConvTranspose2d(channels, image_channels, 4, stride=2, padding=1))
         self.deconvs = nn.Sequential(*layers)
 
@@ -208,24 +269,36 @@ class WorldModel(nn.Module):
         self.sequential = config.world_model == "rssm"
         self.obs_shape = tuple(observation_space.shape)
         self.image = len(self.obs_shape) == 3
-        encoder = make_encoder(observation_space, config.encoder_dim)
-        self.encoder = encoder if self.image else SymlogEncoder(encoder)
+        dreamerv3_images = self.image and config.image_network == "dreamerv3"
+        if dreamerv3_images:
+            self.encoder = ConvEncoder(self.obs_shape, config.decoder_channels)
+        else:
+            encoder = make_encoder(observation_space, config.encoder_dim)
+            self.encoder = encoder if self.image else SymlogEncoder(encoder)
+        embedding_dim = self.encoder.output_dim if dreamerv3_images else config.encoder_dim
         self.discrete = isinstance(action_space, gymnasium.spaces.Discrete)
         self.action_dim = int(action_space.n) if self.discrete else int(action_space.shape[0])
         self.latent_dim = config.num_latents * config.num_classes
         self.feature_dim = config.hidden_dim + self.latent_dim
-        posterior_input = config.encoder_dim + (config.hidden_dim if self.sequential else 0)
+        self.full_state = config.actor_critic_full_state
+        posterior_input = embedding_dim + (config.hidden_dim if self.sequential else 0)
         self.posterior = mlp(posterior_input, config.mlp_units, 1, self.latent_dim)
-        self.backbone = make_backbone(backbone, self.latent_dim + self.action_dim, config.hidden_dim,
-                                      **config.backbone_options)
+        sequence_input_dim = self.latent_dim + self.action_dim
+        self.input_layer = mlp(sequence_input_dim, config.mlp_units, 1) if config.input_layer else nn.Identity()
+        self.backbone = make_backbone(backbone, config.mlp_units if config.input_layer else sequence_input_dim,
+                                      config.hidden_dim, **config.backbone_options)
         self.prior = mlp(config.hidden_dim, config.mlp_units, 1, self.latent_dim)
         if self.image:
-            self.decoder = ImageDecoder(self.feature_dim, self.obs_shape, config.decoder_channels)
+            self.decoder = ImageDecoder(self.feature_dim, self.obs_shape, config.decoder_channels,
+                                        normalise=dreamerv3_images)
         else:
             self.decoder = mlp(self.feature_dim, config.mlp_units, config.mlp_layers, self.obs_shape[0])
         self.reward_head = mlp(config.hidden_dim, config.mlp_units, config.mlp_layers, config.reward_bins, zero_output=True)
         self.continue_head = mlp(config.hidden_dim, config.mlp_units, config.mlp_layers, 1)
         self.two_hot = TwoHot(config.reward_bins)
+        no_reset = torch.zeros(1, dtype=torch.bool)
+        self.policy_feature_dim = self.feature_dim + (
+            self.state_features(self.backbone.initial_state(1), no_reset).shape[-1] if self.full_state else 0)
 
     def latent_distribution(self, logits: torch.Tensor) -> UnimixCategorical:
         """Flat logits [..., num_latents * num_classes] -> grouped categorical [..., num_latents, num_classes]."""
@@ -236,6 +309,26 @@ class WorldModel(nn.Module):
         """The RSSM's posterior reads the memory d too; the parallel one ignores `deter`."""
         inputs = torch.cat([embedding, deter], -1) if self.sequential else embedding
         return self.latent_distribution(self.posterior(inputs))
+
+    def state_features(self, state: State, reset: torch.Tensor) -> torch.Tensor:
+        """The backbone's whole state as detached real features [N, S] (complex leaves as real and
+        imaginary parts; the initial state where reset [N]); S = 0 for a stateless backbone."""
+        initial = self.backbone.initial_state(reset.shape[0], reset.device)
+        parts = []
+        for key in sorted(state):
+            value = torch.where(reset.view(-1, *[1] * (state[key].dim() - 1)), initial[key], state[key]).detach()
+            parts.append((torch.view_as_real(value) if value.is_complex() else value).flatten(1).float())
+        return torch.cat(parts, -1) if parts else torch.zeros(reset.shape[0], 0, device=reset.device)
+
+    def policy_features(self, features: torch.Tensor, state: State, reset: torch.Tensor) -> torch.Tensor:
+        """What the actor and critic read [N, policy_feature_dim]: features (d, z) [N, F], with
+        `actor_critic_full_state` followed by `state_features(state, reset)`."""
+        return torch.cat([features, self.state_features(state, reset)], -1) if self.full_state else features
+
+    def sequence_input(self, latents: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """What the sequence model reads at a step: concat(z, a) [..., latent_dim + action_dim],
+        through the input layer when there is one."""
+        return self.input_layer(torch.cat([latents, actions], -1))
 
     def prior_distribution(self, deter: torch.Tensor) -> UnimixCategorical:
         return self.latent_distribution(self.prior(deter))
@@ -248,50 +341,63 @@ class WorldModel(nn.Module):
         """Probability that the episode goes on after that transition [...]."""
         return torch.sigmoid(self.continue_head(hidden).squeeze(-1))
 
-    def observe(self, obs: torch.Tensor, actions: torch.Tensor, is_first: torch.Tensor,
-                collect_states: bool = True) -> dict[str, Any]:
-        """Posterior pass over replayed windows, each started from the initial state.
+    def initial_carry(self, batch_size: int, device: torch.device | str | None = None) -> dict:
+        """The memory before any step: {"deter": zeros [B, hidden_dim], "backbone": the backbone's initial state}."""
+        return {"deter": torch.zeros(batch_size, self.config.hidden_dim, device=device),
+                "backbone": self.backbone.initial_state(batch_size, device)}
 
-        obs [B, T, ...], actions [B, T, action_dim], is_first bool [B, T] -> dict of
-        "posterior", "prior" (distributions over [B, T, num_latents, num_classes]),
+    def observe(self, obs: torch.Tensor, actions: torch.Tensor, is_first: torch.Tensor,
+                start: dict | None = None, collect_states: bool = True) -> dict[str, Any]:
+        """Posterior pass over replayed windows, each started from the memory carried into its first row.
+
+        obs [B, T, ...], actions [B, T, action_dim], is_first bool [B, T]; `start` is the carry
+        {"deter" [B, hidden_dim], "backbone": State} going into row 0 (the stored replay state;
+        None: the initial state). A window whose first row is_first resets either way. Returns
+        a dict of "posterior", "prior" (distributions over [B, T, num_latents, num_classes]),
         "latents" [B, T, latent_dim], "deter" d [B, T, hidden_dim], "hidden" h [B, T, hidden_dim],
         "features" [B, T, feature_dim], "states": backbone state carried into each row, every
-        leaf [B, T, ...] (detached: only imagination reads it; None when the parallel model is
-        asked not to `collect_states`), and "is_first".
+        leaf [B, T, ...] (detached: imagination and the replay write-back read it; None when
+        the parallel model is asked not to `collect_states`), "final": the carry going into the
+        row after the window (detached), and "is_first".
         """
         batch_size = is_first.shape[0]
+        start = start if start is not None else self.initial_carry(batch_size, obs.device)
         embedding = self.encoder(obs)
         if self.sequential:
-            return self._observe_sequential(embedding, actions, is_first)
+            return self._observe_sequential(embedding, actions, is_first, start)
         posterior = self.posterior_distribution(embedding, None)
         latents = posterior.sample().flatten(-2)
-        inputs = torch.cat([latents, actions], -1)
-        hidden, _ = self.backbone(inputs, self.backbone.initial_state(batch_size, obs.device), is_first)
-        deter = torch.cat([torch.zeros_like(hidden[:, :1]), hidden[:, :-1]], 1).masked_fill(is_first[..., None], 0.0)
-        states = self.states_before_each_row(inputs.detach(), is_first) if collect_states else None
-        return self._assemble(posterior, latents, deter, hidden, states, is_first)
+        inputs = self.sequence_input(latents, actions)
+        hidden, final_state = self.backbone(inputs, start["backbone"], is_first)
+        deter = torch.cat([start["deter"][:, None], hidden[:, :-1]], 1).masked_fill(is_first[..., None], 0.0)
+        states = self.states_before_each_row(inputs.detach(), is_first, start["backbone"]) if collect_states else None
+        final = {"deter": hidden[:, -1].detach(),
+                 "backbone": {key: value.detach() for key, value in final_state.items()}}
+        return self._assemble(posterior, latents, deter, hidden, states, final, is_first)
 
     @torch.no_grad()
-    def states_before_each_row(self, inputs: torch.Tensor, is_first: torch.Tensor) -> State:
+    def states_before_each_row(self, inputs: torch.Tensor, is_first: torch.Tensor, state: State | None = None) -> State:
+        """The backbone state carried into each row [B, T, ...] of a window of inputs [B, T, D]
+        entered with `state` (None: the initial state)."""
         batch_size, length = is_first.shape
-        state = self.backbone.initial_state(batch_size, inputs.device)
+        state = state if state is not None else self.backbone.initial_state(batch_size, inputs.device)
         collected = []
         for t in range(length):
             collected.append(state)
             _, state = self.backbone.step(inputs[:, t], state, is_first[:, t])
         return {key: torch.stack([entry[key] for entry in collected], 1) for key in state}
 
-    def _observe_sequential(self, embedding: torch.Tensor, actions: torch.Tensor, is_first: torch.Tensor) -> dict[str, Any]:
-        batch_size, length = is_first.shape
-        state = self.backbone.initial_state(batch_size, embedding.device)
-        previous = torch.zeros(batch_size, self.config.hidden_dim, device=embedding.device)
+    def _observe_sequential(self, embedding: torch.Tensor, actions: torch.Tensor, is_first: torch.Tensor,
+                            start: dict) -> dict[str, Any]:
+        length = is_first.shape[1]
+        state, previous = start["backbone"], start["deter"]
         logits, latents, deters, hiddens, states = [], [], [], [], []
         for t in range(length):
             states.append({key: value.detach() for key, value in state.items()})
             deter = previous.masked_fill(is_first[:, t, None], 0.0)
             posterior = self.posterior_distribution(embedding[:, t], deter)
             latent = posterior.sample().flatten(-2)
-            previous, state = self.backbone.step(torch.cat([latent, actions[:, t]], -1), state, is_first[:, t])
+            previous, state = self.backbone.step(self.sequence_input(latent, actions[:, t]), state, is_first[:, t])
             logits.append(posterior.logits)
             latents.append(latent)
             deters.append(deter)
@@ -299,12 +405,14 @@ class WorldModel(nn.Module):
         # The stacked logits are already unimixed log-probabilities: unimix 0 keeps them as they are.
         posterior = UnimixCategorical(torch.stack(logits, 1), unimix=0.0)
         stacked_states = {key: torch.stack([entry[key] for entry in states], 1) for key in state}
+        final = {"deter": previous.detach(), "backbone": {key: value.detach() for key, value in state.items()}}
         return self._assemble(posterior, torch.stack(latents, 1), torch.stack(deters, 1), torch.stack(hiddens, 1),
-                              stacked_states, is_first)
+                              stacked_states, final, is_first)
 
-    def _assemble(self, posterior, latents, deter, hidden, states, is_first) -> dict[str, Any]:
+    def _assemble(self, posterior, latents, deter, hidden, states, final, is_first) -> dict[str, Any]:
         return {
             "is_first": is_first,
+            "final": final,
             "posterior": posterior,
             "prior": self.prior_distribution(deter),
             "latents": latents,
@@ -314,11 +422,12 @@ class WorldModel(nn.Module):
             "states": states,
         }
 
-    def loss(self, batch: dict[str, torch.Tensor], collect_states: bool = True
+    def loss(self, batch: dict[str, torch.Tensor], start: dict | None = None, collect_states: bool = True
              ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, Any]]:
-        """World-model loss on a replayed batch [B, T] -> (scalar loss, per-term means, observe() output)."""
+        """World-model loss on a replayed batch [B, T] entered with the carry `start` (see
+        `observe`) -> (scalar loss, per-term means, observe() output)."""
         config = self.config
-        outputs = self.observe(batch["obs"], batch["action"], batch["is_first"], collect_states)
+        outputs = self.observe(batch["obs"], batch["action"], batch["is_first"], start, collect_states)
         prediction = self.decoder(outputs["features"])
         if self.image:
             target = batch["obs"].float() / 255.0 if batch["obs"].dtype == torch.uint8 else batch["obs"]
@@ -347,18 +456,20 @@ class WorldModel(nn.Module):
 
         deter [N, hidden_dim] and latents [N, latent_dim] are the start features, `state` the
         backbone state carried into the start row and `reset` [N] its is_first flag.
-        `policy(features [N, feature_dim]) -> action vectors [N, action_dim]`. Returns
-        "features" [N, H + 1, F], "latents" [N, H + 1, latent_dim], "actions" [N, H, action_dim]
+        `policy(features [N, policy_feature_dim]) -> action vectors [N, action_dim]`. Returns
+        "features" [N, H + 1, policy_feature_dim] (what the actor and critic read: (d, z) first),
+        "latents" [N, H + 1, latent_dim], "actions" [N, H, action_dim]
         and "hidden" [N, H, hidden_dim]: hidden[:, i] has read (latents[:, i], actions[:, i])
         and predicts the reward and continuation of imagined step i.
         """
-        features, all_latents, actions, hiddens = [torch.cat([deter, latents], -1)], [latents], [], []
+        features = [self.policy_features(torch.cat([deter, latents], -1), state, reset)]
+        all_latents, actions, hiddens = [latents], [], []
         for _ in range(horizon):
             action = policy(features[-1])
-            hidden, state = self.backbone.step(torch.cat([latents, action], -1), state, reset)
+            hidden, state = self.backbone.step(self.sequence_input(latents, action), state, reset)
             reset = torch.zeros_like(reset)
             latents = self.prior_distribution(hidden).sample().flatten(-2)
-            features.append(torch.cat([hidden, latents], -1))
+            features.append(self.policy_features(torch.cat([hidden, latents], -1), state, reset))
             all_latents.append(latents)
             actions.append(action)
             hiddens.append(hidden)
@@ -399,6 +510,27 @@ class Critic(nn.Module):
         return self.net(features)
 
 
+def replay_returns(rewards: torch.Tensor, terminated: torch.Tensor, is_first: torch.Tensor, bootstrap: torch.Tensor,
+                   gamma: float, lambda_: float) -> torch.Tensor:
+    """Lambda-returns along replayed windows [B, T] -> [B, T - 1] (rows 0..T-2).
+
+    rewards, terminated: what the env returned for row t's action; is_first: row t starts an
+    episode; bootstrap: a value estimate of row t (the imagined return from it).
+    R_t = r_t + gamma (1 - terminated_t) ((1 - lambda) b_{t+1} + lambda R_{t+1}), R_{T-1} = b_{T-1};
+    where row t + 1 starts a new episode without row t terminating (truncation), R_t = b_t.
+    """
+    length = rewards.shape[1]
+    returns = torch.empty_like(rewards[:, :-1])
+    running = bootstrap[:, -1]
+    for t in reversed(range(length - 1)):
+        target = rewards[:, t] + gamma * (~terminated[:, t]).float() * (
+            (1 - lambda_) * bootstrap[:, t + 1] + lambda_ * running)
+        truncated = is_first[:, t + 1] & ~terminated[:, t]
+        running = torch.where(truncated, bootstrap[:, t], target)
+        returns[:, t] = running
+    return returns
+
+
 def lambda_returns(rewards: torch.Tensor, continues: torch.Tensor, values: torch.Tensor, gamma: float,
                    lambda_: float) -> torch.Tensor:
     """rewards, continues [N, H] of imagined steps 0..H-1, values [N, H + 1] of features 0..H ->
@@ -430,7 +562,7 @@ class DreamerAgent(nn.Module):
         config.validate()
         self.config = config
         self.world_model = WorldModel(observation_space, action_space, backbone, config)
-        feature_dim, action_dim = self.world_model.feature_dim, self.world_model.action_dim
+        feature_dim, action_dim = self.world_model.policy_feature_dim, self.world_model.action_dim
         self.discrete = self.world_model.discrete
         self.actor = Actor(feature_dim, action_dim, self.discrete, config)
         self.critic = Critic(feature_dim, config)
@@ -446,8 +578,7 @@ class DreamerAgent(nn.Module):
 
     def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> dict:
         device = device if device is not None else self.return_scale.device
-        return {"deter": torch.zeros(batch_size, self.config.hidden_dim, device=device),
-                "backbone": self.world_model.backbone.initial_state(batch_size, device)}
+        return self.world_model.initial_carry(batch_size, device)
 
     def random_actions(self, batch_size: int, device: torch.device) -> torch.Tensor:
         """Uniformly random action vectors [batch_size, action_dim]."""
@@ -477,9 +608,11 @@ class DreamerAgent(nn.Module):
         if uniform:
             action = self.random_actions(obs.shape[0], obs.device)
         else:
-            policy = self.actor(torch.cat([deter, latents], -1))
+            features = world_model.policy_features(torch.cat([deter, latents], -1), state["backbone"], is_first)
+            policy = self.actor(features)
             action = policy.mode() if deterministic else policy.sample()
-        hidden, backbone_state = world_model.backbone.step(torch.cat([latents, action], -1), state["backbone"], is_first)
+        inputs = world_model.sequence_input(latents, action)
+        hidden, backbone_state = world_model.backbone.step(inputs, state["backbone"], is_first)
         return action, {"deter": hidden, "backbone": backbone_state}
 
     @torch.no_grad()
@@ -491,8 +624,10 @@ class DreamerAgent(nn.Module):
     def critic_value(self, critic: nn.Module, features: torch.Tensor) -> torch.Tensor:
         return self.world_model.two_hot.decode(critic(features))
 
-    def actor_critic_loss(self, start: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-        """Imagine from the replayed rows in `start` (an `observe` output) -> (actor loss, critic loss, metrics)."""
+    def actor_critic_loss(self, start: dict[str, Any], batch: dict[str, torch.Tensor] | None = None
+                          ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """Imagine from the replayed rows in `start` (an `observe` output of the replayed `batch`
+        [B, T]) -> (actor loss, critic loss, metrics). The replay value loss needs `batch`."""
         config, world_model = self.config, self.world_model
         with torch.no_grad():
             flat = {key: value.flatten(0, 1) for key, value in start["states"].items()}
@@ -520,12 +655,33 @@ class DreamerAgent(nn.Module):
         two_hot = world_model.two_hot
         critic_loss = (weights * (two_hot.loss(critic_logits, returns)
                                   + config.slow_critic_reg * two_hot.loss(critic_logits, slow_values))).mean()
+        if config.replay_value_loss > 0 and batch is not None:
+            critic_loss = critic_loss + config.replay_value_loss * self.replay_value_loss(start, batch, returns[:, 0])
         metrics = {
             "losses/entropy": entropy.mean(), "imagination/advantage": advantages.mean(),
             "imagination/return": returns.mean(), "imagination/reward": rewards.mean(),
             "imagination/continue": continues.mean(), "imagination/return_scale": self.return_scale.clone(),
         }
         return actor_loss, critic_loss, metrics
+
+    def replay_value_loss(self, start: dict[str, Any], batch: dict[str, torch.Tensor],
+                          imagined_returns: torch.Tensor) -> torch.Tensor:
+        """DreamerV3's critic loss on the replayed rows: two-hot loss of the critic on their
+        (detached) features against `replay_returns` bootstrapped from `imagined_returns` [B * T]
+        (the return imagined from each row), plus the slow-critic regulariser."""
+        config, world_model = self.config, self.world_model
+        flat_states = {key: value.flatten(0, 1) for key, value in start["states"].items()}
+        features = world_model.policy_features(start["features"].detach().flatten(0, 1), flat_states,
+                                               start["is_first"].flatten(0, 1))
+        features = features.unflatten(0, start["is_first"].shape)[:, :-1]
+        two_hot = world_model.two_hot
+        with torch.no_grad():
+            bootstrap = imagined_returns.reshape(batch["reward"].shape)
+            targets = replay_returns(batch["reward"], batch["terminated"], batch["is_first"], bootstrap,
+                                     config.gamma, config.return_lambda)
+            slow_values = self.critic_value(self.slow_critic, features)
+        logits = self.critic(features)
+        return (two_hot.loss(logits, targets) + config.slow_critic_reg * two_hot.loss(logits, slow_values)).mean()
 
     @torch.no_grad()
     def update_slow_critic(self) -> None:
@@ -535,6 +691,25 @@ class DreamerAgent(nn.Module):
 
 
 # -- the trainer -------------------------------------------------------------------------
+
+CARRY_PREFIX = "memory."
+"""Replay fields of the stored memory: "memory.deter" and "memory.backbone.<state key>"."""
+
+
+def flatten_carry(carry: dict) -> dict[str, torch.Tensor]:
+    """{"deter": d, "backbone": {key: leaf}} -> flat replay fields {"memory.deter": d, "memory.backbone.key": leaf}."""
+    flat = {f"{CARRY_PREFIX}deter": carry["deter"]}
+    flat.update({f"{CARRY_PREFIX}backbone.{key}": value for key, value in carry["backbone"].items()})
+    return flat
+
+
+def unflatten_carry(fields: dict[str, torch.Tensor]) -> dict:
+    """The inverse of `flatten_carry`; fields without the memory prefix are ignored."""
+    backbone_prefix = f"{CARRY_PREFIX}backbone."
+    return {"deter": fields[f"{CARRY_PREFIX}deter"],
+            "backbone": {key.removeprefix(backbone_prefix): value for key, value in fields.items()
+                         if key.startswith(backbone_prefix)}}
+
 
 
 class DreamerTrainer:
@@ -560,10 +735,10 @@ class DreamerTrainer:
         if total_steps <= 0:
             raise ValueError(f"total_steps must be positive, got {total_steps}")
         config.validate()
-        if config.replay_capacity < env.num_envs * config.batch_length:
+        if config.replay_capacity < env.num_envs * (config.burn_in + config.batch_length):
             raise ValueError(
-                f"replay_capacity ({config.replay_capacity}) must hold at least batch_length "
-                f"({config.batch_length}) steps for each of the {env.num_envs} envs"
+                f"replay_capacity ({config.replay_capacity}) must hold at least burn_in + batch_length "
+                f"({config.burn_in + config.batch_length}) steps for each of the {env.num_envs} envs"
             )
         self.config, self.env, self.device = config, env, torch.device(device)
         self.total_steps = total_steps
@@ -575,13 +750,14 @@ class DreamerTrainer:
         self.critic_optimizer = torch.optim.Adam(self.agent.critic.parameters(), lr=config.critic_lr, eps=1e-5)
         obs_space = env.single_observation_space
         obs_dtype = torch.uint8 if obs_space.dtype == np.uint8 else torch.float32
-        self.replay = SequenceReplay(
-            config.replay_capacity, env.num_envs,
-            {"obs": (tuple(obs_space.shape), obs_dtype), "is_first": ((), torch.bool),
-             "action": ((self.agent.world_model.action_dim,), torch.float32),
-             "reward": ((), torch.float32), "terminated": ((), torch.bool)},
-            device=env.device, sampling=config.replay_sampling, recency_exponent=config.recency_exponent,
-        )
+        fields = {"obs": (tuple(obs_space.shape), obs_dtype), "is_first": ((), torch.bool),
+                  "action": ((self.agent.world_model.action_dim,), torch.float32),
+                  "reward": ((), torch.float32), "terminated": ((), torch.bool)}
+        if config.replay_state:
+            carry = flatten_carry(self.agent.initial_state(1, "cpu"))
+            fields.update({name: (tuple(value.shape[1:]), value.dtype) for name, value in carry.items()})
+        self.replay = SequenceReplay(config.replay_capacity, env.num_envs, fields, device=env.device,
+                                     sampling=config.replay_sampling, recency_exponent=config.recency_exponent)
         self.updates_per_env_step = config.train_ratio / (config.batch_size * config.batch_length)
         # What the run really steps: total_steps rounded up to whole steps of every env.
         self.planned_steps = math.ceil(total_steps / env.num_envs) * env.num_envs
@@ -642,28 +818,54 @@ class DreamerTrainer:
     # -- acting and learning -------------------------------------------------------------
 
     def ready_to_train(self) -> bool:
-        return self.replay.num_steps >= self.config.prefill and self.replay.can_sample(self.config.batch_length)
+        config = self.config
+        return self.replay.num_steps >= config.prefill and self.replay.can_sample(config.burn_in + config.batch_length)
 
     def env_step(self, writer) -> None:
         """Step every env once with the current policy and append the step to the replay."""
-        obs, is_first = self.next_obs, self.next_is_first
+        obs, is_first, carry = self.next_obs, self.next_is_first, self.state
         action, self.state = self.agent.policy_step(
-            obs.to(self.device), self.state, is_first.to(self.device), uniform=self.global_step < self.config.prefill
+            obs.to(self.device), carry, is_first.to(self.device), uniform=self.global_step < self.config.prefill
         )
         self.next_obs, reward, terminated, _, info = self.env.step(self.agent.env_action(action).to(self.env.device))
         self.next_is_first = info["is_first"]
         self.global_step += self.env.num_envs
-        self.replay.add({"obs": obs, "is_first": is_first, "action": action, "reward": reward.float(),
-                         "terminated": terminated})
+        row = {"obs": obs, "is_first": is_first, "action": action, "reward": reward.float(), "terminated": terminated}
+        if self.config.replay_state:
+            row.update({key: value.detach() for key, value in flatten_carry(carry).items()})
+        self.replay.add(row)
         self.statistics.record(info, writer, self.global_step)
+
+    def replayed_world_model_loss(self) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, Any], dict]:
+        """Sample burn_in + batch_length rows per window, enter each window with its stored
+        memory (replay_state) or the initial state, run the burn-in rows without gradient, and
+        return `WorldModel.loss` of the trained rows and those rows. With replay_state, the memory the model
+        has just computed for every replayed row after the first is written back to the replay."""
+        config, world_model = self.config, self.agent.world_model
+        sampled, (envs, rows) = self.replay.sample_with_index(config.batch_size, config.burn_in + config.batch_length)
+        sampled = {key: value.to(self.device) for key, value in sampled.items()}
+        start = unflatten_carry({key: value[:, 0] for key, value in sampled.items()}) if config.replay_state else None
+        carried: list[dict] = []
+        if config.burn_in > 0:
+            with torch.no_grad():
+                burn_in = world_model.observe(sampled["obs"][:, :config.burn_in], sampled["action"][:, :config.burn_in],
+                                              sampled["is_first"][:, :config.burn_in], start)
+            start = burn_in["final"]
+            carried.append({"deter": burn_in["deter"], "backbone": burn_in["states"]})
+        batch = {key: value[:, config.burn_in:] for key, value in sampled.items()}
+        loss, terms, outputs = world_model.loss(batch, start)
+        if config.replay_state:
+            carried.append({"deter": outputs["deter"].detach(), "backbone": outputs["states"]})
+            refreshed = {key: torch.cat([part[key] for part in map(flatten_carry, carried)], 1)[:, 1:]
+                         for key in flatten_carry(carried[0])}
+            self.replay.overwrite(envs, rows[:, 1:], refreshed)
+        return loss, terms, outputs, batch
 
     def train_step(self) -> dict[str, float]:
         """One update of the world model, actor and critic on a replayed batch."""
         config, agent = self.config, self.agent
-        batch = {key: value.to(self.device) for key, value in
-                 self.replay.sample(config.batch_size, config.batch_length).items()}
-        world_model_loss, terms, start = agent.world_model.loss(batch)
-        actor_loss, critic_loss, ac_metrics = agent.actor_critic_loss(start)
+        world_model_loss, terms, start, batch = self.replayed_world_model_loss()
+        actor_loss, critic_loss, ac_metrics = agent.actor_critic_loss(start, batch)
         losses = torch.stack([world_model_loss, actor_loss, critic_loss]).detach()
         if not bool(torch.isfinite(losses).all()):  # one host sync for the three checks
             name, value = next((name, value) for name, value in zip(("world model", "actor", "critic"), losses.tolist())

@@ -12,6 +12,11 @@ env's), so adding and sampling never leave it.
 
 Sampling: "uniform" over every valid window start, or "recency", where a window whose first
 row is `age` rows older than the newest possible start has weight (age + 1) ** -recency_exponent.
+
+Write-back: `sample_with_index` also returns where each window lies, and `overwrite` writes new
+values of some fields at those rows (Dreamer refreshes the stored memory state of the rows it
+has just replayed, as DreamerV3's replay context does). Rows are only ever overwritten between
+two `add`s, so an index from `sample_with_index` stays valid until the next `add`.
 """
 
 from __future__ import annotations
@@ -78,6 +83,11 @@ class SequenceReplay:
 
     def sample(self, batch_size: int, length: int) -> dict[str, torch.Tensor]:
         """`batch_size` windows of `length` consecutive rows -> every field [batch_size, length, ...]."""
+        return self.sample_with_index(batch_size, length)[0]
+
+    def sample_with_index(self, batch_size: int, length: int
+                          ) -> tuple[dict[str, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+        """As `sample`, plus the windows' place: (envs int64 [batch_size], rows int64 [batch_size, length])."""
         if not self.can_sample(length):
             raise ValueError(f"replay holds {self.size} steps per env, fewer than the window length {length}")
         num_starts = self.size - length + 1
@@ -90,7 +100,21 @@ class SequenceReplay:
         envs = torch.randint(self.num_envs, (batch_size,), device=self.device)
         oldest = (self.position - self.size) % self.rows
         rows = (oldest + starts[:, None] + torch.arange(length, device=self.device)) % self.rows
-        return {name: tensor[envs[:, None], rows] for name, tensor in self.storage.items()}
+        return {name: tensor[envs[:, None], rows] for name, tensor in self.storage.items()}, (envs, rows)
+
+    def overwrite(self, envs: torch.Tensor, rows: torch.Tensor, values: dict[str, torch.Tensor]) -> None:
+        """Write values [B, L, ...] of some fields at rows [B, L] of envs [B] (an index from
+        `sample_with_index`, possibly narrowed along L); where two windows name the same row,
+        one of them is kept."""
+        for name, value in values.items():
+            if name not in self.storage:
+                raise ValueError(f"replay has no field {name!r}; its fields are {sorted(self.fields)}")
+            shape, _ = self.fields[name]
+            if tuple(value.shape) != (*rows.shape, *shape):
+                raise ValueError(
+                    f"replay field {name!r} must be overwritten with shape {(*rows.shape, *shape)}, got {tuple(value.shape)}"
+                )
+            self.storage[name][envs[:, None].to(self.device), rows.to(self.device)] = value.to(self.device)
 
     def state_dict(self) -> dict:
         return {"storage": {name: tensor.clone() for name, tensor in self.storage.items()},

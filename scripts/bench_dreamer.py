@@ -2,6 +2,7 @@
 
     python -m scripts.bench_dreamer --device cuda
     python -m scripts.bench_dreamer --device cpu --repeats 1 --batch-size 4   # a quick CPU look
+    python -m scripts.bench_dreamer --preset atari100k --backbones gru s5 --repeats 1   # the train-agent preset
 
 A replayed batch is `batch_size` x `batch_length` windows of 64x64x3 uint8 images with 18
 discrete actions (DreamerV3's Atari setting: 16 x 64, 32 x 32 latents), filled with random data
@@ -11,6 +12,12 @@ and 1% episode starts. Per backbone (parallel world model) and for the GRU RSSM 
   actor from all B x T rows, without gradients -> imagined steps (rows x H) per second;
 - the actor-critic update (imagination, returns, both losses, backward, steps) in ms.
 Median of the timed calls after one warm-up; the markdown table goes to benchmarks/dreamer.md.
+
+`--preset atari100k` instead times train-agent's `dreamer:atari100k` configuration (with its
+per-backbone world model) and prints, per backbone, the trainable parameters, the seconds of
+one update (world model + actor-critic), of one acting step (policy_step on one env) and the
+projected hours of a 100k-step game: 100k x (updates per env step x update + acting step),
+env emulation not included.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from agents.dreamer import DreamerAgent, DreamerConfig
+from agents.train import PRESETS
 from agents.run import write_atomically
 from scripts.bench_backbones import describe_device, time_call
 
@@ -69,7 +77,7 @@ def benchmark(backbone: str, world_model: str, config: DreamerConfig, device: to
     def imagine_from_batch():
         with torch.no_grad():
             if world_model == "parallel":  # the extra walk that collects the state carried into every row
-                inputs = torch.cat([start["latents"], batch["action"]], -1)
+                inputs = agent.world_model.sequence_input(start["latents"], batch["action"])
                 states = agent.world_model.states_before_each_row(inputs, batch["is_first"])
             else:  # the RSSM's posterior walk has collected them already
                 states = start["states"]
@@ -80,7 +88,7 @@ def benchmark(backbone: str, world_model: str, config: DreamerConfig, device: to
             )
 
     def actor_critic_update():
-        actor_loss, critic_loss, _ = agent.actor_critic_loss(start)
+        actor_loss, critic_loss, _ = agent.actor_critic_loss(start, batch)
         actor_critic_optimizer.zero_grad(set_to_none=True)
         (actor_loss + critic_loss).backward()
         actor_critic_optimizer.step()
@@ -100,6 +108,34 @@ def benchmark(backbone: str, world_model: str, config: DreamerConfig, device: to
     }
 
 
+def preset_config(preset: str, backbone: str) -> DreamerConfig:
+    """The DreamerConfig train-agent resolves for `dreamer:<preset>` and `backbone` (without flags)."""
+    names = {field.name for field in dataclasses.fields(DreamerConfig)}
+    values = {**PRESETS[f"dreamer:{preset}"], **PRESETS.get(f"dreamer:{preset}/{backbone}", {})}
+    return DreamerConfig(**{key: value for key, value in values.items() if key in names})
+
+
+def benchmark_preset(preset: str, backbone: str, device: torch.device, repeats: int, total_steps: int) -> dict:
+    """Parameters, seconds per update and per acting step, and projected hours for `total_steps`."""
+    config = preset_config(preset, backbone)
+    row = benchmark(backbone, config.world_model, config, device, repeats)
+    torch.manual_seed(0)
+    observation_space = gymnasium.spaces.Box(0, 255, IMAGE_SHAPE, dtype=np.uint8)
+    agent = DreamerAgent(observation_space, gymnasium.spaces.Discrete(NUM_ACTIONS), backbone, config).to(device)
+    obs = torch.randint(0, 256, (1, *IMAGE_SHAPE), dtype=torch.uint8, device=device)
+    is_first = torch.zeros(1, dtype=torch.bool, device=device)
+    state = agent.initial_state(1, device)
+    acting_seconds = time_call(lambda: agent.policy_step(obs, state, is_first), device, max(repeats, 20))
+    update_seconds = (row["world_model_ms"] + row["actor_critic_ms"]) / 1e3
+    updates_per_env_step = config.train_ratio / (config.batch_size * config.batch_length)
+    trainable = {name: sum(p.numel() for p in module.parameters())
+                 for name, module in (("world_model", agent.world_model), ("actor", agent.actor),
+                                      ("critic", agent.critic))}
+    return {**row, "config": config, "parameters_by_part": trainable, "update_seconds": update_seconds,
+            "acting_seconds": acting_seconds, "updates_per_env_step": updates_per_env_step,
+            "projected_hours": total_steps * (updates_per_env_step * update_seconds + acting_seconds) / 3600}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -112,6 +148,8 @@ def main() -> None:
     parser.add_argument("--horizon", type=int, default=15, help="imagined steps")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per measurement (median)")
     parser.add_argument("--output", default="benchmarks/dreamer.md", help="markdown file to write")
+    parser.add_argument("--preset", default=None, choices=["atari100k"],
+                        help="time train-agent's dreamer:<preset> configuration instead and print its table")
     args = parser.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -119,6 +157,21 @@ def main() -> None:
     for name in ("batch_size", "batch_length", "horizon", "repeats"):
         if getattr(args, name) <= 0:
             parser.exit(2, f"bench_dreamer: --{name.replace('_', '-')} must be positive, got {getattr(args, name)}\n")
+    if args.preset is not None:
+        print(f"bench_dreamer --preset {args.preset}, {describe_device(device)}, torch {torch.__version__}, "
+              f"load {os.getloadavg()[0]:.1f}")
+        print("| backbone | world model | params (world model / actor / critic / total) | s per update "
+              "| s per acting step | updates per env step | projected h per 100k-step game |")
+        print("|---|---|---|---:|---:|---:|---:|")
+        for backbone in args.backbones:
+            row = benchmark_preset(args.preset, backbone, device, args.repeats, total_steps=100_000)
+            parts = row["parameters_by_part"]
+            print(f"| {backbone} | {row['world_model']} | {parts['world_model']:,} / {parts['actor']:,} / "
+                  f"{parts['critic']:,} / {sum(parts.values()):,} | {row['update_seconds']:.1f} | "
+                  f"{row['acting_seconds']:.4f} | {row['updates_per_env_step']:g} | {row['projected_hours']:,.0f} |",
+                  flush=True)
+        print(f"load at end {os.getloadavg()[0]:.1f}")
+        return
     config = DreamerConfig(batch_size=args.batch_size, batch_length=args.batch_length,
                            imagination_horizon=args.horizon)
     load_at_start = os.getloadavg()[0]

@@ -71,3 +71,17 @@ def test_a_smoke_run_leaves_config_logs_checkpoint_and_eval(tmp_path):
     resumed = run_cli("--resume", "--run-dir", str(run_dir), "--total-steps", "4096", "--quiet")
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads((run_dir / "eval.json").read_text())["global_step"] == 4096
+
+
+@pytest.mark.parametrize("backbone, world_model", [("gru", "rssm"), ("s5", "parallel")])
+def test_the_dreamer_atari100k_preset_is_dreamerv3s_setting(backbone, world_model):
+    from agents.train import build_parser, resolve_config
+
+    args = build_parser().parse_args(["--agent", "dreamer", "--env", "atari100k-pong", "--backbone", backbone])
+    run, config, preset = resolve_config(args)
+    assert preset == ("dreamer:atari100k+dreamer:atari100k/gru" if backbone == "gru" else "dreamer:atari100k")
+    assert (config.train_ratio, config.hidden_dim, config.mlp_units, config.mlp_layers) == (1024, 512, 512, 2)
+    assert (config.image_network, config.decoder_channels, config.input_layer) == ("dreamerv3", 32, True)
+    assert (config.num_latents, config.num_classes, config.batch_size, config.batch_length) == (32, 32, 16, 64)
+    assert config.world_model == world_model and config.replay_state and config.replay_value_loss == 0.3
+    assert run.env_options == {"life_loss": False} and run.eval_deterministic is False

@@ -11,7 +11,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from agents.dreamer import DreamerAgent, DreamerConfig, DreamerTrainer, lambda_returns
+from agents.distributions import UnimixCategorical
+from agents.dreamer import (DreamerAgent, DreamerConfig, DreamerTrainer, flatten_carry, lambda_returns,
+                            replay_returns, unflatten_carry)
 from agents.run import TrainingDiverged, evaluate, load_checkpoint, seed_everything
 from envs.gymnasium_adapter import GymnasiumVectorEnv
 from envs.registry import make_env
@@ -134,6 +136,94 @@ def test_rssm_posterior_reads_the_memory_and_walks_the_window_step_by_step():
     torch.testing.assert_close(outputs["states"]["hidden"][:, 1:, 0], outputs["hidden"][:, :-1])
 
 
+# -- memory stored in the replay ------------------------------------------------------------
+
+
+@pytest.fixture
+def mode_latents(monkeypatch):
+    """Latents and discrete actions take their modes, so two passes over the same rows are comparable."""
+    monkeypatch.setattr(UnimixCategorical, "sample", UnimixCategorical.mode)
+
+
+def test_the_replay_stores_the_memory_before_each_step_exactly_across_episodes_and_the_ring_seam():
+    config = dataclasses.replace(TINY, replay_capacity=4 * 10)
+    trainer = make_trainer(None, backbone="s5", config=config)
+    carries = []
+    for _ in range(27):  # the ring of 10 rows per env wraps twice; 3-step corridors start many episodes
+        carries.append(flatten_carry(trainer.state))
+        trainer.env_step(writer=None)
+    replay = trainer.replay
+    assert replay.storage["memory.backbone.ssm"].dtype == torch.complex64
+    for step in range(17, 27):
+        for name, value in carries[step].items():
+            assert torch.equal(replay.storage[name][:, step % 10], value), (name, step)
+    is_first = replay.storage["is_first"]
+    assert is_first.any() and (replay.storage["memory.deter"][is_first] != 0).any(), \
+        "an episode's first row keeps the memory the agent had before the reset"
+
+
+@pytest.mark.parametrize("backbone,world_model", [("gru", "parallel"), ("s5", "parallel"), ("gru", "rssm")])
+def test_a_window_entered_with_its_stored_memory_equals_running_from_the_episode_start(backbone, world_model,
+                                                                                        mode_latents):
+    config = dataclasses.replace(TINY, world_model=world_model, replay_capacity=4 * 200)
+    trainer = make_trainer(None, backbone=backbone, config=config)
+    for _ in range(60):
+        trainer.env_step(writer=None)
+    world_model = trainer.agent.world_model
+    history = {name: value[:, :60] for name, value in trainer.replay.storage.items()}
+    assert history["is_first"][:, 0].all() and history["is_first"][:, 1:].any()
+    torch.manual_seed(3)
+    batch, (envs, rows) = trainer.replay.sample_with_index(8, 8)
+    with torch.no_grad():
+        from_start = world_model.observe(history["obs"], history["action"], history["is_first"])
+        window = world_model.observe(batch["obs"], batch["action"], batch["is_first"],
+                                     unflatten_carry({key: value[:, 0] for key, value in batch.items()}))
+        zero_start = world_model.observe(batch["obs"], batch["action"], batch["is_first"])
+    expected = from_start["features"][envs[:, None], rows]
+    torch.testing.assert_close(window["features"], expected, rtol=1e-4, atol=1e-5)
+    carried_in = ~batch["is_first"][:, 0]
+    assert carried_in.any(), "some windows must start inside an episode"
+    assert not torch.allclose(zero_start["features"][carried_in], expected[carried_in], atol=1e-3)
+
+
+def test_replaying_refreshes_the_stored_memory_and_burn_in_runs_before_the_trained_rows(mode_latents):
+    config = dataclasses.replace(TINY, burn_in=3)
+    trainer = make_trainer(None, config=config)
+    while not trainer.ready_to_train():
+        trainer.env_step(writer=None)
+    sampled = []
+    sample_with_index = trainer.replay.sample_with_index
+    trainer.replay.sample_with_index = lambda *args: sampled.append(sample_with_index(*args)) or sampled[-1]
+    before = {name: value.clone() for name, value in trainer.replay.storage.items()}
+    with torch.no_grad():
+        trainer.agent.world_model.backbone.cells[0].weight_hh.mul_(1.5)  # the stored memory is now stale
+        _, _, outputs, _ = trainer.replayed_world_model_loss()
+    batch, (envs, rows) = sampled[0]
+    assert rows.shape == (TINY.batch_size, 3 + TINY.batch_length)
+    with torch.no_grad():
+        whole = trainer.agent.world_model.observe(batch["obs"], batch["action"], batch["is_first"],
+                                                  unflatten_carry({key: value[:, 0] for key, value in batch.items()}))
+    torch.testing.assert_close(outputs["features"], whole["features"][:, 3:])
+    stored = trainer.replay.storage
+    torch.testing.assert_close(stored["memory.deter"][envs[:, None], rows[:, 1:]], whole["deter"][:, 1:])
+    torch.testing.assert_close(stored["memory.backbone.hidden"][envs[:, None], rows[:, 1:]],
+                               whole["states"]["hidden"][:, 1:])
+    assert not torch.allclose(stored["memory.deter"][envs[:, None], rows[:, 1:]],
+                              before["memory.deter"][envs[:, None], rows[:, 1:]])
+    untouched = torch.ones_like(stored["is_first"])
+    untouched[envs[:, None], rows[:, 1:]] = False
+    assert torch.equal(stored["memory.deter"][untouched], before["memory.deter"][untouched])
+
+
+def test_zero_start_windows_ignore_the_replay_memory():
+    trainer = make_trainer(None, config=dataclasses.replace(TINY, replay_state=False))
+    assert not any(name.startswith("memory.") for name in trainer.replay.storage)
+    while not trainer.ready_to_train():
+        trainer.env_step(writer=None)
+    metrics = trainer.train_step()
+    assert all(torch.isfinite(torch.tensor(value)) for value in metrics.values())
+
+
 def test_lambda_returns_match_their_definition():
     rewards = torch.tensor([[1.0, 0.0, 2.0]])
     continues = torch.tensor([[1.0, 1.0, 0.0]])
@@ -145,6 +235,33 @@ def test_lambda_returns_match_their_definition():
     # lambda = 0: one-step targets r_i + gamma c_i v_{i+1}.
     torch.testing.assert_close(lambda_returns(rewards, continues, values, gamma, 0.0),
                                torch.tensor([[1.0 + 0.9 * 1.0, 0.0 + 0.9 * 3.0, 2.0]]))
+
+
+def test_replay_returns_follow_the_replayed_rewards_and_cut_at_ends_and_truncations():
+    rewards = torch.tensor([[1.0, 2.0, 3.0, 4.0, 5.0]])
+    terminated = torch.tensor([[False, True, False, False, False]])
+    is_first = torch.tensor([[False, False, True, False, True]])  # row 3 is truncated: row 4 starts anew
+    bootstrap = torch.tensor([[10.0, 20.0, 30.0, 40.0, 50.0]])
+    gamma, lambda_ = 0.5, 0.5
+    returns = replay_returns(rewards, terminated, is_first, bootstrap, gamma, lambda_)
+    r2 = 3.0 + gamma * (0.5 * 40.0 + 0.5 * 40.0)  # R_3 = b_3 (truncated)
+    torch.testing.assert_close(returns, torch.tensor([[1.0 + gamma * (0.5 * 20.0 + 0.5 * 2.0), 2.0, r2, 40.0]]))
+
+
+def test_the_replay_value_loss_trains_the_critic_on_replayed_rows():
+    trainer = make_trainer(None, config=dataclasses.replace(TINY, replay_value_loss=0.3))
+    while not trainer.ready_to_train():
+        trainer.env_step(writer=None)
+    torch.manual_seed(4)
+    _, _, start, batch = trainer.replayed_world_model_loss()
+    agent = trainer.agent
+    torch.manual_seed(5)
+    _, with_replay, _ = agent.actor_critic_loss(start, batch)
+    torch.manual_seed(5)
+    _, without_replay, _ = agent.actor_critic_loss(start)
+    assert with_replay.item() > without_replay.item() + 0.3 * 0.5  # two-hot cross-entropies are well above 0.5 here
+    metrics = trainer.train_step()
+    assert all(torch.isfinite(torch.tensor(value)) for value in metrics.values())
 
 
 def test_image_observations_use_the_cnn_encoder_and_transposed_cnn_decoder():
@@ -168,6 +285,63 @@ def test_image_observations_use_the_cnn_encoder_and_transposed_cnn_decoder():
     assert all(torch.isfinite(value) for value in (loss, actor_loss, critic_loss))
     action, state = agent.act(batch["obs"][:, 0], agent.initial_state(2), torch.ones(2, dtype=torch.bool))
     assert action.dtype == torch.int64 and action.shape == (2,) and state["deter"].shape == (2, TINY.hidden_dim)
+
+
+def test_the_dreamerv3_image_network_and_input_layer_at_tiny_sizes():
+    torch.manual_seed(3)
+    config = dataclasses.replace(TINY, decoder_channels=4, image_network="dreamerv3", input_layer=True, mlp_units=12)
+    observation_space = gymnasium.spaces.Box(0, 255, (64, 64, 3), dtype="uint8")
+    agent = DreamerAgent(observation_space, gymnasium.spaces.Discrete(5), "gru", config)
+    world_model = agent.world_model
+    convs = [layer for layer in world_model.encoder.convs if isinstance(layer, torch.nn.Conv2d)]
+    assert [conv.out_channels for conv in convs] == [4, 8, 16, 32]
+    assert all(conv.stride == (2, 2) and conv.kernel_size == (4, 4) for conv in convs)
+    norms = [layer for layer in world_model.encoder.convs if isinstance(layer, torch.nn.LayerNorm)]
+    assert [norm.normalized_shape for norm in norms] == [(4,), (8,), (16,), (32,)]
+    assert world_model.encoder.output_dim == 32 * 4 * 4  # the flattened 4x4 grid of 8c channels
+    assert world_model.posterior[0].in_features == 32 * 4 * 4
+    assert sum(isinstance(layer, torch.nn.LayerNorm) for layer in world_model.decoder.deconvs) == 3
+    assert world_model.backbone.input_dim == 12 and world_model.input_layer[0].in_features == 4 * 4 + 5
+    obs = torch.randint(0, 256, (2, 6, 64, 64, 3), dtype=torch.uint8)
+    assert world_model.encoder(obs).shape == (2, 6, 512)
+    batch = {"obs": obs, "action": F.one_hot(torch.randint(0, 5, (2, 6)), 5).float(),
+             "is_first": torch.zeros(2, 6, dtype=torch.bool), "reward": torch.randn(2, 6),
+             "terminated": torch.zeros(2, 6, dtype=torch.bool)}
+    loss, terms, outputs = world_model.loss(batch)
+    assert world_model.decoder(outputs["features"]).shape == (2, 6, 64, 64, 3)
+    loss.backward()
+    assert world_model.encoder.convs[0].weight.grad.abs().sum() > 0
+    assert world_model.input_layer[0].weight.grad.abs().sum() > 0
+    action, state = agent.act(obs[:, 0], agent.initial_state(2), torch.ones(2, dtype=torch.bool))
+    assert action.shape == (2,) and state["deter"].shape == (2, TINY.hidden_dim)
+    with pytest.raises(ValueError, match="unknown image_network 'resnet'; choose one of: nature, dreamerv3"):
+        dataclasses.replace(TINY, image_network="resnet").validate()
+
+
+@pytest.mark.parametrize("backbone", ["gru", "s5"])
+def test_actor_and_critic_can_read_the_whole_backbone_state(backbone):
+    config = dataclasses.replace(TINY, actor_critic_full_state=True, replay_value_loss=0.3)
+    trainer = make_trainer(None, backbone=backbone, config=config)
+    world_model, agent = trainer.agent.world_model, trainer.agent
+    initial = world_model.backbone.initial_state(1)
+    state_size = sum(2 * value.numel() if value.is_complex() else value.numel() for value in initial.values())
+    assert agent.actor.net[0].in_features == agent.critic.net[0].in_features == world_model.feature_dim + state_size
+    while not trainer.ready_to_train():
+        trainer.env_step(writer=None)
+    _, _, start, batch = trainer.replayed_world_model_loss()
+    rows = start["is_first"].flatten()
+    flat_states = {key: value.flatten(0, 1) for key, value in start["states"].items()}
+    with torch.no_grad():
+        trajectory = world_model.imagine(lambda features: agent.actor(features).sample(),
+                                         start["deter"].flatten(0, 1), start["latents"].flatten(0, 1),
+                                         flat_states, rows, 3)
+    tail = trajectory["features"][..., world_model.feature_dim:]
+    torch.testing.assert_close(tail[:, 0], world_model.state_features(flat_states, rows))
+    assert (tail[rows, 0] == 0).all() and (tail[~rows, 0] != 0).any()
+    if backbone == "gru":  # a one-layer GRU's state is its output h
+        torch.testing.assert_close(tail[:, 1:], trajectory["hidden"])
+    metrics = trainer.train_step()
+    assert all(torch.isfinite(torch.tensor(value)) for value in metrics.values())
 
 
 # -- training ------------------------------------------------------------------------------
@@ -221,7 +395,7 @@ def test_bad_settings_are_refused_in_one_sentence():
         make_trainer(None, config=dataclasses.replace(TINY, world_model="lstm"))
     with pytest.raises(ValueError, match="batch_length must be positive, got 0"):
         make_trainer(None, config=dataclasses.replace(TINY, batch_length=0))
-    with pytest.raises(ValueError, match="replay_capacity .* must hold at least batch_length"):
+    with pytest.raises(ValueError, match=r"replay_capacity .* must hold at least burn_in \+ batch_length"):
         make_trainer(None, config=dataclasses.replace(TINY, replay_capacity=16))
     with pytest.raises(ValueError, match="total_steps must be positive"):
         make_trainer(None, total_steps=0)

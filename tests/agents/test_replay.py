@@ -91,3 +91,35 @@ def test_state_dict_round_trip_restores_contents_and_position():
         assert torch.equal(first[name], second[name])
     with pytest.raises(ValueError, match="does not match this buffer"):
         SequenceReplay(NUM_ENVS * 5, NUM_ENVS, FIELDS).load_state_dict(replay.state_dict())
+
+
+def test_the_index_of_a_window_names_its_rows_and_overwrite_writes_there_across_the_seam():
+    torch.manual_seed(4)
+    fields = {**FIELDS, "memory": ((2, 3), torch.complex64)}
+    replay = SequenceReplay(NUM_ENVS * 10, NUM_ENVS, fields)
+    for t in range(23):  # wrapped twice: rows hold steps 13..22, the write position is row 3
+        replay.add({
+            "step": torch.full((NUM_ENVS,), t), "env": torch.arange(NUM_ENVS),
+            "is_first": torch.zeros(NUM_ENVS, dtype=torch.bool), "obs": torch.zeros(NUM_ENVS, 2),
+            "memory": torch.complex(torch.full((NUM_ENVS, 2, 3), float(t)),
+                                    torch.arange(NUM_ENVS).float()[:, None, None].expand(-1, 2, 3)),
+        })
+    batch, (envs, rows) = replay.sample_with_index(200, 6)
+    assert torch.equal(batch["step"], replay.storage["step"][envs[:, None], rows])
+    assert torch.equal(batch["env"], envs[:, None].expand(-1, 6))
+    assert torch.equal(batch["memory"].real[..., 0, 0].long(), batch["step"])
+    assert torch.equal(batch["memory"].imag[..., 0, 0].long(), batch["env"])
+    assert (rows[:, -1] < rows[:, 0]).any(), "some windows must wrap around the end of the ring"
+    wrapped = int(torch.nonzero(rows[:, -1] < rows[:, 0])[0])
+    before = replay.storage["memory"].clone()
+    env, window_rows = envs[wrapped: wrapped + 1], rows[wrapped: wrapped + 1, 1:]
+    marker = torch.full((1, 5, 2, 3), -1.0 + 2.0j)
+    replay.overwrite(env, window_rows, {"memory": marker})
+    written = torch.zeros(NUM_ENVS, 10, dtype=torch.bool)
+    written[env, window_rows] = True
+    assert (replay.storage["memory"][written] == -1.0 + 2.0j).all()
+    assert torch.equal(replay.storage["memory"][~written], before[~written])
+    with pytest.raises(ValueError, match="replay has no field 'state'"):
+        replay.overwrite(env, window_rows, {"state": marker})
+    with pytest.raises(ValueError, match=r"replay field 'memory' must be overwritten with shape \(1, 5, 2, 3\)"):
+        replay.overwrite(env, window_rows, {"memory": marker[:, :4]})
