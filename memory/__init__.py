@@ -24,6 +24,7 @@ BACKBONES: dict[str, str | type[Backbone]] = {
     "mamba": "memory.mamba:MambaBackbone",
     "transformer": "memory.transformer:TransformerBackbone",
     "memory_tokens": "memory.memory_tokens:MemoryTokensBackbone",
+    "ffm": "memory.ffm:FFMBackbone",
 }
 
 
