@@ -25,6 +25,7 @@ BACKBONES: dict[str, str | type[Backbone]] = {
     "transformer": "memory.transformer:TransformerBackbone",
     "memory_tokens": "memory.memory_tokens:MemoryTokensBackbone",
     "ffm": "memory.ffm:FFMBackbone",
+    "shm": "memory.shm:SHMBackbone",
 }
 
 
