@@ -26,6 +26,7 @@ BACKBONES: dict[str, str | type[Backbone]] = {
     "memory_tokens": "memory.memory_tokens:MemoryTokensBackbone",
     "ffm": "memory.ffm:FFMBackbone",
     "shm": "memory.shm:SHMBackbone",
+    "gtrxl": "memory.gtrxl:GTrXLBackbone",
 }
 
 
