@@ -27,6 +27,8 @@ BACKBONES: dict[str, str | type[Backbone]] = {
     "ffm": "memory.ffm:FFMBackbone",
     "shm": "memory.shm:SHMBackbone",
     "gtrxl": "memory.gtrxl:GTrXLBackbone",
+    "lru": "memory.lru:LRUBackbone",
+    "mingru": "memory.mingru:MinGRUBackbone",
 }
 
 
