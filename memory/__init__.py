@@ -29,6 +29,7 @@ BACKBONES: dict[str, str | type[Backbone]] = {
     "gtrxl": "memory.gtrxl:GTrXLBackbone",
     "lru": "memory.lru:LRUBackbone",
     "mingru": "memory.mingru:MinGRUBackbone",
+    "mamba2": "memory.mamba2:Mamba2Backbone",
 }
 
 
