@@ -30,6 +30,7 @@ BACKBONES: dict[str, str | type[Backbone]] = {
     "lru": "memory.lru:LRUBackbone",
     "mingru": "memory.mingru:MinGRUBackbone",
     "mamba2": "memory.mamba2:Mamba2Backbone",
+    "gated_deltanet": "memory.gated_deltanet:GatedDeltaNetBackbone",
 }
 
 
