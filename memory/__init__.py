@@ -31,6 +31,7 @@ BACKBONES: dict[str, str | type[Backbone]] = {
     "mingru": "memory.mingru:MinGRUBackbone",
     "mamba2": "memory.mamba2:Mamba2Backbone",
     "gated_deltanet": "memory.gated_deltanet:GatedDeltaNetBackbone",
+    "mlstm": "memory.mlstm:MLSTMBackbone",
 }
 
 
