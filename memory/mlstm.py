@@ -8,7 +8,8 @@ Per head, a matrix memory C [d, d], a normaliser n [d] and a stabiliser m (expon
     n_t  = exp(log f_t + m_{t-1} - m_t) n_{t-1} + exp(i~_t - m_t) k_t
     h_t  = C_t q_t / max(|n_t . q_t|, exp(-m_t))                     k scaled by 1 / sqrt(d)
 (C, n, m dropped to zero where reset_t.) exp(-m_t) in the max makes h_t equal the unstabilised
-C q / max(|n q|, 1) of the paper exactly.
+C q / max(|n q|, 1) of the paper exactly (m is floored at -60 there, where h is ~0 anyway, so
+that exp(-m) never overflows).
 
 Block (the paper's pre-up-projection mLSTM block, with dense q/k/v maps in place of its
 block-diagonal ones): x, z = up_proj(u) (expand * H each); c = silu(same-episode conv1d(x));
@@ -34,6 +35,16 @@ from memory.chunked import chunk_slices, decayed_attention_chunk, episode_log_de
 from memory.mamba import same_episode_conv, same_episode_conv_step
 from memory.ssm_common import ResidualSSMStack, check_positive
 
+# exp(-m) is floored at m = -STABILIZER_FLOOR so that it stays finite in float32 (an exp(-m) of inf
+# would turn the gradient into NaN); the read there is numerator / e^60, zero for every purpose.
+STABILIZER_FLOOR = 60.0
+
+
+def normalised_read(numerator: torch.Tensor, denominator: torch.Tensor, stabilizer: torch.Tensor) -> torch.Tensor:
+    """h = numerator / max(|denominator|, exp(-m)): numerator [.., d], denominator [.., 1], stabilizer m [..]."""
+    lower_bound = torch.exp(-stabilizer.clamp(min=-STABILIZER_FLOOR))[..., None]
+    return numerator / torch.maximum(denominator.abs(), lower_bound)
+
 
 def mlstm_chunk(
     query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, input_gate: torch.Tensor,
@@ -57,7 +68,7 @@ def mlstm_chunk(
         log_input_gain=input_gate, row_log_scale=-stabilizer, state_log_scale=state["stabilizer"],
     )
     numerator, denominator = output[..., :-1], output[..., -1:]
-    hidden = numerator / torch.maximum(denominator.abs(), torch.exp(-stabilizer)[..., None])
+    hidden = normalised_read(numerator, denominator, stabilizer)
     return hidden, {"matrix": final[:, :, :-1], "normalizer": final[:, :, -1], "stabilizer": stabilizer[:, -1]}
 
 
@@ -139,7 +150,7 @@ class MLSTMMixer(nn.Module):
         normalizer = forget * normalizer + write * key
         numerator = (matrix @ query[..., None])[..., 0]
         denominator = (normalizer * query).sum(-1, keepdim=True)
-        hidden = numerator / torch.maximum(denominator.abs(), torch.exp(-stabilizer)[..., None])
+        hidden = normalised_read(numerator, denominator, stabilizer)
         new_state = {"matrix": matrix, "normalizer": normalizer, "stabilizer": stabilizer, "conv": conv_state}
         return self._output(hidden, conv_output, z), new_state
 
