@@ -63,7 +63,8 @@ class SHMBackbone(Backbone):
         # the carried count plus the position where there was none.
         position = torch.arange(length, device=x.device).expand_as(reset)
         latest_reset = torch.where(reset, position, torch.full_like(position, -1)).cummax(dim=1).values
-        episode_step = torch.where(latest_reset >= 0, position - latest_reset, state["episode_step"][:, None] + position)
+        carried_step = state["episode_step"][:, None] + position
+        episode_step = torch.where(latest_reset >= 0, position - latest_reset, carried_step)
         theta = self.thetas[episode_step % self.num_thetas]
 
         u = self.input_norm(x)

@@ -54,7 +54,8 @@ def test_memory_backbones_learn_memory_retention(backbone):
 @pytest.mark.slow
 @pytest.mark.parametrize("backbone", ["ffm", "shm", "gtrxl", "lru", "mingru", "mamba2", "gated_deltanet", "mlstm"])
 def test_compared_backbones_learn_memory_rewrite(backbone):
-    result = train_and_evaluate(backbone, total_steps=PRESETS["memory-rewrite"]["total_steps"], env_name="memory-rewrite")
+    budget = PRESETS["memory-rewrite"]["total_steps"]
+    result = train_and_evaluate(backbone, total_steps=budget, env_name="memory-rewrite")
     assert result["success_rate"] >= 0.9, result
 
 

@@ -75,7 +75,8 @@ def test_mlstm_stabiliser_keeps_huge_input_gates_finite():
     backbone = randomised("mlstm", seed=3, scale=0.3)
     with torch.no_grad():
         for mixer in backbone.mixers:
-            mixer.gates.bias[: mixer.num_heads] += 800.0  # exp(800) is beyond float64: only the stabiliser keeps it finite
+            # exp(800) is beyond float64's range: only the stabiliser keeps the memory finite.
+            mixer.gates.bias[: mixer.num_heads] += 800.0
     x = torch.randn(2, 20, INPUT_DIM, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
     reset = torch.zeros(2, 20, dtype=torch.bool)
     reset[0, 10] = True
