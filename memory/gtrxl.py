@@ -11,7 +11,9 @@ and the residual connections are replaced by GRU-type gates (the paper's best va
     Y  = RelMHA(LN(E), LN([M ++ E]));     E' = g(E, ReLU(Y))
     Y' = MLP(LN(E'));                     E'' = g(E', ReLU(Y'))
     g(x, y): r = s(W_r y + U_r x), z = s(W_z y + U_z x - b_g), h = tanh(W_g y + U_g (r * x)),
-             g = (1 - z) * x + z * h,     b_g initialised to 2 (the paper's gate bias: near identity)
+             g = (1 - z) * x + z * h,     b_g initialised to 2 (the paper's gate bias: each layer starts
+                                                near the identity map); other weights PyTorch's default init,
+                                                Transformer-XL's position biases u, v zero
 
 Mask, as memrl's `transformer`: a query at step t sees the steps t-W .. t of its own episode, so
 an episode never reads activations from before its reset and `forward` over T steps equals T
