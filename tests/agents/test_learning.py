@@ -21,7 +21,6 @@ from agents.train import PRESETS
 from envs.registry import make_env
 
 
-
 def train_and_evaluate(backbone: str, total_steps: int, seed: int = 1, env_name: str = "memory-retention") -> dict:
     torch.set_num_threads(1)
     seed_everything(seed)
