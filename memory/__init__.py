@@ -24,6 +24,14 @@ BACKBONES: dict[str, str | type[Backbone]] = {
     "mamba": "memory.mamba:MambaBackbone",
     "transformer": "memory.transformer:TransformerBackbone",
     "memory_tokens": "memory.memory_tokens:MemoryTokensBackbone",
+    "ffm": "memory.ffm:FFMBackbone",
+    "shm": "memory.shm:SHMBackbone",
+    "gtrxl": "memory.gtrxl:GTrXLBackbone",
+    "lru": "memory.lru:LRUBackbone",
+    "mingru": "memory.mingru:MinGRUBackbone",
+    "mamba2": "memory.mamba2:Mamba2Backbone",
+    "gated_deltanet": "memory.gated_deltanet:GatedDeltaNetBackbone",
+    "mlstm": "memory.mlstm:MLSTMBackbone",
 }
 
 

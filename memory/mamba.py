@@ -29,6 +29,38 @@ from memory.base import State, StateSpec
 from memory.ssm_common import ResidualSSMStack, check_positive, check_step_range, log_uniform
 
 
+def same_episode_conv(
+    x: torch.Tensor, conv_state: torch.Tensor, reset: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Causal depthwise conv whose taps read zero before the latest reset.
+
+    x [B, T, C], conv_state [B, K-1, C] (inputs at times -(K-1)..-1), weight [C, K], bias [C] ->
+    (conv output [B, T, C], last K-1 inputs with pre-reset ones zeroed).
+    """
+    kernel = weight.shape[1]
+    length = x.shape[1]
+    padded = torch.cat([conv_state, x], dim=1)  # padded[:, t + k] is the input at time t - (K-1) + k
+    times = torch.arange(length, device=x.device)
+    # Latest episode start at or before t, or -(K-1) (everything in the window is valid) if none.
+    episode_start = torch.where(reset, times, -(kernel - 1)).cummax(dim=1).values
+    tap_times = times[:, None] - (kernel - 1) + torch.arange(kernel, device=x.device)
+    valid = tap_times[None] >= episode_start[..., None]  # [B, T, K]
+    windows = padded.unfold(1, kernel, 1)  # [B, T, C, K]
+    windows = torch.where(valid[:, :, None, :], windows, torch.zeros_like(windows))
+    output = (windows * weight).sum(-1) + bias
+    next_state = windows[:, -1, :, 1:].transpose(1, 2)
+    return output, next_state
+
+
+def same_episode_conv_step(
+    x: torch.Tensor, conv_state: torch.Tensor, reset: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step of `same_episode_conv`: x [B, C], conv_state [B, K-1, C], reset [B] -> (output [B, C], next state)."""
+    conv_state = torch.where(reset[:, None, None], torch.zeros_like(conv_state), conv_state)
+    window = torch.cat([conv_state, x[:, None]], dim=1)
+    return (window * weight.T).sum(1) + bias, window[:, 1:]
+
+
 class MambaMixer(nn.Module):
     """One Mamba-1 block on [.., H]; state 'ssm' [d_inner, N] and 'conv' [conv_kernel - 1, d_inner]."""
 
@@ -69,24 +101,8 @@ class MambaMixer(nn.Module):
     def same_episode_conv(
         self, x: torch.Tensor, conv_state: torch.Tensor, reset: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Causal depthwise conv whose taps read zero before the latest reset.
-
-        x [B, T, d_inner], conv_state [B, K-1, d_inner] (inputs at times -(K-1)..-1) ->
-        (conv output [B, T, d_inner], last K-1 inputs with pre-reset ones zeroed).
-        """
-        kernel = self.conv_weight.shape[1]
-        length = x.shape[1]
-        padded = torch.cat([conv_state, x], dim=1)  # padded[:, t + k] is the input at time t - (K-1) + k
-        times = torch.arange(length, device=x.device)
-        # Latest episode start at or before t, or -(K-1) (everything in the window is valid) if none.
-        episode_start = torch.where(reset, times, -(kernel - 1)).cummax(dim=1).values
-        tap_times = times[:, None] - (kernel - 1) + torch.arange(kernel, device=x.device)
-        valid = tap_times[None] >= episode_start[..., None]  # [B, T, K]
-        windows = padded.unfold(1, kernel, 1)  # [B, T, d_inner, K]
-        windows = torch.where(valid[:, :, None, :], windows, torch.zeros_like(windows))
-        output = (windows * self.conv_weight).sum(-1) + self.conv_bias
-        next_state = windows[:, -1, :, 1:].transpose(1, 2)
-        return output, next_state
+        """`same_episode_conv` with this block's weights."""
+        return same_episode_conv(x, conv_state, reset, self.conv_weight, self.conv_bias)
 
     def sequence(self, u: torch.Tensor, state: State, reset: torch.Tensor) -> tuple[torch.Tensor, State]:
         x, z = self.in_proj(u).chunk(2, dim=-1)
@@ -100,16 +116,14 @@ class MambaMixer(nn.Module):
 
     def step(self, u: torch.Tensor, state: State, reset: torch.Tensor) -> tuple[torch.Tensor, State]:
         x, z = self.in_proj(u).chunk(2, dim=-1)
-        dropped = reset[:, None, None]
-        conv_state = torch.where(dropped, torch.zeros_like(state["conv"]), state["conv"])
-        window = torch.cat([conv_state, x[:, None]], dim=1)
-        x = F.silu((window * self.conv_weight.T).sum(1) + self.conv_bias)
+        x, conv_state = same_episode_conv_step(x, state["conv"], reset, self.conv_weight, self.conv_bias)
+        x = F.silu(x)
         delta, B, C = self._selective_inputs(x)
-        carried = torch.where(dropped, torch.zeros_like(state["ssm"]), state["ssm"])
+        carried = torch.where(reset[:, None, None], torch.zeros_like(state["ssm"]), state["ssm"])
         decay = torch.exp(delta[..., None] * -torch.exp(self.A_log))
         ssm_state = decay * carried + (delta * x)[..., None] * B[:, None]
         y = ((ssm_state * C[:, None]).sum(-1) + self.D * x) * F.silu(z)
-        return self.out_proj(y), {"ssm": ssm_state, "conv": window[:, 1:]}
+        return self.out_proj(y), {"ssm": ssm_state, "conv": conv_state}
 
 
 class MambaBackbone(ResidualSSMStack):

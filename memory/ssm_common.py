@@ -1,4 +1,4 @@
-"""Pieces shared by the state-space backbones (s4, s5, mamba).
+"""Pieces shared by the stacked recurrent backbones (s4, s5, mamba, lru, mingru).
 
 `ResidualSSMStack` is the backbone around a list of sequence mixers (one per layer):
 

@@ -19,7 +19,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--backbone", "lsmt"], "unknown backbone 'lsmt'; choose one of: gru, lstm, mamba"),
+        (["--backbone", "lsmt"], "unknown backbone 'lsmt'; choose one of: ffm, gated_deltanet, gru, gtrxl, lru, lstm, mamba"),
         (["--env", "nowhere"], "unknown env 'nowhere'; choose a memrl env"),
         (["--preset", "huge"], "unknown preset 'huge'; choose one of: auto, default"),
         (["--total-steps", "-5"], "--total-steps must be positive, got -5"),

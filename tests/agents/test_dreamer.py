@@ -27,7 +27,13 @@ TINY = DreamerConfig(
 BACKBONE_OPTIONS = {"s4": {"num_layers": 1, "state_size": 8}, "s5": {"num_layers": 1, "state_size": 8},
                     "mamba": {"num_layers": 1, "state_size": 4},
                     "transformer": {"num_layers": 1, "num_heads": 2, "window": 8},
-                    "memory_tokens": {"num_layers": 1, "num_heads": 2, "num_tokens": 2}}
+                    "memory_tokens": {"num_layers": 1, "num_heads": 2, "num_tokens": 2},
+                    "ffm": {"memory_size": 8, "context_size": 2}, "shm": {"memory_dim": 8},
+                    "gtrxl": {"num_layers": 1, "num_heads": 2, "memory_length": 8},
+                    "lru": {"num_layers": 1, "state_size": 8}, "mingru": {"num_layers": 1},
+                    "mamba2": {"num_layers": 1, "state_size": 4, "head_dim": 16, "chunk_size": 8},
+                    "gated_deltanet": {"num_layers": 1, "num_heads": 2, "chunk_size": 8},
+                    "mlstm": {"num_layers": 1, "num_heads": 2, "chunk_size": 8}}
 EVERY_BACKBONE = sorted(BACKBONES)
 
 

@@ -183,5 +183,6 @@ def test_unknown_name_lists_the_valid_ones():
         make_backbone("lsmt", INPUT_DIM, HIDDEN_DIM)
 
 
-def test_registry_has_the_eight_backbones():
-    assert set(BACKBONES) >= {"none", "lstm", "gru", "s4", "s5", "mamba", "transformer", "memory_tokens"}
+def test_registry_has_every_backbone():
+    assert set(BACKBONES) >= {"none", "lstm", "gru", "s4", "s5", "mamba", "transformer", "memory_tokens",
+                              "ffm", "shm", "gtrxl", "lru", "mingru", "mamba2", "gated_deltanet", "mlstm"}

@@ -1,0 +1,81 @@
+"""SHM: stable Hadamard memory (Le et al. 2024, "Stable Hadamard Memory: Revitalizing Memory-Augmented
+Agents for Reinforcement Learning").
+
+A matrix memory M [d, d] (d = memory_dim) written and calibrated element-wise:
+
+    u = LayerNorm(x)
+    v = W_v u,   k = relu(W_k u) / sum,   q = relu(W_q u) / sum,   v_c = W_c u,   eta = sigmoid(w_eta . u)
+    C_t = 1 + tanh(theta_t (x) v_c)                 calibration: each entry scaled by a factor in (0, 2)
+    U_t = eta (v (x) k)                             update: a gated outer product
+    M_t = M_{t-1} * C_t + U_t                       (Hadamard product; dropped to zero where reset_t)
+    y_t = Linear(M_t q)                             read-out to hidden_dim
+
+theta_t is a row of a learned table Theta [L, d] (num_thetas = L). The paper samples the row at
+random every step so that no calibration is applied at every step; random rows would make
+`forward` and `step` disagree, so here the row is the step's index within its episode modulo L
+(the table is walked through, one row per step), kept in the state as 'episode_step'. Initialisation
+(the paper's): Theta Xavier-uniform, projections Kaiming-uniform without bias, memory zero.
+The recurrence is element-wise linear in M, so `forward` runs it on `kernels.linear_scan` over
+[d, d] channels (parallel over T; Triton kernel on CUDA).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from kernels.linear_scan import linear_scan
+from memory.base import Backbone, State, StateSpec
+from memory.ssm_common import check_positive
+
+
+def projection(input_dim: int, output_dim: int) -> nn.Linear:
+    """Bias-free linear map with the Kaiming-uniform init the paper uses (bound sqrt(6 / fan_in))."""
+    layer = nn.Linear(input_dim, output_dim, bias=False)
+    nn.init.kaiming_uniform_(layer.weight, nonlinearity="relu")
+    return layer
+
+
+class SHMBackbone(Backbone):
+    """One SHM cell; state {'memory': [B, d, d], 'episode_step': int64 [B]} (step index mod num_thetas).
+
+    Options: memory_dim (d), num_thetas (L, rows of the calibration table).
+    """
+
+    def __init__(self, input_dim: int, hidden_dim: int = 128, memory_dim: int = 24, num_thetas: int = 128):
+        super().__init__(input_dim, output_dim=hidden_dim)
+        check_positive(hidden_dim=hidden_dim, memory_dim=memory_dim, num_thetas=num_thetas)
+        self.memory_dim, self.num_thetas = memory_dim, num_thetas
+        self.input_norm = nn.LayerNorm(input_dim)
+        self.value, self.key, self.query = (projection(input_dim, memory_dim) for _ in range(3))
+        self.calibration_value = projection(input_dim, memory_dim)
+        self.write_gate = projection(input_dim, 1)
+        self.thetas = nn.Parameter(nn.init.xavier_uniform_(torch.empty(num_thetas, memory_dim)))
+        self.output = nn.Linear(memory_dim, hidden_dim)
+
+    def state_spec(self) -> StateSpec:
+        dtype = self.thetas.dtype
+        return {"memory": ((self.memory_dim, self.memory_dim), dtype), "episode_step": ((), torch.int64)}
+
+    def _forward(self, x: torch.Tensor, state: State, reset: torch.Tensor) -> tuple[torch.Tensor, State]:
+        length = x.shape[1]
+        # Index of each step within its episode: steps since the latest reset in the chunk, or
+        # the carried count plus the position where there was none.
+        position = torch.arange(length, device=x.device).expand_as(reset)
+        latest_reset = torch.where(reset, position, torch.full_like(position, -1)).cummax(dim=1).values
+        carried_step = state["episode_step"][:, None] + position
+        episode_step = torch.where(latest_reset >= 0, position - latest_reset, carried_step)
+        theta = self.thetas[episode_step % self.num_thetas]
+
+        u = self.input_norm(x)
+        value = self.value(u)
+        key = torch.relu(self.key(u))
+        key = key / (1e-5 + key.sum(-1, keepdim=True))
+        query = torch.relu(self.query(u))
+        query = query / (1e-5 + query.sum(-1, keepdim=True))
+        calibration = 1 + torch.tanh(theta[..., :, None] * self.calibration_value(u)[..., None, :])
+        update = torch.sigmoid(self.write_gate(u))[..., None] * value[..., :, None] * key[..., None, :]
+        memories, final = linear_scan(calibration, update, reset, state["memory"])
+        read = (memories @ query[..., None])[..., 0]
+        next_step = (episode_step[:, -1] + 1) % self.num_thetas
+        return self.output(read), {"memory": final, "episode_step": next_step}
