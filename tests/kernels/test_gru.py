@@ -12,10 +12,8 @@ import pytest
 import torch
 
 import kernels.gru as gru_package
-import kernels.gru.triton as gru_triton
 import kernels.lstm.triton as lstm_triton
 from kernels.gru import gru_sequence, gru_sequence_naive
-from kernels.lstm import fused_kernel_applies
 from tests.kernels.device import KERNEL_DEVICE
 
 TOLERANCES = {
@@ -139,29 +137,6 @@ def test_auto_uses_naive_for_cpu_tensors(monkeypatch):
     h_seq, _ = gru_sequence(inputs["x_proj"], inputs["weight_hh"], inputs["bias"], reset, inputs["h0"], impl="auto")
     expected, _ = gru_sequence_naive(inputs["x_proj"], inputs["weight_hh"], inputs["bias"], reset, inputs["h0"])
     torch.testing.assert_close(h_seq, expected)
-
-
-@pytest.mark.parametrize(
-    "is_cuda, dtype, hidden_size, expected",
-    [(True, torch.float32, 128, True), (True, torch.float32, 256, False), (True, torch.float64, 16, False),
-     (False, torch.float32, 16, False)],
-    ids=["cuda-H128", "cuda-H256", "cuda-float64", "cpu"],
-)
-def test_auto_dispatch_warns_when_cuda_falls_back_to_the_loop(is_cuda, dtype, hidden_size, expected):
-    """A CUDA call the fused kernel cannot take runs the loop with a RuntimeWarning, never silently."""
-    import warnings
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        applies = fused_kernel_applies("gru", gru_triton, is_cuda, dtype, hidden_size)
-    assert applies is expected
-    falls_back_on_cuda = is_cuda and not expected
-    assert [str(warning.message) for warning in caught if warning.category is RuntimeWarning] == (
-        [f"gru_sequence: " + (f"hidden size {hidden_size} > 128" if dtype == torch.float32 else
-                               f"dtype {dtype} is not one of {gru_triton.SUPPORTED_DTYPES}")
-         + ", so impl='auto' runs the Python step loop on CUDA (one cell call per step)"]
-        if falls_back_on_cuda else []
-    )
 
 
 def small_inputs(hidden_size=16, dtype=torch.float32):

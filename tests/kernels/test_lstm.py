@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import kernels.lstm as lstm_package
+import kernels.gru.triton as gru_triton
 import kernels.lstm.triton as lstm_triton
 from kernels.lstm import lstm_sequence, lstm_sequence_naive
 from kernels.lstm import fused_kernel_applies
@@ -155,18 +156,19 @@ def test_auto_uses_naive_for_cpu_tensors(monkeypatch):
      (False, torch.float32, 16, False)],
     ids=["cuda-H128", "cuda-H256", "cuda-float64", "cpu"],
 )
-def test_auto_dispatch_warns_when_cuda_falls_back_to_the_loop(is_cuda, dtype, hidden_size, expected):
+@pytest.mark.parametrize("op, triton_module", [("lstm", lstm_triton), ("gru", gru_triton)], ids=["lstm", "gru"])
+def test_auto_dispatch_warns_when_cuda_falls_back_to_the_loop(op, triton_module, is_cuda, dtype, hidden_size, expected):
     """A CUDA call the fused kernel cannot take runs the loop with a RuntimeWarning, never silently."""
     import warnings
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        applies = fused_kernel_applies("lstm", lstm_triton, is_cuda, dtype, hidden_size)
+        applies = fused_kernel_applies(op, triton_module, is_cuda, dtype, hidden_size)
     assert applies is expected
     falls_back_on_cuda = is_cuda and not expected
     assert [str(warning.message) for warning in caught if warning.category is RuntimeWarning] == (
-        [f"lstm_sequence: " + (f"hidden size {hidden_size} > 128" if dtype == torch.float32 else
-                               f"dtype {dtype} is not one of {lstm_triton.SUPPORTED_DTYPES}")
+        [f"{op}_sequence: " + (f"hidden size {hidden_size} > 128" if dtype == torch.float32 else
+                               f"dtype {dtype} is not one of {triton_module.SUPPORTED_DTYPES}")
          + ", so impl='auto' runs the Python step loop on CUDA (one cell call per step)"]
         if falls_back_on_cuda else []
     )
