@@ -6,7 +6,8 @@ memory backbones must reach >= 0.9 evaluation success, and the memoryless baseli
 On `memory-rewrite` (Endless T-Maze, 3 corridors; chance 1/8) every backbone the field compares
 against (FFM, SHM, GTrXL, LRU, minGRU, Mamba-2, Gated DeltaNet, mLSTM) must reach >= 0.9 with the
 preset's budget (400k steps, about 1-7 minutes each on a loaded CPU: `slow`); FFM, the cheapest, must
-also do it at 160k steps in CI.
+also do it at 240k steps in CI (every seed of 1-3 reaches 1.00 there; at 160k seed 2 stops
+at 0.88, too close to the line for a test that must not depend on the machine's rounding).
 """
 
 from __future__ import annotations
@@ -60,5 +61,5 @@ def test_compared_backbones_learn_memory_rewrite(backbone):
 
 
 def test_ffm_learns_memory_rewrite_at_ci_budget():
-    result = train_and_evaluate("ffm", total_steps=160_000, env_name="memory-rewrite")
+    result = train_and_evaluate("ffm", total_steps=240_000, env_name="memory-rewrite")
     assert result["success_rate"] >= 0.9, result
