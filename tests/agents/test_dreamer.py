@@ -12,8 +12,9 @@ import torch
 import torch.nn.functional as F
 
 from agents.distributions import UnimixCategorical
-from agents.dreamer import (DreamerAgent, DreamerConfig, DreamerTrainer, flatten_carry, lambda_returns,
-                            replay_returns, unflatten_carry)
+from agents.dreamer import DreamerAgent, DreamerConfig, DreamerTrainer
+from agents.dreamer.actor_critic import lambda_returns, replay_returns
+from agents.dreamer.trainer import flatten_carry, unflatten_carry
 from agents.run import TrainingDiverged, evaluate, load_checkpoint, seed_everything
 from envs.gymnasium_adapter import GymnasiumVectorEnv
 from envs.registry import make_env
