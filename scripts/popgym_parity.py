@@ -5,7 +5,8 @@
 
 For each episode, popgym's env is reset with a seed and its randomness is read out of it: the
 order in which it will deal its shuffled deck(s) (popgym deals `deck.idx` from the end), the
-bandits' probabilities and a copy of its generator for the pulls to come, or the Battleship board;
+bandits' probabilities and a copy of its generator for the pulls to come, or the Battleship /
+MineSweeper board;
 memrl's env (one env, CPU) is made to deal the same card classes / use the same draws / board. Both
 are then driven by the same actions, chosen by a policy from popgym's observations: the oracle, an
 off-by-one policy (the mistake of a port one step out of line) or seeded uniform random answers. Every step, memrl's
@@ -36,12 +37,15 @@ from envs.popgym import CARD_TASKS, PRESETS, Autoencode, CountRecall, HigherLowe
 from envs.popgym_bandit import MultiarmedBandit  # noqa: E402
 from envs.popgym_battleship import Battleship  # noqa: E402
 from envs.popgym_cartpole import PositionOnlyCartPole  # noqa: E402
+from envs.popgym_minesweeper import MineSweeper  # noqa: E402
 
 LEVELS = ("easy", "medium", "hard")
 CARD_PRESETS = [f"{task}-{level}" for task in CARD_TASKS for level in LEVELS]
 PORTED_PRESETS = CARD_PRESETS + [
     f"popgym-{env}-{level}"
-    for env in ("higher-lower", "multiarmed-bandit", "position-only-cart-pole", "noisy-position-only-cart-pole", "battleship")
+    for env in (
+        "higher-lower", "multiarmed-bandit", "position-only-cart-pole", "noisy-position-only-cart-pole", "battleship", "mine-sweeper"
+    )
     for level in LEVELS
 ]
 """Every preset with a popgym 1.0.7 counterpart (the popgym-<card task>-<level> names repeat CARD_PRESETS)."""
@@ -139,9 +143,20 @@ def battleship_env(kwargs: dict, popgym_env):
     return Aligned(num_envs=1, seed=0, **kwargs)
 
 
+def minesweeper_env(kwargs: dict, popgym_env):
+    """A one-env CPU MineSweeper whose mines are popgym's (call after reset), square row * B + column."""
+    mines = torch.from_numpy((popgym_env.hidden_grid == 1).reshape(1, -1))
+
+    class Aligned(MineSweeper):
+        def _draw_mines(self) -> torch.Tensor:
+            return mines
+
+    return Aligned(num_envs=1, seed=0, **kwargs)
+
+
 def popgym_action(env, action: int):
-    """memrl's action as popgym's env takes it: Battleship's square index as (row, column)."""
-    return np.array(divmod(action, env.board_size)) if isinstance(env, Battleship) else action
+    """memrl's action as popgym's env takes it: a Battleship or MineSweeper square index as (row, column)."""
+    return np.array(divmod(action, env.board_size)) if isinstance(env, (Battleship, MineSweeper)) else action
 
 
 def aligned_env(name: str, popgym_env, seed: int):
@@ -153,6 +168,8 @@ def aligned_env(name: str, popgym_env, seed: int):
         return cartpole_env(kwargs, popgym_env, seed)
     if task_class is Battleship:
         return battleship_env(kwargs, popgym_env)
+    if task_class is MineSweeper:
+        return minesweeper_env(kwargs, popgym_env)
     return dealing_env(task_class, kwargs, dealing_order(popgym_env))
 
 
@@ -175,7 +192,7 @@ Policy = Callable[[object, list, int], int]
 
 
 def oracle(env, history: list, t: int) -> int:
-    if isinstance(env, (MultiarmedBandit, PositionOnlyCartPole, Battleship)):
+    if isinstance(env, (MultiarmedBandit, PositionOnlyCartPole, Battleship, MineSweeper)):
         return int(env.oracle_action()[0])
     if isinstance(env, HigherLower):
         return _count_cards(env, history[: t + 1], int(history[t]))
@@ -199,8 +216,9 @@ def _count_cards(env, seen: list, shown_rank: int) -> int:
 def off_by_one(env, history: list, t: int) -> int:
     """The oracle one card out: the second card, k back, the count before this card, the next card
     back, a counter that forgets the card shown; on the bandit, the arm after the best; on CartPole,
-    pushing towards the lean seen (no velocities); on Battleship, the square after the oracle's."""
-    if isinstance(env, (MultiarmedBandit, Battleship)):
+    pushing towards the lean seen (no velocities); on Battleship and MineSweeper, the square after
+    the oracle's."""
+    if isinstance(env, (MultiarmedBandit, Battleship, MineSweeper)):
         return (int(env.oracle_action()[0]) + 1) % env.num_actions
     if isinstance(env, PositionOnlyCartPole):
         return int(history[t][1] > 0)
@@ -304,9 +322,11 @@ def main(argv: list[str] | None = None) -> None:
         "oracle: perfect memory; off-by-one: one card out (RepeatFirst answers the second card,",
         "RepeatPrevious k back instead of k - 1, CountRecall the count before the card shown, Autoencode",
         "the next card back, HigherLower a card counter that forgets the card shown, MultiarmedBandit the",
-        "arm after the best, CartPole pushing towards the lean seen, Battleship the square after the oracle's);",
+        "arm after the best, CartPole pushing towards the lean seen, Battleship and MineSweeper the square after",
+        "the oracle's);",
         "random: uniform actions (numpy seed = episode seed). Observations agree within 1e-4 (CartPole's",
-        "float64 sin/cos may differ in the last bit). Battleship's actions reach popgym as (row, column).",
+        "float64 sin/cos may differ in the last bit). Battleship's and MineSweeper's actions reach popgym as",
+        "(row, column).",
         "",
         f"- popgym {popgym.__version__ if hasattr(popgym, '__version__') else '1.0.7'}, torch {torch.__version__}, Python {platform.python_version()}, CPU",
         f"- date: {datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}",

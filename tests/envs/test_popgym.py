@@ -19,6 +19,7 @@ from envs.popgym import PRESETS, Autoencode, CountRecall, HigherLower, RepeatFir
 from envs.popgym_bandit import MultiarmedBandit
 from envs.popgym_battleship import SHIP_SIZES, Battleship
 from envs.popgym_cartpole import PositionOnlyCartPole
+from envs.popgym_minesweeper import MineSweeper
 from scripts.popgym_parity import (
     CARD_PRESETS,
     POLICIES,
@@ -111,7 +112,11 @@ def test_presets_follow_popgym_levels():
     }
     expected["popgym-higher-lower"] = (HigherLower, [{"num_decks": 1}, {"num_decks": 2}, {"num_decks": 3}])
     expected["popgym-battleship"] = (Battleship, [{"board_size": 8}, {"board_size": 10}, {"board_size": 12}])
-    assert len(PRESETS) == 16 + 12 + 3 + 3 + 6 + 3
+    expected["popgym-mine-sweeper"] = (
+        MineSweeper,
+        [{"board_size": 4, "num_mines": 2}, {"board_size": 6, "num_mines": 6}, {"board_size": 8, "num_mines": 10}],
+    )
+    assert len(PRESETS) == 16 + 12 + 3 + 3 + 6 + 3 + 3
     for task, (task_class, levels) in expected.items():
         if not task.startswith("popgym-"):
             assert PRESETS[task] == PRESETS[f"{task}-easy"]
@@ -154,6 +159,8 @@ def test_spaces_and_lengths(name, obs_dim, num_actions, length):
         (PositionOnlyCartPole, {"max_episode_length": 0}, "max_episode_length must be a positive integer, got 0"),
         (PositionOnlyCartPole, {"noise_sigma": -0.1}, "noise_sigma must be a number >= 0, got -0.1"),
         (Battleship, {"board_size": 3}, r"board_size must be an integer >= 4 \(the longest ship\), got 3"),
+        (MineSweeper, {"board_size": 1}, "board_size must be an integer >= 2, got 1"),
+        (MineSweeper, {"board_size": 4, "num_mines": 14}, r"num_mines must be an integer in \[1, 13\] \(at least 3 free"),
     ],
 )
 def test_bad_arguments_are_rejected(task_class, kwargs, message):
@@ -375,7 +382,7 @@ def test_equal_to_popgym_on_the_same_randomness(name):
         assert result.memrl_length == result.popgym_length
         assert result.memrl_return == pytest.approx(result.popgym_return, abs=1e-4)
         returns[policy_name] = result.popgym_return
-    if name in CARD_PRESETS or "cart-pole" in name or "battleship" in name:
+    if name in CARD_PRESETS or "cart-pole" in name or "battleship" in name or "mine-sweeper" in name:
         assert returns["oracle"] == pytest.approx(1.0) and returns["random"] < 0.5
 
 
@@ -393,6 +400,9 @@ def test_levels_match_popgym_settings(name):
         assert (env.board_size, env.max_episode_steps) == (reference.board_size, reference.max_episode_length)
         assert list(SHIP_SIZES) == reference.ship_sizes
         assert env.num_actions == int(np.prod(reference.action_space.nvec))
+    elif isinstance(env, MineSweeper):
+        assert ((env.board_size,) * 2, env.num_mines) == (reference.dims, reference.num_mines)
+        assert (env.max_episode_steps, env.obs_dim) == (reference.max_episode_length, reference.observation_space.n)
     else:
         assert env.max_episode_steps == reference.max_episode_length
         assert env.noise_sigma == pytest.approx(float(getattr(reference, "noise_sigma", [0.0])[0]))
@@ -524,10 +534,90 @@ def test_battleship_boards_are_drawn_like_popgyms():
     assert frequency[27] > 1.5 * frequency[0]  # centre squares hold ships more often than corners
 
 
+# -- MineSweeper ----------------------------------------------------------------------------------
+
+
+def minesweeper_on(board: list[str]) -> MineSweeper:
+    """A one-env MineSweeper whose every episode has `board` (rows of '.' free and '*' mine)."""
+    mines = torch.tensor([[cell == "*" for row in board for cell in row]])
+
+    class Fixed(MineSweeper):
+        def _draw_mines(self) -> torch.Tensor:
+            return mines
+
+    return Fixed(num_envs=1, seed=0, board_size=len(board), num_mines=int(mines.sum()))
+
+
+def test_minesweeper_rules_on_a_hand_built_board():
+    env = minesweeper_on(["*...", "....", "....", "...*"])  # counts: square 5 sees 1 mine, square 0 (a mine) sees itself
+    free, again, boom = 1 / 14, -0.5 / 12, -0.5 - 1 / 14
+    obs, info = env.reset()
+    assert obs.tolist() == [[1.0, 0.0, 0.0]] and info["is_first"].all()
+    for square, reward, count in [(5, free, 1), (5, again, 1), (6, free, 0), (10, free, 1)]:
+        obs, r, terminated, truncated, _ = env.step(torch.tensor([square]))
+        assert float(r[0]) == pytest.approx(reward) and obs[0].argmax().item() == count and not terminated[0]
+    obs, r, terminated, truncated, info = env.step(torch.tensor([0]))  # a mine: its count includes itself
+    assert float(r[0]) == pytest.approx(boom) and terminated.all() and not info["success"].any()
+    assert info["final_obs"].tolist() == [[0.0, 1.0, 0.0]]
+    assert float(info["episode_return"][0]) == pytest.approx(3 * free + again + boom)
+    free_squares = [square for square in range(16) if square not in (0, 15)]
+    env.reset()
+    for step, square in enumerate(free_squares):
+        assert int(env.oracle_action()[0]) == square
+        obs, r, terminated, truncated, info = env.step(torch.tensor([square]))
+        assert float(r[0]) == pytest.approx(free) and bool(terminated[0]) == (step == 13)
+    assert info["success"].all() and float(info["episode_return"][0]) == pytest.approx(1.0)
+    env.reset()
+    for square in free_squares[:-1] + [1]:  # one repeat: truncated after 14 clicks, not a win
+        obs, r, terminated, truncated, info = env.step(torch.tensor([square]))
+    assert truncated.all() and not terminated.any() and not info["success"].any()
+
+
+@pytest.mark.parametrize("name", ["popgym-mine-sweeper-easy", "popgym-mine-sweeper-hard"])
+def test_minesweeper_counts_and_mines_and_the_uniform_clicker(name):
+    """Every board hides num_mines mines; the counts are the 3 x 3 block sums (recomputed in plain
+    Python); the oracle wins; the uniform clicker stays within chance_success."""
+    env = make(name, num_envs=256, seed=13)
+    env.reset()
+    size = env.board_size
+    assert (env.mines.sum(1) == env.num_mines).all()
+    for mines, counts in zip(env.mines[:4].tolist(), env.counts[:4].tolist()):
+        for row in range(size):
+            for column in range(size):
+                rows, columns = range(max(row - 1, 0), min(row + 2, size)), range(max(column - 1, 0), min(column + 2, size))
+                assert counts[row * size + column] == sum(mines[r * size + c] for r in rows for c in columns)
+    info = rollout(env, oracle)["info"]
+    assert info["success"].all() and torch.allclose(info["episode_return"], torch.ones(256), atol=1e-5)
+    obs, _ = env.reset()
+    successes = episodes = 0
+    for _ in range(3 * env.max_episode_steps):
+        obs, _, _, _, info = env.step(env.memoryless_action(obs))
+        successes += int(info["success"][info["episode_done"]].sum())
+        episodes += int(info["episode_done"].sum())
+    assert successes / episodes <= env.chance_success + rate_margin(env.chance_success, episodes)
+
+
+def test_minesweeper_mines_are_drawn_like_popgyms():
+    """How often each square hides a mine agrees with popgym's draw (within 5 standard errors)."""
+    if find_spec("popgym") is None:
+        pytest.skip("popgym (the dev extra) is not installed")
+    env = make("popgym-mine-sweeper-medium", num_envs=4000, seed=14)
+    env.reset()
+    reference = make_popgym_env("popgym-mine-sweeper-medium")
+    popgym_mines = []
+    for seed in range(2000):
+        reference.reset(seed=seed)
+        popgym_mines.append(torch.from_numpy((reference.hidden_grid == 1).reshape(-1).astype(np.float32)))
+    popgym_frequency, frequency = torch.stack(popgym_mines).mean(0), env.mines.float().mean(0)
+    pooled = (popgym_frequency * 2000 + frequency * 4000) / 6000
+    standard_error = (pooled * (1 - pooled) * (1 / 2000 + 1 / 4000)).sqrt()
+    assert ((frequency - popgym_frequency).abs() <= 5 * standard_error).all()
+
+
 # -- determinism and randomness -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", LEVELED + ["popgym-battleship-easy"])
+@pytest.mark.parametrize("name", LEVELED + ["popgym-battleship-easy", "popgym-mine-sweeper-easy"])
 def test_seeded_runs_are_identical(name):
     """Same seed, same episodes (past an auto-reset); another seed, other episodes."""
     num_steps = make(name, num_envs=1).max_episode_steps + 5
@@ -544,7 +634,7 @@ def test_seeded_runs_are_identical(name):
     assert torch.equal(rollout(reseeded, random_policy(0), num_steps)["obs"], first["obs"])
 
 
-@pytest.mark.parametrize("name", EASY + ["popgym-battleship-easy"])
+@pytest.mark.parametrize("name", EASY + ["popgym-battleship-easy", "popgym-mine-sweeper-easy"])
 def test_random_draws_do_not_depend_on_which_episodes_restart(name):
     left, right = make(name, num_envs=6, seed=21), make(name, num_envs=6, seed=21)
     left.reset()
@@ -591,7 +681,8 @@ def test_steps_on_cuda_without_host_syncs(name):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize(
     "name",
-    ["popgym-higher-lower-easy", "popgym-multiarmed-bandit-easy", "popgym-noisy-position-only-cart-pole-easy", "popgym-battleship-easy"],
+    ["popgym-higher-lower-easy", "popgym-multiarmed-bandit-easy", "popgym-noisy-position-only-cart-pole-easy", "popgym-battleship-easy",
+     "popgym-mine-sweeper-hard"],
 )
 def test_other_popgym_envs_step_on_cuda_without_host_syncs(name):
     env = make(name, num_envs=64, seed=0, device="cuda")
