@@ -6,7 +6,7 @@
 For each episode, popgym's env is reset with a seed and its randomness is read out of it: the
 order in which it will deal its shuffled deck(s) (popgym deals `deck.idx` from the end), the
 bandits' probabilities and a copy of its generator for the pulls to come, or the Battleship /
-MineSweeper board;
+MineSweeper board / Concentration layout;
 memrl's env (one env, CPU) is made to deal the same card classes / use the same draws / board. Both
 are then driven by the same actions, chosen by a policy from popgym's observations: the oracle, an
 off-by-one policy (the mistake of a port one step out of line) or seeded uniform random answers. Every step, memrl's
@@ -37,6 +37,7 @@ from envs.popgym import CARD_TASKS, PRESETS, Autoencode, CountRecall, HigherLowe
 from envs.popgym_bandit import MultiarmedBandit  # noqa: E402
 from envs.popgym_battleship import Battleship  # noqa: E402
 from envs.popgym_cartpole import PositionOnlyCartPole  # noqa: E402
+from envs.popgym_concentration import Concentration  # noqa: E402
 from envs.popgym_minesweeper import MineSweeper  # noqa: E402
 
 LEVELS = ("easy", "medium", "hard")
@@ -44,7 +45,8 @@ CARD_PRESETS = [f"{task}-{level}" for task in CARD_TASKS for level in LEVELS]
 PORTED_PRESETS = CARD_PRESETS + [
     f"popgym-{env}-{level}"
     for env in (
-        "higher-lower", "multiarmed-bandit", "position-only-cart-pole", "noisy-position-only-cart-pole", "battleship", "mine-sweeper"
+        "higher-lower", "multiarmed-bandit", "position-only-cart-pole", "noisy-position-only-cart-pole", "battleship", "mine-sweeper",
+        "concentration",
     )
     for level in LEVELS
 ]
@@ -154,6 +156,17 @@ def minesweeper_env(kwargs: dict, popgym_env):
     return Aligned(num_envs=1, seed=0, **kwargs)
 
 
+def concentration_env(kwargs: dict, popgym_env):
+    """A one-env CPU Concentration laid out as popgym's cards (call after reset), popgym's class numbers."""
+    layout = torch.from_numpy(popgym_env.state.copy())[None]
+
+    class Aligned(Concentration):
+        def _draw_layout(self) -> torch.Tensor:
+            return layout
+
+    return Aligned(num_envs=1, seed=0, **kwargs)
+
+
 def popgym_action(env, action: int):
     """memrl's action as popgym's env takes it: a Battleship or MineSweeper square index as (row, column)."""
     return np.array(divmod(action, env.board_size)) if isinstance(env, (Battleship, MineSweeper)) else action
@@ -170,6 +183,8 @@ def aligned_env(name: str, popgym_env, seed: int):
         return battleship_env(kwargs, popgym_env)
     if task_class is MineSweeper:
         return minesweeper_env(kwargs, popgym_env)
+    if task_class is Concentration:
+        return concentration_env(kwargs, popgym_env)
     return dealing_env(task_class, kwargs, dealing_order(popgym_env))
 
 
@@ -182,6 +197,8 @@ def encode(env, popgym_obs) -> np.ndarray:
         parts = [(int(value), env.num_values) for value in popgym_obs]
     elif isinstance(env, PositionOnlyCartPole):
         return np.asarray(popgym_obs, dtype=np.float32)
+    elif isinstance(env, Concentration):
+        parts = [(value, env.num_values + 1) for value in popgym_obs]
     else:
         parts = [(popgym_obs, env.obs_dim)]
     return np.concatenate([np.eye(size, dtype=np.float32)[int(index)] for index, size in parts])
@@ -192,7 +209,7 @@ Policy = Callable[[object, list, int], int]
 
 
 def oracle(env, history: list, t: int) -> int:
-    if isinstance(env, (MultiarmedBandit, PositionOnlyCartPole, Battleship, MineSweeper)):
+    if isinstance(env, (MultiarmedBandit, PositionOnlyCartPole, Battleship, MineSweeper, Concentration)):
         return int(env.oracle_action()[0])
     if isinstance(env, HigherLower):
         return _count_cards(env, history[: t + 1], int(history[t]))
@@ -217,8 +234,8 @@ def off_by_one(env, history: list, t: int) -> int:
     """The oracle one card out: the second card, k back, the count before this card, the next card
     back, a counter that forgets the card shown; on the bandit, the arm after the best; on CartPole,
     pushing towards the lean seen (no velocities); on Battleship and MineSweeper, the square after
-    the oracle's."""
-    if isinstance(env, (MultiarmedBandit, Battleship, MineSweeper)):
+    the oracle's; on Concentration, the card after the oracle's."""
+    if isinstance(env, (MultiarmedBandit, Battleship, MineSweeper, Concentration)):
         return (int(env.oracle_action()[0]) + 1) % env.num_actions
     if isinstance(env, PositionOnlyCartPole):
         return int(history[t][1] > 0)
@@ -323,7 +340,7 @@ def main(argv: list[str] | None = None) -> None:
         "RepeatPrevious k back instead of k - 1, CountRecall the count before the card shown, Autoencode",
         "the next card back, HigherLower a card counter that forgets the card shown, MultiarmedBandit the",
         "arm after the best, CartPole pushing towards the lean seen, Battleship and MineSweeper the square after",
-        "the oracle's);",
+        "the oracle's, Concentration the card after the oracle's);",
         "random: uniform actions (numpy seed = episode seed). Observations agree within 1e-4 (CartPole's",
         "float64 sin/cos may differ in the last bit). Battleship's and MineSweeper's actions reach popgym as",
         "(row, column).",

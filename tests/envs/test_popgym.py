@@ -19,6 +19,7 @@ from envs.popgym import PRESETS, Autoencode, CountRecall, HigherLower, RepeatFir
 from envs.popgym_bandit import MultiarmedBandit
 from envs.popgym_battleship import SHIP_SIZES, Battleship
 from envs.popgym_cartpole import PositionOnlyCartPole
+from envs.popgym_concentration import Concentration
 from envs.popgym_minesweeper import MineSweeper
 from scripts.popgym_parity import (
     CARD_PRESETS,
@@ -116,7 +117,11 @@ def test_presets_follow_popgym_levels():
         MineSweeper,
         [{"board_size": 4, "num_mines": 2}, {"board_size": 6, "num_mines": 6}, {"board_size": 8, "num_mines": 10}],
     )
-    assert len(PRESETS) == 16 + 12 + 3 + 3 + 6 + 3 + 3
+    expected["popgym-concentration"] = (
+        Concentration,
+        [{"num_decks": 1, "num_values": 2}, {"num_decks": 2, "num_values": 2}, {"num_decks": 1, "num_values": 13}],
+    )
+    assert len(PRESETS) == 16 + 12 + 3 + 3 + 6 + 3 + 3 + 3
     for task, (task_class, levels) in expected.items():
         if not task.startswith("popgym-"):
             assert PRESETS[task] == PRESETS[f"{task}-easy"]
@@ -160,6 +165,8 @@ def test_spaces_and_lengths(name, obs_dim, num_actions, length):
         (PositionOnlyCartPole, {"noise_sigma": -0.1}, "noise_sigma must be a number >= 0, got -0.1"),
         (Battleship, {"board_size": 3}, r"board_size must be an integer >= 4 \(the longest ship\), got 3"),
         (MineSweeper, {"board_size": 1}, "board_size must be an integer >= 2, got 1"),
+        (Concentration, {"num_values": 4}, r"num_values must be 2 \(colours\) or 13 \(ranks\), got 4"),
+        (Concentration, {"num_decks": 0}, "num_decks must be a positive integer, got 0"),
         (MineSweeper, {"board_size": 4, "num_mines": 14}, r"num_mines must be an integer in \[1, 13\] \(at least 3 free"),
     ],
 )
@@ -382,7 +389,7 @@ def test_equal_to_popgym_on_the_same_randomness(name):
         assert result.memrl_length == result.popgym_length
         assert result.memrl_return == pytest.approx(result.popgym_return, abs=1e-4)
         returns[policy_name] = result.popgym_return
-    if name in CARD_PRESETS or "cart-pole" in name or "battleship" in name or "mine-sweeper" in name:
+    if name in CARD_PRESETS or "cart-pole" in name or "battleship" in name or "mine-sweeper" in name or "concentration" in name:
         assert returns["oracle"] == pytest.approx(1.0) and returns["random"] < 0.5
 
 
@@ -403,6 +410,10 @@ def test_levels_match_popgym_settings(name):
     elif isinstance(env, MineSweeper):
         assert ((env.board_size,) * 2, env.num_mines) == (reference.dims, reference.num_mines)
         assert (env.max_episode_steps, env.obs_dim) == (reference.max_episode_length, reference.observation_space.n)
+    elif isinstance(env, Concentration):
+        assert (env.num_cards, env.max_episode_steps) == (reference.deck.num_cards, reference.episode_length)
+        assert env.num_values == reference.facedown_card
+        assert env.obs_dim == int(reference.observation_space.nvec.sum()) and env.num_actions == reference.action_space.n
     else:
         assert env.max_episode_steps == reference.max_episode_length
         assert env.noise_sigma == pytest.approx(float(getattr(reference, "noise_sigma", [0.0])[0]))
@@ -614,10 +625,77 @@ def test_minesweeper_mines_are_drawn_like_popgyms():
     assert ((frequency - popgym_frequency).abs() <= 5 * standard_error).all()
 
 
+# -- Concentration --------------------------------------------------------------------------------
+
+
+def concentration_on(layout: list[int], num_values: int) -> Concentration:
+    """A one-env Concentration (one deck) whose every episode lays out `layout` (card classes)."""
+    cards = torch.tensor([layout])
+
+    class Fixed(Concentration):
+        def _draw_layout(self) -> torch.Tensor:
+            return cards
+
+    return Fixed(num_envs=1, seed=0, num_decks=1, num_values=num_values)
+
+
+def test_concentration_rules_on_a_hand_built_layout():
+    layout = [0, 1] * 26
+    env = concentration_on(layout, num_values=2)
+    length = env.max_episode_steps
+    assert length == 104
+
+    def shown(obs):
+        return obs[0].reshape(52, 3).argmax(1).tolist()
+
+    obs, info = env.reset()
+    assert shown(obs) == [2] * 52 and info["is_first"].all()
+    steps = [  # (card flipped, reward)
+        (0, 0.0), (1, -2 / length),  # colours differ: both shown this step, then turned down
+        (0, 0.0), (0, -2 / length),  # the same card twice
+        (0, 0.0), (2, 2 / 52),  # a pair: stays face up
+        (2, -1 / length),  # a face-up card as the first of a pair
+        (1, 0.0), (0, -2 / length),  # ... or as the second
+    ]
+    observations = []
+    for card, reward in steps:
+        obs, r, terminated, truncated, _ = env.step(torch.tensor([card]))
+        assert float(r[0]) == pytest.approx(reward) and not terminated[0]
+        observations.append(shown(obs))
+    assert observations[0] == [0] + [2] * 51 and observations[1] == [0, 1] + [2] * 50
+    assert observations[2] == [0] + [2] * 51 and observations[5] == [0, 2, 0] + [2] * 49
+    assert observations[6] == [0, 2, 0] + [2] * 49 and observations[8] == [0, 1, 0] + [2] * 49
+    env.reset()
+    flipped = []
+    for _ in range(52):
+        flipped.append(int(env.oracle_action()[0]))
+        obs, r, terminated, truncated, info = env.step(torch.tensor([flipped[-1]]))
+    assert flipped[:6] == [0, 2, 1, 3, 4, 6] and sorted(flipped) == list(range(52))
+    assert terminated.all() and info["success"].all() and float(info["episode_return"][0]) == pytest.approx(1.0)
+    assert shown(info["final_obs"]) == layout and int(info["episode_length"][0]) == 52
+
+
+@pytest.mark.parametrize("name", ["popgym-concentration-easy", "popgym-concentration-hard"])
+def test_concentration_oracle_and_uniform_flipper(name):
+    """The oracle wins in n flips with return 1; the uniform flipper's win rate agrees with the
+    exact chance_success (within four standard errors either way)."""
+    env = make(name, num_envs=256, seed=15)
+    info = rollout(env, oracle, num_steps=env.num_cards)["info"]
+    assert info["success"].all() and torch.allclose(info["episode_return"], torch.ones(256), atol=1e-5)
+    obs, _ = env.reset()
+    successes = episodes = 0
+    for _ in range(2 * env.max_episode_steps):
+        obs, _, _, _, info = env.step(env.memoryless_action(obs))
+        successes += int(info["success"][info["episode_done"]].sum())
+        episodes += int(info["episode_done"].sum())
+    rate = successes / episodes
+    assert abs(rate - env.chance_success) <= rate_margin(env.chance_success, episodes)
+
+
 # -- determinism and randomness -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", LEVELED + ["popgym-battleship-easy", "popgym-mine-sweeper-easy"])
+@pytest.mark.parametrize("name", LEVELED + ["popgym-battleship-easy", "popgym-mine-sweeper-easy", "popgym-concentration-easy"])
 def test_seeded_runs_are_identical(name):
     """Same seed, same episodes (past an auto-reset); another seed, other episodes."""
     num_steps = make(name, num_envs=1).max_episode_steps + 5
@@ -634,7 +712,7 @@ def test_seeded_runs_are_identical(name):
     assert torch.equal(rollout(reseeded, random_policy(0), num_steps)["obs"], first["obs"])
 
 
-@pytest.mark.parametrize("name", EASY + ["popgym-battleship-easy", "popgym-mine-sweeper-easy"])
+@pytest.mark.parametrize("name", EASY + ["popgym-battleship-easy", "popgym-mine-sweeper-easy", "popgym-concentration-easy"])
 def test_random_draws_do_not_depend_on_which_episodes_restart(name):
     left, right = make(name, num_envs=6, seed=21), make(name, num_envs=6, seed=21)
     left.reset()
@@ -682,7 +760,7 @@ def test_steps_on_cuda_without_host_syncs(name):
 @pytest.mark.parametrize(
     "name",
     ["popgym-higher-lower-easy", "popgym-multiarmed-bandit-easy", "popgym-noisy-position-only-cart-pole-easy", "popgym-battleship-easy",
-     "popgym-mine-sweeper-hard"],
+     "popgym-mine-sweeper-hard", "popgym-concentration-hard"],
 )
 def test_other_popgym_envs_step_on_cuda_without_host_syncs(name):
     env = make(name, num_envs=64, seed=0, device="cuda")
