@@ -5,6 +5,7 @@ from __future__ import annotations
 from math import comb
 
 import torch
+import torch.nn.functional as F
 
 from envs.base import BatchedEnv
 
@@ -82,10 +83,20 @@ class Battleship(BatchedEnv):
         board = torch.zeros(self.num_envs, self.num_actions, dtype=torch.bool, device=self.device)
         for size in SHIP_SIZES:
             placements = self.placements[size]
-            fits = (board.float() @ placements.float().T) == 0
+            fits = self._ships_under_placements(board, size) == 0
             choice = torch.where(fits, self.random(self.num_envs, placements.shape[0]), -1.0).argmax(1)
             board |= placements[choice]
         return board
+
+    def _ships_under_placements(self, board: torch.Tensor, size: int) -> torch.Tensor:
+        """Ship squares under each placement of `size` (in `placements` order), int64 [N, P], from
+        running sums along the columns and rows of `board` [N, B^2]."""
+        grid = board.long().reshape(-1, self.board_size, self.board_size)
+        down = F.pad(grid.cumsum(1), (0, 0, 1, 0))
+        across = F.pad(grid.cumsum(2), (1, 0))
+        vertical = down[:, size:, :] - down[:, : self.board_size - size + 1, :]
+        horizontal = across[:, :, size:] - across[:, :, : self.board_size - size + 1]
+        return torch.cat([vertical.flatten(1), horizontal.transpose(1, 2).flatten(1)], dim=1)
 
     def _start_episodes(self, mask: torch.Tensor) -> None:
         self.ships = torch.where(mask[:, None], self._draw_board(), self.ships)
