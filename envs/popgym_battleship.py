@@ -84,7 +84,10 @@ class Battleship(BatchedEnv):
         for size in SHIP_SIZES:
             placements = self.placements[size]
             fits = self._ships_under_placements(board, size) == 0
-            choice = torch.where(fits, self.random(self.num_envs, placements.shape[0]), -1.0).argmax(1)
+            num_fits = fits.sum(1)
+            # The k-th fitting placement, k uniform in [0, num_fits); the clamp guards float32 rounding up.
+            k = torch.minimum(self.randint(0, num_fits, (self.num_envs,)), num_fits - 1)
+            choice = (fits.cumsum(1) <= k[:, None]).sum(1)
             board |= placements[choice]
         return board
 
