@@ -37,7 +37,7 @@ from math import comb
 
 import torch
 
-from envs import popgym_bandit, popgym_cartpole
+from envs import popgym_bandit, popgym_battleship, popgym_cartpole, popgym_concentration, popgym_minesweeper
 from envs.base import BatchedEnv
 
 SUITS = 4
@@ -526,5 +526,8 @@ CARD_TASKS = ("repeat-first", "repeat-previous", "count-recall", "autoencode")
 PRESETS.update({f"popgym-{task}-{level}": PRESETS[f"{task}-{level}"] for task in CARD_TASKS for level in ("easy", "medium", "hard")})
 PRESETS.update(popgym_bandit.PRESETS)
 PRESETS.update(popgym_cartpole.PRESETS)
+PRESETS.update(popgym_battleship.PRESETS)
+PRESETS.update(popgym_minesweeper.PRESETS)
+PRESETS.update(popgym_concentration.PRESETS)
 """Every POPGym env memrl has, also under its `popgym-<env>-<level>` name (gymnasium id
 memrl/Popgym<Env><Level>-v0); the card tasks keep their short names too."""

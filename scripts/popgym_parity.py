@@ -4,11 +4,12 @@
     python scripts/popgym_parity.py --episodes 5 --presets repeat-previous-easy
 
 For each episode, popgym's env is reset with a seed and its randomness is read out of it: the
-order in which it will deal its shuffled deck(s) (popgym deals `deck.idx` from the end), or the
-bandits' probabilities and a copy of its generator for the pulls to come; memrl's env (one env,
-CPU) is made to deal the same card classes / use the same draws. Both are then driven by the same
-actions, chosen by a policy from popgym's observations: the oracle, an off-by-one policy (the
-mistake of a port one step out of line) or seeded uniform random answers. Every step, memrl's
+order in which it will deal its shuffled deck(s) (popgym deals `deck.idx` from the end), the
+bandits' probabilities and a copy of its generator for the pulls to come, or the Battleship /
+MineSweeper board / Concentration layout;
+memrl's env (one env, CPU) is made to deal the same card classes / use the same draws / board. Both
+are then driven by the same actions, chosen by a policy from popgym's observations: the oracle, an
+off-by-one policy (the mistake of a port one step out of line) or seeded uniform random answers. Every step, memrl's
 observation must equal the encoding of popgym's and the rewards and terminations must agree;
 the episodes' returns and lengths are compared. tests/envs/test_popgym.py runs the same code.
 """
@@ -34,13 +35,19 @@ if str(REPO_ROOT) not in sys.path:
 
 from envs.popgym import CARD_TASKS, PRESETS, Autoencode, CountRecall, HigherLower, RepeatFirst, RepeatPrevious  # noqa: E402
 from envs.popgym_bandit import MultiarmedBandit  # noqa: E402
+from envs.popgym_battleship import Battleship  # noqa: E402
 from envs.popgym_cartpole import PositionOnlyCartPole  # noqa: E402
+from envs.popgym_concentration import Concentration  # noqa: E402
+from envs.popgym_minesweeper import MineSweeper  # noqa: E402
 
 LEVELS = ("easy", "medium", "hard")
 CARD_PRESETS = [f"{task}-{level}" for task in CARD_TASKS for level in LEVELS]
 PORTED_PRESETS = CARD_PRESETS + [
     f"popgym-{env}-{level}"
-    for env in ("higher-lower", "multiarmed-bandit", "position-only-cart-pole", "noisy-position-only-cart-pole")
+    for env in (
+        "higher-lower", "multiarmed-bandit", "position-only-cart-pole", "noisy-position-only-cart-pole", "battleship", "mine-sweeper",
+        "concentration",
+    )
     for level in LEVELS
 ]
 """Every preset with a popgym 1.0.7 counterpart (the popgym-<card task>-<level> names repeat CARD_PRESETS)."""
@@ -127,6 +134,44 @@ def cartpole_env(kwargs: dict, popgym_env, seed: int):
     return Aligned(num_envs=1, seed=0, **kwargs)
 
 
+def battleship_env(kwargs: dict, popgym_env):
+    """A one-env CPU Battleship whose board is popgym's (call after reset), square row * B + column."""
+    board = torch.from_numpy(popgym_env.board.astype(bool).reshape(1, -1))
+
+    class Aligned(Battleship):
+        def _draw_board(self) -> torch.Tensor:
+            return board
+
+    return Aligned(num_envs=1, seed=0, **kwargs)
+
+
+def minesweeper_env(kwargs: dict, popgym_env):
+    """A one-env CPU MineSweeper whose mines are popgym's (call after reset), square row * B + column."""
+    mines = torch.from_numpy((popgym_env.hidden_grid == 1).reshape(1, -1))
+
+    class Aligned(MineSweeper):
+        def _draw_mines(self) -> torch.Tensor:
+            return mines
+
+    return Aligned(num_envs=1, seed=0, **kwargs)
+
+
+def concentration_env(kwargs: dict, popgym_env):
+    """A one-env CPU Concentration laid out as popgym's cards (call after reset), popgym's class numbers."""
+    layout = torch.from_numpy(popgym_env.state.copy())[None]
+
+    class Aligned(Concentration):
+        def _draw_layout(self) -> torch.Tensor:
+            return layout
+
+    return Aligned(num_envs=1, seed=0, **kwargs)
+
+
+def popgym_action(env, action: int):
+    """memrl's action as popgym's env takes it: a Battleship or MineSweeper square index as (row, column)."""
+    return np.array(divmod(action, env.board_size)) if isinstance(env, (Battleship, MineSweeper)) else action
+
+
 def aligned_env(name: str, popgym_env, seed: int):
     """memrl's env for preset `name` using the randomness of `popgym_env` (just reset with `seed`)."""
     task_class, kwargs = PRESETS[name]
@@ -134,6 +179,12 @@ def aligned_env(name: str, popgym_env, seed: int):
         return bandit_env(kwargs, popgym_env)
     if task_class is PositionOnlyCartPole:
         return cartpole_env(kwargs, popgym_env, seed)
+    if task_class is Battleship:
+        return battleship_env(kwargs, popgym_env)
+    if task_class is MineSweeper:
+        return minesweeper_env(kwargs, popgym_env)
+    if task_class is Concentration:
+        return concentration_env(kwargs, popgym_env)
     return dealing_env(task_class, kwargs, dealing_order(popgym_env))
 
 
@@ -146,6 +197,8 @@ def encode(env, popgym_obs) -> np.ndarray:
         parts = [(int(value), env.num_values) for value in popgym_obs]
     elif isinstance(env, PositionOnlyCartPole):
         return np.asarray(popgym_obs, dtype=np.float32)
+    elif isinstance(env, Concentration):
+        parts = [(value, env.num_values + 1) for value in popgym_obs]
     else:
         parts = [(popgym_obs, env.obs_dim)]
     return np.concatenate([np.eye(size, dtype=np.float32)[int(index)] for index, size in parts])
@@ -156,7 +209,7 @@ Policy = Callable[[object, list, int], int]
 
 
 def oracle(env, history: list, t: int) -> int:
-    if isinstance(env, (MultiarmedBandit, PositionOnlyCartPole)):
+    if isinstance(env, (MultiarmedBandit, PositionOnlyCartPole, Battleship, MineSweeper, Concentration)):
         return int(env.oracle_action()[0])
     if isinstance(env, HigherLower):
         return _count_cards(env, history[: t + 1], int(history[t]))
@@ -180,8 +233,9 @@ def _count_cards(env, seen: list, shown_rank: int) -> int:
 def off_by_one(env, history: list, t: int) -> int:
     """The oracle one card out: the second card, k back, the count before this card, the next card
     back, a counter that forgets the card shown; on the bandit, the arm after the best; on CartPole,
-    pushing towards the lean seen (no velocities)."""
-    if isinstance(env, MultiarmedBandit):
+    pushing towards the lean seen (no velocities); on Battleship and MineSweeper, the square after
+    the oracle's; on Concentration, the card after the oracle's."""
+    if isinstance(env, (MultiarmedBandit, Battleship, MineSweeper, Concentration)):
         return (int(env.oracle_action()[0]) + 1) % env.num_actions
     if isinstance(env, PositionOnlyCartPole):
         return int(history[t][1] > 0)
@@ -231,7 +285,8 @@ def play_side_by_side(name: str, policy: Policy, seed: int) -> SideBySide:
             mismatches.append(f"step {t}: memrl shows {obs[0].tolist()}, popgym {popgym_obs}")
         action = policy(env, history, t)
         oracle_agrees &= int(env.oracle_action()[0]) == oracle(env, history, t)
-        popgym_obs, popgym_reward, popgym_terminated, popgym_truncated, _ = reference.step(action)
+        popgym_obs, popgym_reward, popgym_terminated, popgym_truncated, _ = reference.step(popgym_action(env, action))
+        popgym_truncated = bool(popgym_truncated) and not popgym_terminated  # memrl reports an episode that ends both ways as terminated
         popgym_done = popgym_terminated or popgym_truncated
         obs, reward, terminated, truncated, info = env.step(torch.tensor([action]))
         if abs(float(reward[0]) - popgym_reward) > 1e-6:
@@ -284,8 +339,11 @@ def main(argv: list[str] | None = None) -> None:
         "oracle: perfect memory; off-by-one: one card out (RepeatFirst answers the second card,",
         "RepeatPrevious k back instead of k - 1, CountRecall the count before the card shown, Autoencode",
         "the next card back, HigherLower a card counter that forgets the card shown, MultiarmedBandit the",
-        "arm after the best, CartPole pushing towards the lean seen); random: uniform actions (numpy seed =",
-        "episode seed). Observations agree within 1e-4 (CartPole's float64 sin/cos may differ in the last bit).",
+        "arm after the best, CartPole pushing towards the lean seen, Battleship and MineSweeper the square after",
+        "the oracle's, Concentration the card after the oracle's);",
+        "random: uniform actions (numpy seed = episode seed). Observations agree within 1e-4 (CartPole's",
+        "float64 sin/cos may differ in the last bit). Battleship's and MineSweeper's actions reach popgym as",
+        "(row, column).",
         "",
         f"- popgym {popgym.__version__ if hasattr(popgym, '__version__') else '1.0.7'}, torch {torch.__version__}, Python {platform.python_version()}, CPU",
         f"- date: {datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}",

@@ -10,13 +10,17 @@ from __future__ import annotations
 import math
 from importlib.util import find_spec
 
+import numpy as np
 import pytest
 import torch
 
 import scripts.popgym_parity as parity
 from envs.popgym import PRESETS, Autoencode, CountRecall, HigherLower, RepeatFirst, RepeatPrevious
 from envs.popgym_bandit import MultiarmedBandit
+from envs.popgym_battleship import SHIP_SIZES, Battleship
 from envs.popgym_cartpole import PositionOnlyCartPole
+from envs.popgym_concentration import Concentration
+from envs.popgym_minesweeper import MineSweeper
 from scripts.popgym_parity import (
     CARD_PRESETS,
     POLICIES,
@@ -108,7 +112,16 @@ def test_presets_follow_popgym_levels():
         "autoencode": (Autoencode, [{"num_decks": 1}, {"num_decks": 2}, {"num_decks": 3}]),
     }
     expected["popgym-higher-lower"] = (HigherLower, [{"num_decks": 1}, {"num_decks": 2}, {"num_decks": 3}])
-    assert len(PRESETS) == 16 + 12 + 3 + 3 + 6
+    expected["popgym-battleship"] = (Battleship, [{"board_size": 8}, {"board_size": 10}, {"board_size": 12}])
+    expected["popgym-mine-sweeper"] = (
+        MineSweeper,
+        [{"board_size": 4, "num_mines": 2}, {"board_size": 6, "num_mines": 6}, {"board_size": 8, "num_mines": 10}],
+    )
+    expected["popgym-concentration"] = (
+        Concentration,
+        [{"num_decks": 1, "num_values": 2}, {"num_decks": 2, "num_values": 2}, {"num_decks": 1, "num_values": 13}],
+    )
+    assert len(PRESETS) == 16 + 12 + 3 + 3 + 6 + 3 + 3 + 3
     for task, (task_class, levels) in expected.items():
         if not task.startswith("popgym-"):
             assert PRESETS[task] == PRESETS[f"{task}-easy"]
@@ -150,6 +163,11 @@ def test_spaces_and_lengths(name, obs_dim, num_actions, length):
         (MultiarmedBandit, {"episode_length": 2.5}, "episode_length must be a positive integer, got 2.5"),
         (PositionOnlyCartPole, {"max_episode_length": 0}, "max_episode_length must be a positive integer, got 0"),
         (PositionOnlyCartPole, {"noise_sigma": -0.1}, "noise_sigma must be a number >= 0, got -0.1"),
+        (Battleship, {"board_size": 3}, r"board_size must be an integer >= 4 \(the longest ship\), got 3"),
+        (MineSweeper, {"board_size": 1}, "board_size must be an integer >= 2, got 1"),
+        (Concentration, {"num_values": 4}, r"num_values must be 2 \(colours\) or 13 \(ranks\), got 4"),
+        (Concentration, {"num_decks": 0}, "num_decks must be a positive integer, got 0"),
+        (MineSweeper, {"board_size": 4, "num_mines": 14}, r"num_mines must be an integer in \[1, 13\] \(at least 3 free"),
     ],
 )
 def test_bad_arguments_are_rejected(task_class, kwargs, message):
@@ -371,7 +389,7 @@ def test_equal_to_popgym_on_the_same_randomness(name):
         assert result.memrl_length == result.popgym_length
         assert result.memrl_return == pytest.approx(result.popgym_return, abs=1e-4)
         returns[policy_name] = result.popgym_return
-    if name in CARD_PRESETS or "cart-pole" in name:
+    if name in CARD_PRESETS or "cart-pole" in name or "battleship" in name or "mine-sweeper" in name or "concentration" in name:
         assert returns["oracle"] == pytest.approx(1.0) and returns["random"] < 0.5
 
 
@@ -385,6 +403,17 @@ def test_levels_match_popgym_settings(name):
         assert env.num_decks == reference.num_decks and env.max_episode_steps == reference.deck_size - 1
     elif isinstance(env, MultiarmedBandit):
         assert (env.num_actions, env.max_episode_steps) == (reference.num_bandits, reference.max_episode_length)
+    elif isinstance(env, Battleship):
+        assert (env.board_size, env.max_episode_steps) == (reference.board_size, reference.max_episode_length)
+        assert list(SHIP_SIZES) == reference.ship_sizes
+        assert env.num_actions == int(np.prod(reference.action_space.nvec))
+    elif isinstance(env, MineSweeper):
+        assert ((env.board_size,) * 2, env.num_mines) == (reference.dims, reference.num_mines)
+        assert (env.max_episode_steps, env.obs_dim) == (reference.max_episode_length, reference.observation_space.n)
+    elif isinstance(env, Concentration):
+        assert (env.num_cards, env.max_episode_steps) == (reference.deck.num_cards, reference.episode_length)
+        assert env.num_values == reference.facedown_card
+        assert env.obs_dim == int(reference.observation_space.nvec.sum()) and env.num_actions == reference.action_space.n
     else:
         assert env.max_episode_steps == reference.max_episode_length
         assert env.noise_sigma == pytest.approx(float(getattr(reference, "noise_sigma", [0.0])[0]))
@@ -433,10 +462,240 @@ def test_higher_lower_memoryless_success_bound_is_below_chance_success(name):
     assert bound.mean().item() + margin(bound) < env.chance_success
 
 
+# -- Battleship -----------------------------------------------------------------------------------
+
+
+def battleship_on(board: list[str]) -> Battleship:
+    """A one-env Battleship whose every episode has `board` (rows of '.' water and 'x' ship)."""
+    ships = torch.tensor([[cell == "x" for row in board for cell in row]])
+
+    class Fixed(Battleship):
+        def _draw_board(self) -> torch.Tensor:
+            return ships
+
+    return Fixed(num_envs=1, seed=0, board_size=len(board))
+
+
+FOUR_SHIPS = ["xx......", "........", "xxx.....", "........", "....x..x", "....x..x", "....x..x", ".......x"]
+"""Ships of 2, 3, 3 (column 4) and 4 (column 7, rows 4-7) squares, row * 8 + column."""
+
+
+def test_battleship_rules_on_a_hand_built_board():
+    env = battleship_on(FOUR_SHIPS)
+    ship_squares = [i for i, cell in enumerate("".join(FOUR_SHIPS)) if cell == "x"]
+    assert len(ship_squares) == 12
+    obs, info = env.reset()
+    assert obs.tolist() == [[1.0, 0.0]] and info["is_first"].all()
+    hit, miss = 1 / 12, -1 / 52
+    for square, reward, shown in [(0, hit, 1.0), (0, miss, 0.0), (62, miss, 0.0), (1, hit, 1.0)]:  # shooting a hit square again misses
+        obs, r, terminated, truncated, _ = env.step(torch.tensor([square]))
+        assert float(r[0]) == pytest.approx(reward) and obs[0].tolist() == [1 - shown, shown] and not terminated[0]
+    for step, square in enumerate(ship_squares[2:]):
+        assert int(env.oracle_action()[0]) == square
+        obs, r, terminated, truncated, info = env.step(torch.tensor([square]))
+        assert float(r[0]) == pytest.approx(hit) and bool(terminated[0]) == (step == 9) and not truncated[0]
+    assert info["success"].all() and info["final_obs"].tolist() == [[0.0, 1.0]] and info["is_first"].all()
+    assert float(info["episode_return"][0]) == pytest.approx(1 + 2 * miss) and int(info["episode_length"][0]) == 14
+    env.reset()
+    for _ in range(64):  # shooting square 2 (water) all along is truncated after 64 shots, unsuccessful
+        obs, r, terminated, truncated, info = env.step(torch.tensor([2]))
+    assert truncated.all() and not terminated.any() and not info["success"].any()
+    assert float(info["episode_return"][0]) == pytest.approx(64 * miss)
+
+
+@pytest.mark.parametrize("name", ["popgym-battleship-easy", "popgym-battleship-hard"])
+def test_battleship_oracle_sweeper_and_uniform_shooter(name):
+    """The oracle sinks the fleet without a miss; shooting every square once in turn (which needs a
+    step count, i.e. memory) always sinks it; the uniform shooter stays within chance_success."""
+    env = make(name, num_envs=256, seed=8)
+    info = rollout(env, oracle, num_steps=12)["info"]
+    assert info["success"].all() and (info["episode_length"] == 12).all()
+    torch.testing.assert_close(info["episode_return"], torch.ones(256), atol=1e-5, rtol=0)
+    env = make(name, num_envs=256, seed=9)
+    sweep = rollout(env, lambda env, obs: env.elapsed_steps.clone())
+    assert sweep["terminated"].any(1).all() and not sweep["truncated"].any()
+    env = make(name, num_envs=512, seed=10)
+    obs, _ = env.reset()
+    successes = episodes = 0
+    for _ in range(3 * env.max_episode_steps):
+        obs, _, _, _, info = env.step(env.memoryless_action(obs))
+        successes += int(info["success"][info["episode_done"]].sum())
+        episodes += int(info["episode_done"].sum())
+    assert successes / episodes <= env.chance_success + rate_margin(env.chance_success, episodes)
+
+
+def test_battleship_boards_are_drawn_like_popgyms():
+    """Every board holds the four ships apart; how often each square holds a ship agrees with
+    popgym's rejection sampling (within 5 standard errors of the difference at every square)."""
+    env = make("popgym-battleship-easy", num_envs=4000, seed=12)
+    env.reset()
+    boards = env.ships.float()
+    assert (boards.sum(1) == 12).all()
+    if find_spec("popgym") is None:
+        return
+    reference = make_popgym_env("popgym-battleship-easy")
+    popgym_boards = []
+    for seed in range(2000):
+        reference.reset(seed=seed)
+        popgym_boards.append(torch.from_numpy(reference.board.reshape(-1).astype(np.float32)))
+    popgym_frequency, frequency = torch.stack(popgym_boards).mean(0), boards.mean(0)
+    pooled = (popgym_frequency * 2000 + frequency * 4000) / 6000
+    standard_error = (pooled * (1 - pooled) * (1 / 2000 + 1 / 4000)).sqrt()
+    assert ((frequency - popgym_frequency).abs() <= 5 * standard_error).all()
+    assert frequency[27] > 1.5 * frequency[0]  # centre squares hold ships more often than corners
+
+
+# -- MineSweeper ----------------------------------------------------------------------------------
+
+
+def minesweeper_on(board: list[str]) -> MineSweeper:
+    """A one-env MineSweeper whose every episode has `board` (rows of '.' free and '*' mine)."""
+    mines = torch.tensor([[cell == "*" for row in board for cell in row]])
+
+    class Fixed(MineSweeper):
+        def _draw_mines(self) -> torch.Tensor:
+            return mines
+
+    return Fixed(num_envs=1, seed=0, board_size=len(board), num_mines=int(mines.sum()))
+
+
+def test_minesweeper_rules_on_a_hand_built_board():
+    env = minesweeper_on(["*...", "....", "....", "...*"])  # counts: square 5 sees 1 mine, square 0 (a mine) sees itself
+    free, again, boom = 1 / 14, -0.5 / 12, -0.5 - 1 / 14
+    obs, info = env.reset()
+    assert obs.tolist() == [[1.0, 0.0, 0.0]] and info["is_first"].all()
+    for square, reward, count in [(5, free, 1), (5, again, 1), (6, free, 0), (10, free, 1)]:
+        obs, r, terminated, truncated, _ = env.step(torch.tensor([square]))
+        assert float(r[0]) == pytest.approx(reward) and obs[0].argmax().item() == count and not terminated[0]
+    obs, r, terminated, truncated, info = env.step(torch.tensor([0]))  # a mine: its count includes itself
+    assert float(r[0]) == pytest.approx(boom) and terminated.all() and not info["success"].any()
+    assert info["final_obs"].tolist() == [[0.0, 1.0, 0.0]]
+    assert float(info["episode_return"][0]) == pytest.approx(3 * free + again + boom)
+    free_squares = [square for square in range(16) if square not in (0, 15)]
+    env.reset()
+    for step, square in enumerate(free_squares):
+        assert int(env.oracle_action()[0]) == square
+        obs, r, terminated, truncated, info = env.step(torch.tensor([square]))
+        assert float(r[0]) == pytest.approx(free) and bool(terminated[0]) == (step == 13)
+    assert info["success"].all() and float(info["episode_return"][0]) == pytest.approx(1.0)
+    env.reset()
+    for square in free_squares[:-1] + [1]:  # one repeat: truncated after 14 clicks, not a win
+        obs, r, terminated, truncated, info = env.step(torch.tensor([square]))
+    assert truncated.all() and not terminated.any() and not info["success"].any()
+
+
+@pytest.mark.parametrize("name", ["popgym-mine-sweeper-easy", "popgym-mine-sweeper-hard"])
+def test_minesweeper_counts_and_mines_and_the_uniform_clicker(name):
+    """Every board hides num_mines mines; the counts are the 3 x 3 block sums (recomputed in plain
+    Python); the oracle wins; the uniform clicker stays within chance_success."""
+    env = make(name, num_envs=256, seed=13)
+    env.reset()
+    size = env.board_size
+    assert (env.mines.sum(1) == env.num_mines).all()
+    for mines, counts in zip(env.mines[:4].tolist(), env.counts[:4].tolist()):
+        for row in range(size):
+            for column in range(size):
+                rows, columns = range(max(row - 1, 0), min(row + 2, size)), range(max(column - 1, 0), min(column + 2, size))
+                assert counts[row * size + column] == sum(mines[r * size + c] for r in rows for c in columns)
+    info = rollout(env, oracle)["info"]
+    assert info["success"].all() and torch.allclose(info["episode_return"], torch.ones(256), atol=1e-5)
+    obs, _ = env.reset()
+    successes = episodes = 0
+    for _ in range(3 * env.max_episode_steps):
+        obs, _, _, _, info = env.step(env.memoryless_action(obs))
+        successes += int(info["success"][info["episode_done"]].sum())
+        episodes += int(info["episode_done"].sum())
+    assert successes / episodes <= env.chance_success + rate_margin(env.chance_success, episodes)
+
+
+def test_minesweeper_mines_are_drawn_like_popgyms():
+    """How often each square hides a mine agrees with popgym's draw (within 5 standard errors)."""
+    if find_spec("popgym") is None:
+        pytest.skip("popgym (the dev extra) is not installed")
+    env = make("popgym-mine-sweeper-medium", num_envs=4000, seed=14)
+    env.reset()
+    reference = make_popgym_env("popgym-mine-sweeper-medium")
+    popgym_mines = []
+    for seed in range(2000):
+        reference.reset(seed=seed)
+        popgym_mines.append(torch.from_numpy((reference.hidden_grid == 1).reshape(-1).astype(np.float32)))
+    popgym_frequency, frequency = torch.stack(popgym_mines).mean(0), env.mines.float().mean(0)
+    pooled = (popgym_frequency * 2000 + frequency * 4000) / 6000
+    standard_error = (pooled * (1 - pooled) * (1 / 2000 + 1 / 4000)).sqrt()
+    assert ((frequency - popgym_frequency).abs() <= 5 * standard_error).all()
+
+
+# -- Concentration --------------------------------------------------------------------------------
+
+
+def concentration_on(layout: list[int], num_values: int) -> Concentration:
+    """A one-env Concentration (one deck) whose every episode lays out `layout` (card classes)."""
+    cards = torch.tensor([layout])
+
+    class Fixed(Concentration):
+        def _draw_layout(self) -> torch.Tensor:
+            return cards
+
+    return Fixed(num_envs=1, seed=0, num_decks=1, num_values=num_values)
+
+
+def test_concentration_rules_on_a_hand_built_layout():
+    layout = [0, 1] * 26
+    env = concentration_on(layout, num_values=2)
+    length = env.max_episode_steps
+    assert length == 104
+
+    def shown(obs):
+        return obs[0].reshape(52, 3).argmax(1).tolist()
+
+    obs, info = env.reset()
+    assert shown(obs) == [2] * 52 and info["is_first"].all()
+    steps = [  # (card flipped, reward)
+        (0, 0.0), (1, -2 / length),  # colours differ: both shown this step, then turned down
+        (0, 0.0), (0, -2 / length),  # the same card twice
+        (0, 0.0), (2, 2 / 52),  # a pair: stays face up
+        (2, -1 / length),  # a face-up card as the first of a pair
+        (1, 0.0), (0, -2 / length),  # ... or as the second
+    ]
+    observations = []
+    for card, reward in steps:
+        obs, r, terminated, truncated, _ = env.step(torch.tensor([card]))
+        assert float(r[0]) == pytest.approx(reward) and not terminated[0]
+        observations.append(shown(obs))
+    assert observations[0] == [0] + [2] * 51 and observations[1] == [0, 1] + [2] * 50
+    assert observations[2] == [0] + [2] * 51 and observations[5] == [0, 2, 0] + [2] * 49
+    assert observations[6] == [0, 2, 0] + [2] * 49 and observations[8] == [0, 1, 0] + [2] * 49
+    env.reset()
+    flipped = []
+    for _ in range(52):
+        flipped.append(int(env.oracle_action()[0]))
+        obs, r, terminated, truncated, info = env.step(torch.tensor([flipped[-1]]))
+    assert flipped[:6] == [0, 2, 1, 3, 4, 6] and sorted(flipped) == list(range(52))
+    assert terminated.all() and info["success"].all() and float(info["episode_return"][0]) == pytest.approx(1.0)
+    assert shown(info["final_obs"]) == layout and int(info["episode_length"][0]) == 52
+
+
+@pytest.mark.parametrize("name", ["popgym-concentration-easy", "popgym-concentration-hard"])
+def test_concentration_oracle_and_uniform_flipper(name):
+    """The oracle wins in n flips with return 1; the uniform flipper's win rate agrees with the
+    exact chance_success (within four standard errors either way)."""
+    env = make(name, num_envs=256, seed=15)
+    info = rollout(env, oracle, num_steps=env.num_cards)["info"]
+    assert info["success"].all() and torch.allclose(info["episode_return"], torch.ones(256), atol=1e-5)
+    obs, _ = env.reset()
+    successes = episodes = 0
+    for _ in range(2 * env.max_episode_steps):
+        obs, _, _, _, info = env.step(env.memoryless_action(obs))
+        successes += int(info["success"][info["episode_done"]].sum())
+        episodes += int(info["episode_done"].sum())
+    rate = successes / episodes
+    assert abs(rate - env.chance_success) <= rate_margin(env.chance_success, episodes)
+
+
 # -- determinism and randomness -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", LEVELED)
+@pytest.mark.parametrize("name", LEVELED + ["popgym-battleship-easy", "popgym-mine-sweeper-easy", "popgym-concentration-easy"])
 def test_seeded_runs_are_identical(name):
     """Same seed, same episodes (past an auto-reset); another seed, other episodes."""
     num_steps = make(name, num_envs=1).max_episode_steps + 5
@@ -453,7 +712,7 @@ def test_seeded_runs_are_identical(name):
     assert torch.equal(rollout(reseeded, random_policy(0), num_steps)["obs"], first["obs"])
 
 
-@pytest.mark.parametrize("name", EASY)
+@pytest.mark.parametrize("name", EASY + ["popgym-battleship-easy", "popgym-mine-sweeper-easy", "popgym-concentration-easy"])
 def test_random_draws_do_not_depend_on_which_episodes_restart(name):
     left, right = make(name, num_envs=6, seed=21), make(name, num_envs=6, seed=21)
     left.reset()
@@ -499,7 +758,9 @@ def test_steps_on_cuda_without_host_syncs(name):
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize(
-    "name", ["popgym-higher-lower-easy", "popgym-multiarmed-bandit-easy", "popgym-noisy-position-only-cart-pole-easy"]
+    "name",
+    ["popgym-higher-lower-easy", "popgym-multiarmed-bandit-easy", "popgym-noisy-position-only-cart-pole-easy", "popgym-battleship-easy",
+     "popgym-mine-sweeper-hard", "popgym-concentration-hard"],
 )
 def test_other_popgym_envs_step_on_cuda_without_host_syncs(name):
     env = make(name, num_envs=64, seed=0, device="cuda")
