@@ -90,6 +90,17 @@ def rate_margin(rate: float, n: int) -> float:
     return 4 * math.sqrt(p * (1 - p) / n)
 
 
+def memoryless_success_rate(env, num_steps: int) -> tuple[float, int]:
+    """Success rate of the env's memoryless policy over the episodes that end in `num_steps` steps."""
+    obs, _ = env.reset()
+    successes = episodes = 0
+    for _ in range(num_steps):
+        obs, _, _, _, info = env.step(env.memoryless_action(obs))
+        successes += int(info["success"][info["episode_done"]].sum())
+        episodes += int(info["episode_done"].sum())
+    return successes / episodes, episodes
+
+
 def scored_count(env) -> int:
     if isinstance(env, RepeatPrevious):
         return env.num_cards - env.k
@@ -515,13 +526,8 @@ def test_battleship_oracle_sweeper_and_uniform_shooter(name):
     sweep = rollout(env, lambda env, obs: env.elapsed_steps.clone())
     assert sweep["terminated"].any(1).all() and not sweep["truncated"].any()
     env = make(name, num_envs=512, seed=10)
-    obs, _ = env.reset()
-    successes = episodes = 0
-    for _ in range(3 * env.max_episode_steps):
-        obs, _, _, _, info = env.step(env.memoryless_action(obs))
-        successes += int(info["success"][info["episode_done"]].sum())
-        episodes += int(info["episode_done"].sum())
-    assert successes / episodes <= env.chance_success + rate_margin(env.chance_success, episodes)
+    rate, episodes = memoryless_success_rate(env, 3 * env.max_episode_steps)
+    assert rate <= env.chance_success + rate_margin(env.chance_success, episodes)
 
 
 def test_battleship_boards_are_drawn_like_popgyms():
@@ -599,13 +605,8 @@ def test_minesweeper_counts_and_mines_and_the_uniform_clicker(name):
                 assert counts[row * size + column] == sum(mines[r * size + c] for r in rows for c in columns)
     info = rollout(env, oracle)["info"]
     assert info["success"].all() and torch.allclose(info["episode_return"], torch.ones(256), atol=1e-5)
-    obs, _ = env.reset()
-    successes = episodes = 0
-    for _ in range(3 * env.max_episode_steps):
-        obs, _, _, _, info = env.step(env.memoryless_action(obs))
-        successes += int(info["success"][info["episode_done"]].sum())
-        episodes += int(info["episode_done"].sum())
-    assert successes / episodes <= env.chance_success + rate_margin(env.chance_success, episodes)
+    rate, episodes = memoryless_success_rate(env, 3 * env.max_episode_steps)
+    assert rate <= env.chance_success + rate_margin(env.chance_success, episodes)
 
 
 def test_minesweeper_mines_are_drawn_like_popgyms():
@@ -682,13 +683,7 @@ def test_concentration_oracle_and_uniform_flipper(name):
     env = make(name, num_envs=256, seed=15)
     info = rollout(env, oracle, num_steps=env.num_cards)["info"]
     assert info["success"].all() and torch.allclose(info["episode_return"], torch.ones(256), atol=1e-5)
-    obs, _ = env.reset()
-    successes = episodes = 0
-    for _ in range(2 * env.max_episode_steps):
-        obs, _, _, _, info = env.step(env.memoryless_action(obs))
-        successes += int(info["success"][info["episode_done"]].sum())
-        episodes += int(info["episode_done"].sum())
-    rate = successes / episodes
+    rate, episodes = memoryless_success_rate(env, 2 * env.max_episode_steps)
     assert abs(rate - env.chance_success) <= rate_margin(env.chance_success, episodes)
 
 
