@@ -34,6 +34,7 @@ from torch import nn
 
 from memory.base import Backbone, State, StateSpec
 from memory.ssm_common import check_positive
+from memory.transformer import episode_window_mask
 
 
 def sinusoidal_embedding(positions: torch.Tensor, dim: int) -> torch.Tensor:
@@ -144,22 +145,10 @@ class GTrXLBackbone(Backbone):
         }
 
     def _forward(self, x: torch.Tensor, state: State, reset: torch.Tensor) -> tuple[torch.Tensor, State]:
-        batch_size, length = reset.shape
-        window, device = self.memory_length, x.device
-        # Episode index of each step: 0 is the episode the memory belongs to, +1 per reset.
-        episode = reset.cumsum(dim=1)
-        key_episode = torch.cat([episode.new_zeros(batch_size, window), episode], dim=1)
-        key_valid = torch.cat([state["valid"], reset.new_ones(batch_size, length)], dim=1)
-        # Memory slot i holds time i - W, step t of the chunk holds time t.
-        distance = torch.arange(window, window + length, device=device)[:, None] - torch.arange(
-            window + length, device=device
-        )
-        in_window = (distance >= 0) & (distance <= window)
-        allowed = in_window & key_valid[:, None, :] & (episode[:, :, None] == key_episode[:, None, :])
-        distance = distance.clamp(0, window)
+        window = self.memory_length
+        allowed, distance, kept = episode_window_mask(reset, state["valid"], window)
 
         hidden = self.input_projection(x)
-        kept = (key_valid & (key_episode == episode[:, -1:]))[:, -window:]
         memories = []
         for layer_index, layer in enumerate(self.layers):
             context = torch.cat([state["memory"][:, layer_index], hidden], dim=1)

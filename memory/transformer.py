@@ -89,6 +89,29 @@ def alibi_slopes(num_heads: int) -> torch.Tensor:
     return 2.0 ** (-8.0 * torch.arange(1, num_heads + 1) / num_heads)
 
 
+def episode_window_mask(reset: torch.Tensor, valid: torch.Tensor, window: int
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Which of the W carried slots and T new steps each new step may attend to.
+
+    reset bool [B, T]; valid bool [B, W]: which carried slots hold a step of the current episode.
+    Keys are the W carried slots (slot i holds time i - W) followed by the T new steps (time t).
+    Returns allowed bool [B, T, W + T] (causal, at most W steps back, same episode, valid),
+    distance int64 [T, W + T] (query time - key time, clamped to [0, W]) and kept bool [B, W]
+    (which of the last W keys share the final step's episode: the next call's `valid`).
+    """
+    batch_size, length = reset.shape
+    # Episode index of each step: 0 is the episode the carried slots belong to, +1 per reset.
+    episode = reset.cumsum(dim=1)
+    key_episode = torch.cat([episode.new_zeros(batch_size, window), episode], dim=1)
+    key_valid = torch.cat([valid, reset.new_ones(batch_size, length)], dim=1)
+    query_time = torch.arange(window, window + length, device=reset.device)
+    distance = query_time[:, None] - torch.arange(window + length, device=reset.device)
+    in_window = (distance >= 0) & (distance <= window)
+    allowed = in_window & key_valid[:, None, :] & (episode[:, :, None] == key_episode[:, None, :])
+    kept = (key_valid & (key_episode == episode[:, -1:]))[:, -window:]
+    return allowed, distance.clamp(0, window), kept
+
+
 class TransformerBackbone(Backbone):
     """Windowed, episode-masked causal transformer: Linear -> num_layers pre-norm blocks -> LN."""
 
@@ -113,18 +136,9 @@ class TransformerBackbone(Backbone):
         return {"keys": (shape, dtype), "values": (shape, dtype), "valid": ((self.window,), torch.bool)}
 
     def _forward(self, x: torch.Tensor, state: State, reset: torch.Tensor) -> tuple[torch.Tensor, State]:
-        batch_size, length = reset.shape
-        window, device = self.window, x.device
-        # Episode index of each step: 0 is the episode the state belongs to, +1 per reset.
-        episode = reset.cumsum(dim=1)
-        key_episode = torch.cat([episode.new_zeros(batch_size, window), episode], dim=1)
-        key_valid = torch.cat([state["valid"], reset.new_ones(batch_size, length)], dim=1)
-        # Window slot i holds time i - W, chunk step t holds time t: distance = t + W - key index.
-        query_time = torch.arange(window, window + length, device=device)
-        distance = query_time[:, None] - torch.arange(window + length, device=device)
-        in_window = (distance >= 0) & (distance <= window)
-        allowed = in_window & key_valid[:, None, :] & (episode[:, :, None] == key_episode[:, None, :])
-        bias = self.distance_bias[:, distance.clamp(0, window)]
+        window = self.window
+        allowed, distance, valid = episode_window_mask(reset, state["valid"], window)
+        bias = self.distance_bias[:, distance]
 
         hidden = self.input_projection(x)
         new_keys, new_values = [], []
@@ -138,7 +152,6 @@ class TransformerBackbone(Backbone):
 
         # The new window keeps the last W steps that share the final step's episode; other
         # slots are emptied (zeros) so the state after a reset carries nothing from before it.
-        valid = (key_valid & (key_episode == episode[:, -1:]))[:, -window:]
         empty = ~valid[:, None, :, None]
         state = {
             "keys": torch.stack(new_keys, dim=1).masked_fill(empty, 0.0),

@@ -217,10 +217,11 @@ def test_device_guard_enters_the_cuda_device_of_the_tensor(monkeypatch):
     entered = []
     monkeypatch.setattr(torch.cuda, "device", lambda device: entered.append(device) or contextlib.nullcontext())
     with device_guard(types.SimpleNamespace(is_cuda=True, device=torch.device("cuda", 1))):
-        pass
+        inside_cuda_guard = list(entered)
     with device_guard(torch.zeros(1)):
-        pass
-    assert entered == [torch.device("cuda", 1)]
+        inside_cpu_guard = list(entered)
+    assert inside_cuda_guard == [torch.device("cuda", 1)], "the guard must select the tensor's GPU before the launch"
+    assert inside_cpu_guard == [torch.device("cuda", 1)], "a CPU tensor must not select any GPU"
 
 
 @pytest.mark.cuda
