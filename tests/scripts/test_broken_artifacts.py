@@ -133,28 +133,25 @@ def probe(*flags: str):
     return lambda run_dir, tmp: [str(run_dir), "--out-dir", str(tmp / "probes"), "--episodes", "8", *flags]
 
 
-def study(*flags: str):
-    """compare-backbones over a one-run study whose only run dir is the damaged copy."""
-    def argv(run_dir: Path, tmp: Path) -> list[str]:
-        study_dir = tmp / "study"
-        target = study_dir / "memory-retention" / "ppo__gru" / "seed1"
-        target.parent.mkdir(parents=True)
-        shutil.move(run_dir, target)
-        return ["--agents", "ppo", "--backbones", "gru", "--envs", "memory-retention", "--seeds", "1",
-                "--study-dir", str(study_dir), "--output-dir", str(tmp / "out"), "--aggregate-only", *flags]
-    return argv
+def one_run_study(folder: str, env_dir: str, selection: list[str]):
+    """Argument builder for a study CLI over a one-run study (ppo + gru, seed 1) whose only run dir
+    is the damaged copy, moved to `<study>/<env_dir>/ppo__gru/seed1`."""
+    def with_flags(*flags: str):
+        def argv(run_dir: Path, tmp: Path) -> list[str]:
+            study_dir = tmp / folder
+            target = study_dir / env_dir / "ppo__gru" / "seed1"
+            target.parent.mkdir(parents=True)
+            shutil.move(run_dir, target)
+            return [*selection, "--agents", "ppo", "--backbones", "gru", "--seeds", "1", "--study-dir", str(study_dir),
+                    "--output-dir", str(tmp / "out"), "--aggregate-only", *flags]
+        return argv
+    return with_flags
 
 
-def suite(*flags: str):
-    """atari100k over a one-run suite (pong, ppo + gru, seed 1) whose only run dir is the damaged copy."""
-    def argv(run_dir: Path, tmp: Path) -> list[str]:
-        study_dir = tmp / "suite"
-        target = study_dir / "atari100k-pong" / "ppo__gru" / "seed1"
-        target.parent.mkdir(parents=True)
-        shutil.move(run_dir, target)
-        return ["--games", "pong", "--agents", "ppo", "--backbones", "gru", "--seeds", "1",
-                "--study-dir", str(study_dir), "--output-dir", str(tmp / "out"), "--aggregate-only", *flags]
-    return argv
+study = one_run_study("study", "memory-retention", ["--envs", "memory-retention"])
+"""compare-backbones over a one-run study."""
+suite = one_run_study("suite", "atari100k-pong", ["--games", "pong"])
+"""atari100k over a one-run suite (pong)."""
 
 
 def nowhere(cli_flag_builder):
