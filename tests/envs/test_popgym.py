@@ -476,6 +476,14 @@ def test_side_by_side_catches_a_pendulum_clipping_torque_elsewhere(monkeypatch):
     assert abs(result.memrl_return - result.popgym_return) > 1e-3
 
 
+def test_unknown_pendulum_level_names_the_levels():
+    from envs.registry import make_env
+
+    with pytest.raises(ValueError, match="unknown env 'popgym-position-only-pendulum-extreme'; choose one of: .*"
+                       "popgym-position-only-pendulum-easy, popgym-position-only-pendulum-hard, popgym-position-only-pendulum-medium"):
+        make_env("popgym-position-only-pendulum-extreme", num_envs=1)
+
+
 def pendulum_at(theta: float, speed: float, **kwargs) -> PositionOnlyPendulum:
     """A one-env PositionOnlyPendulum whose episodes start at (theta, speed)."""
 
