@@ -6,8 +6,8 @@
     python scripts/bench_envs.py --popgym --threads 1 --num-envs 1 64 1024   # every POPGym env, beside popgym's
 
 For every task and num_envs: `env.step` is called on uniformly random actions (continuous
-tasks: uniform in the action bounds) drawn before timing (a pool of 64 action vectors is cycled, so sampling costs nothing), auto-resets
-included. A run is `steps` consecutive steps; the throughput of the best of `--repeats` runs
+tasks: uniform in the action bounds) drawn before timing (a pool of 64 action vectors is
+cycled, so sampling costs nothing), auto-resets included. A run is `steps` consecutive steps; the throughput of the best of `--repeats` runs
 is reported (the least disturbed by other processes on a shared machine) next to the median.
 Steps/s = num_envs * steps / seconds. On CUDA the device is synchronised around each run.
 With --popgym the envs are memrl's popgym-<env>-<level> names (every POPGym env memrl has) and

@@ -118,37 +118,24 @@ def bandit_env(kwargs: dict, popgym_env):
     return Aligned(num_envs=1, seed=0, **kwargs)
 
 
-def cartpole_env(kwargs: dict, popgym_env, seed: int):
-    """A one-env CPU PositionOnlyCartPole starting from popgym's state (call after reset with
-    `seed`) whose observation noise is the draws popgym's generator makes after that state."""
+START_STATE_DRAWS = {
+    PositionOnlyCartPole: lambda generator: generator.uniform(low=-0.05, high=0.05, size=(4,)),
+    PositionOnlyPendulum: lambda generator: generator.uniform(low=[-np.pi, -1.0], high=[np.pi, 1.0]),
+}
+"""The draws popgym's reset makes for the start state (gymnasium's CartPole and Pendulum), by memrl class."""
+
+
+def start_state_env(task_class: type, kwargs: dict, popgym_env, seed: int):
+    """A one-env CPU `task_class` (CartPole or Pendulum) starting from popgym's state (call after reset
+    with `seed`) whose observation noise is the draws popgym's generator makes after that state."""
     from gymnasium.utils import seeding
 
     start = torch.from_numpy(np.array(popgym_env.state, dtype=np.float64))[None]
     generator = seeding.np_random(seed)[0]
-    generator.uniform(low=-0.05, high=0.05, size=(4,))  # the start state, drawn by reset
+    START_STATE_DRAWS[task_class](generator)
     sigma = getattr(popgym_env, "noise_sigma", None)
 
-    class Aligned(PositionOnlyCartPole):
-        def _draw_initial_state(self) -> torch.Tensor:
-            return start
-
-        def _draw_noise(self, used: torch.Tensor) -> torch.Tensor:
-            return torch.from_numpy(generator.normal(0, sigma))[None] if bool(used[0]) else torch.zeros(1, 2, dtype=torch.float64)
-
-    return Aligned(num_envs=1, seed=0, **kwargs)
-
-
-def pendulum_env(kwargs: dict, popgym_env, seed: int):
-    """A one-env CPU PositionOnlyPendulum starting from popgym's state (call after reset with
-    `seed`) whose observation noise is the draws popgym's generator makes after that state."""
-    from gymnasium.utils import seeding
-
-    start = torch.from_numpy(np.array(popgym_env.state, dtype=np.float64))[None]
-    generator = seeding.np_random(seed)[0]
-    generator.uniform(low=[-np.pi, -1.0], high=[np.pi, 1.0])  # the start state, drawn by reset
-    sigma = getattr(popgym_env, "noise_sigma", None)
-
-    class Aligned(PositionOnlyPendulum):
+    class Aligned(task_class):
         def _draw_initial_state(self) -> torch.Tensor:
             return start
 
@@ -215,10 +202,8 @@ def aligned_env(name: str, popgym_env, seed: int):
     task_class, kwargs = PRESETS[name]
     if task_class is MultiarmedBandit:
         return bandit_env(kwargs, popgym_env)
-    if task_class is PositionOnlyCartPole:
-        return cartpole_env(kwargs, popgym_env, seed)
-    if task_class is PositionOnlyPendulum:
-        return pendulum_env(kwargs, popgym_env, seed)
+    if task_class in START_STATE_DRAWS:
+        return start_state_env(task_class, kwargs, popgym_env, seed)
     if task_class is Battleship:
         return battleship_env(kwargs, popgym_env)
     if task_class is MineSweeper:
