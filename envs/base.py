@@ -4,6 +4,10 @@
     obs, info = env.reset()                       # obs [N, obs_dim] float32
     obs, reward, terminated, truncated, info = env.step(action)   # action int64 [N]
 
+Actions are int64 [N] in [0, num_actions) (a Discrete space), or, for a task that sets
+`action_dim`, float [N, action_dim] vectors (a flat Box [action_low, action_high]) that the
+task clips to those bounds, as gymnasium's continuous-control envs do.
+
 Every tensor stays on `env.device`. Episodes auto-reset in the same step: where an episode
 ended (terminated or truncated), `obs` is already the first observation of the next one,
 `info["is_first"]` is True, and the observation the finished episode ended on is in
@@ -30,6 +34,12 @@ class BatchedEnv:
 
     obs_dim: int
     num_actions: int
+    """Discrete tasks: how many actions there are."""
+    action_dim: int | None = None
+    """Continuous tasks: the length of an action vector; None for Discrete tasks."""
+    action_low: float = -1.0
+    action_high: float = 1.0
+    """Continuous tasks: the bounds each action entry is clipped to (the gymnasium Box)."""
     max_episode_steps: int
     chance_success: float
     """Success rate of the best memoryless policy (what a policy without memory can reach)."""
@@ -47,7 +57,10 @@ class BatchedEnv:
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(seed if seed is not None else int(torch.randint(2**62, ()).item()))
         self.single_observation_space = gymnasium.spaces.Box(self.obs_low, self.obs_high, (self.obs_dim,), np.float32)
-        self.single_action_space = gymnasium.spaces.Discrete(self.num_actions)
+        if self.action_dim is None:
+            self.single_action_space = gymnasium.spaces.Discrete(self.num_actions)
+        else:
+            self.single_action_space = gymnasium.spaces.Box(self.action_low, self.action_high, (self.action_dim,), np.float32)
         self.elapsed_steps = torch.zeros(num_envs, dtype=torch.int64, device=self.device)
         self.episode_return = torch.zeros(num_envs, dtype=torch.float32, device=self.device)
 
@@ -66,11 +79,11 @@ class BatchedEnv:
         raise NotImplementedError
 
     def oracle_action(self) -> torch.Tensor:
-        """A perfect-memory action for every env (reads the hidden state), int64 [N]."""
+        """A perfect-memory action for every env (reads the hidden state), int64 [N] (float32 [N, action_dim])."""
         raise NotImplementedError
 
     def memoryless_action(self, obs: torch.Tensor) -> torch.Tensor:
-        """The best action from the current observation alone, int64 [N]."""
+        """The best action from the current observation alone, int64 [N] (float32 [N, action_dim])."""
         raise NotImplementedError
 
     # -- the interface -------------------------------------------------------------------
@@ -139,18 +152,32 @@ class BatchedEnv:
         name = type(self).__name__
         if not isinstance(action, torch.Tensor):
             raise TypeError(f"{name}.step: action must be a torch.Tensor, got {type(action).__name__}")
+        if action.device != self.device:
+            raise ValueError(f"{name}.step: action is on {action.device}, the env is on {self.device}")
+        if self.action_dim is not None:
+            self._check_continuous_action(action)
+            return
         if action.shape != (self.num_envs,):
             raise ValueError(f"{name}.step: action must have shape ({self.num_envs},), got {tuple(action.shape)}")
         if action.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
             raise ValueError(f"{name}.step: action must be an integer tensor, got {action.dtype}")
-        if action.device != self.device:
-            raise ValueError(f"{name}.step: action is on {action.device}, the env is on {self.device}")
-        out_of_range = (action < 0) | (action >= self.num_actions)
-        message = f"{name}.step: actions must be in [0, {self.num_actions})"
+        self._fail_where(action, (action < 0) | (action >= self.num_actions), f"{name}.step: actions must be in [0, {self.num_actions})")
+
+    def _check_continuous_action(self, action: torch.Tensor) -> None:
+        name = type(self).__name__
+        shape = (self.num_envs, self.action_dim)
+        if action.shape != shape:
+            raise ValueError(f"{name}.step: action must have shape {shape} of floats, got {tuple(action.shape)}")
+        if not action.dtype.is_floating_point:
+            raise ValueError(f"{name}.step: action must be a floating-point tensor, got {action.dtype}")
+        bounds = f"[{self.action_low:g}, {self.action_high:g}]"
+        self._fail_where(action, ~torch.isfinite(action), f"{name}.step: actions must be finite numbers (clipped to {bounds})")
+
+    def _fail_where(self, action: torch.Tensor, bad: torch.Tensor, message: str) -> None:
+        """Raise `message` (with a few of the bad values) where `bad` holds anywhere."""
         if self.device.type == "cpu":
-            if bool(out_of_range.any()):
-                bad = action[out_of_range][:8].tolist()
-                raise ValueError(f"{message}, got {bad}")
+            if bool(bad.any()):
+                raise ValueError(f"{message}, got {action[bad][:8].tolist()}")
         else:
             # No host sync on accelerators: the check runs on the device and fails the stream.
-            torch._assert_async(~out_of_range.any(), message)
+            torch._assert_async(~bad.any(), message)

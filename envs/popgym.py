@@ -37,7 +37,7 @@ from math import comb
 
 import torch
 
-from envs import popgym_bandit, popgym_battleship, popgym_cartpole, popgym_concentration, popgym_minesweeper
+from envs import popgym_bandit, popgym_battleship, popgym_cartpole, popgym_concentration, popgym_minesweeper, popgym_pendulum
 from envs.base import BatchedEnv
 
 SUITS = 4
@@ -526,6 +526,7 @@ CARD_TASKS = ("repeat-first", "repeat-previous", "count-recall", "autoencode")
 PRESETS.update({f"popgym-{task}-{level}": PRESETS[f"{task}-{level}"] for task in CARD_TASKS for level in ("easy", "medium", "hard")})
 PRESETS.update(popgym_bandit.PRESETS)
 PRESETS.update(popgym_cartpole.PRESETS)
+PRESETS.update(popgym_pendulum.PRESETS)
 PRESETS.update(popgym_battleship.PRESETS)
 PRESETS.update(popgym_minesweeper.PRESETS)
 PRESETS.update(popgym_concentration.PRESETS)

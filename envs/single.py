@@ -47,11 +47,7 @@ class SingleEnv(gymnasium.Env):
     def step(self, action):
         if self.needs_reset:
             raise gymnasium.error.ResetNeeded(f"{self.name}: call reset() before step() and after an episode ends")
-        if isinstance(action, np.ndarray) and action.shape == ():
-            action = action.item()
-        if isinstance(action, (bool, np.bool_)) or not isinstance(action, (int, np.integer)):
-            raise ValueError(f"{self.name}: action must be an integer in [0, {self.action_space.n}), got {action!r}")
-        obs, reward, terminated, truncated, info = self.batched.step(torch.tensor([int(action)]))
+        obs, reward, terminated, truncated, info = self.batched.step(self._batch_of_one(action))
         done = bool(terminated[0] or truncated[0])
         if done:
             self.next_episode_obs = obs
@@ -59,3 +55,17 @@ class SingleEnv(gymnasium.Env):
             obs = info["final_obs"]
         step_info = {"success": bool(info["success"][0])}
         return obs[0].numpy().copy(), float(reward[0]), bool(terminated[0]), bool(truncated[0]), step_info
+
+    def _batch_of_one(self, action) -> torch.Tensor:
+        """A gymnasium action as the batched env's action for one env; ValueError naming what is allowed."""
+        if isinstance(self.action_space, gymnasium.spaces.Box):
+            vector = np.asarray(action) if isinstance(action, (list, tuple, np.ndarray)) else None
+            if vector is None or vector.shape != self.action_space.shape or not np.issubdtype(vector.dtype, np.number):
+                raise ValueError(f"{self.name}: action must be an array of {self.action_space.shape[0]} numbers in "
+                                 f"[{self.batched.action_low:g}, {self.batched.action_high:g}], got {action!r}")
+            return torch.as_tensor(vector, dtype=torch.float32)[None]
+        if isinstance(action, np.ndarray) and action.shape == ():
+            action = action.item()
+        if isinstance(action, (bool, np.bool_)) or not isinstance(action, (int, np.integer)):
+            raise ValueError(f"{self.name}: action must be an integer in [0, {self.action_space.n}), got {action!r}")
+        return torch.tensor([int(action)])

@@ -5,9 +5,9 @@
     python scripts/bench_envs.py --device cuda --num-envs 4096 65536 1048576
     python scripts/bench_envs.py --popgym --threads 1 --num-envs 1 64 1024   # every POPGym env, beside popgym's
 
-For every task and num_envs: `env.step` is called on uniformly random actions drawn before
-timing (a pool of 64 action vectors is cycled, so sampling costs nothing), auto-resets
-included. A run is `steps` consecutive steps; the throughput of the best of `--repeats` runs
+For every task and num_envs: `env.step` is called on uniformly random actions (continuous
+tasks: uniform in the action bounds) drawn before timing (a pool of 64 action vectors is
+cycled, so sampling costs nothing), auto-resets included. A run is `steps` consecutive steps; the throughput of the best of `--repeats` runs
 is reported (the least disturbed by other processes on a shared machine) next to the median.
 Steps/s = num_envs * steps / seconds. On CUDA the device is synchronised around each run.
 With --popgym the envs are memrl's popgym-<env>-<level> names (every POPGym env memrl has) and
@@ -99,11 +99,20 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def random_action_pool(env) -> torch.Tensor:
+    """ACTION_POOL uniformly random actions for every env: int64 [P, N], or float32 [P, N, action_dim]
+    uniform in the action bounds for a continuous task."""
+    generator = torch.Generator(device=env.device).manual_seed(1)
+    if env.action_dim is None:
+        return torch.randint(env.num_actions, (ACTION_POOL, env.num_envs), generator=generator, device=env.device)
+    unit = torch.rand(ACTION_POOL, env.num_envs, env.action_dim, generator=generator, device=env.device)
+    return env.action_low + unit * (env.action_high - env.action_low)
+
+
 def measure(name: str, num_envs: int, device: str, repeats: int, max_steps: int) -> tuple[float, float]:
     """-> (best, median) env steps per second over `repeats` timed runs."""
     env = make_env(name, num_envs=num_envs, device=device, seed=0)
-    generator = torch.Generator(device=env.device).manual_seed(1)
-    actions = torch.randint(env.num_actions, (ACTION_POOL, num_envs), generator=generator, device=env.device)
+    actions = random_action_pool(env)
     steps = max(10, min(max_steps, RUN_ELEMENTS // num_envs))
     env.reset()
     for index in range(min(steps, 20)):

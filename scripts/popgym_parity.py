@@ -39,6 +39,7 @@ from envs.popgym_battleship import Battleship  # noqa: E402
 from envs.popgym_cartpole import PositionOnlyCartPole  # noqa: E402
 from envs.popgym_concentration import Concentration  # noqa: E402
 from envs.popgym_minesweeper import MineSweeper  # noqa: E402
+from envs.popgym_pendulum import MAX_TORQUE, PositionOnlyPendulum  # noqa: E402
 
 LEVELS = ("easy", "medium", "hard")
 CARD_PRESETS = [f"{task}-{level}" for task in CARD_TASKS for level in LEVELS]
@@ -46,7 +47,7 @@ PORTED_PRESETS = CARD_PRESETS + [
     f"popgym-{env}-{level}"
     for env in (
         "higher-lower", "multiarmed-bandit", "position-only-cart-pole", "noisy-position-only-cart-pole", "battleship", "mine-sweeper",
-        "concentration",
+        "concentration", "position-only-pendulum", "noisy-position-only-pendulum",
     )
     for level in LEVELS
 ]
@@ -56,8 +57,11 @@ POPGYM_NAMES = sorted(name for name in PRESETS if name.startswith("popgym-"))
 POLICIES = ("oracle", "off-by-one", "random")
 OBSERVATION_TOLERANCE = 1e-4
 """Largest difference allowed between an observation entry of memrl and popgym: one-hot entries
-agree exactly; CartPole's float64 sin/cos may differ from numpy's in the last bit, which the
-unstable pole amplifies over hundreds of steps."""
+agree exactly; CartPole's and Pendulum's float64 sin/cos may differ from numpy's in the last bit,
+which the unstable pole amplifies over hundreds of steps (Pendulum's float32 observations have
+steps of 6e-8 near +-1)."""
+RANDOM_TORQUE = 1.25 * MAX_TORQUE
+"""The random policy's Pendulum torques are uniform in +-2.5 N m, so a fifth of them are clipped."""
 
 
 def popgym_class_name(name: str) -> str:
@@ -114,17 +118,24 @@ def bandit_env(kwargs: dict, popgym_env):
     return Aligned(num_envs=1, seed=0, **kwargs)
 
 
-def cartpole_env(kwargs: dict, popgym_env, seed: int):
-    """A one-env CPU PositionOnlyCartPole starting from popgym's state (call after reset with
-    `seed`) whose observation noise is the draws popgym's generator makes after that state."""
+START_STATE_DRAWS = {
+    PositionOnlyCartPole: lambda generator: generator.uniform(low=-0.05, high=0.05, size=(4,)),
+    PositionOnlyPendulum: lambda generator: generator.uniform(low=[-np.pi, -1.0], high=[np.pi, 1.0]),
+}
+"""The draws popgym's reset makes for the start state (gymnasium's CartPole and Pendulum), by memrl class."""
+
+
+def start_state_env(task_class: type, kwargs: dict, popgym_env, seed: int):
+    """A one-env CPU `task_class` (CartPole or Pendulum) starting from popgym's state (call after reset
+    with `seed`) whose observation noise is the draws popgym's generator makes after that state."""
     from gymnasium.utils import seeding
 
     start = torch.from_numpy(np.array(popgym_env.state, dtype=np.float64))[None]
     generator = seeding.np_random(seed)[0]
-    generator.uniform(low=-0.05, high=0.05, size=(4,))  # the start state, drawn by reset
+    START_STATE_DRAWS[task_class](generator)
     sigma = getattr(popgym_env, "noise_sigma", None)
 
-    class Aligned(PositionOnlyCartPole):
+    class Aligned(task_class):
         def _draw_initial_state(self) -> torch.Tensor:
             return start
 
@@ -167,9 +178,23 @@ def concentration_env(kwargs: dict, popgym_env):
     return Aligned(num_envs=1, seed=0, **kwargs)
 
 
-def popgym_action(env, action: int):
-    """memrl's action as popgym's env takes it: a Battleship or MineSweeper square index as (row, column)."""
+def popgym_action(env, action: int | float):
+    """memrl's action as popgym's env takes it: a Battleship or MineSweeper square index as (row, column),
+    a Pendulum torque as a float32 array [1]."""
+    if isinstance(env, PositionOnlyPendulum):
+        return np.array([action], dtype=np.float32)
     return np.array(divmod(action, env.board_size)) if isinstance(env, (Battleship, MineSweeper)) else action
+
+
+def memrl_action(env, action: int | float) -> torch.Tensor:
+    """One env's action as memrl's batched env takes it: int64 [1], or float32 [1, 1] for Pendulum."""
+    return torch.tensor([[action]], dtype=torch.float32) if isinstance(env, PositionOnlyPendulum) else torch.tensor([action])
+
+
+def own_oracle(env) -> int | float:
+    """memrl's `oracle_action()` of its one env, as a policy returns an action."""
+    action = env.oracle_action()[0]
+    return float(action[0]) if isinstance(env, PositionOnlyPendulum) else int(action)
 
 
 def aligned_env(name: str, popgym_env, seed: int):
@@ -177,8 +202,8 @@ def aligned_env(name: str, popgym_env, seed: int):
     task_class, kwargs = PRESETS[name]
     if task_class is MultiarmedBandit:
         return bandit_env(kwargs, popgym_env)
-    if task_class is PositionOnlyCartPole:
-        return cartpole_env(kwargs, popgym_env, seed)
+    if task_class in START_STATE_DRAWS:
+        return start_state_env(task_class, kwargs, popgym_env, seed)
     if task_class is Battleship:
         return battleship_env(kwargs, popgym_env)
     if task_class is MineSweeper:
@@ -195,7 +220,7 @@ def encode(env, popgym_obs) -> np.ndarray:
         parts = [(mode, 2), (suit, 4)]
     elif isinstance(env, CountRecall):
         parts = [(int(value), env.num_values) for value in popgym_obs]
-    elif isinstance(env, PositionOnlyCartPole):
+    elif isinstance(env, (PositionOnlyCartPole, PositionOnlyPendulum)):
         return np.asarray(popgym_obs, dtype=np.float32)
     elif isinstance(env, Concentration):
         parts = [(value, env.num_values + 1) for value in popgym_obs]
@@ -208,9 +233,9 @@ Policy = Callable[[object, list, int], int]
 """policy(memrl env (for its settings), popgym observations so far, step index) -> action."""
 
 
-def oracle(env, history: list, t: int) -> int:
-    if isinstance(env, (MultiarmedBandit, PositionOnlyCartPole, Battleship, MineSweeper, Concentration)):
-        return int(env.oracle_action()[0])
+def oracle(env, history: list, t: int) -> int | float:
+    if isinstance(env, (MultiarmedBandit, PositionOnlyCartPole, Battleship, MineSweeper, Concentration, PositionOnlyPendulum)):
+        return own_oracle(env)
     if isinstance(env, HigherLower):
         return _count_cards(env, history[: t + 1], int(history[t]))
     if isinstance(env, RepeatFirst):
@@ -233,12 +258,15 @@ def _count_cards(env, seen: list, shown_rank: int) -> int:
 def off_by_one(env, history: list, t: int) -> int:
     """The oracle one card out: the second card, k back, the count before this card, the next card
     back, a counter that forgets the card shown; on the bandit, the arm after the best; on CartPole,
-    pushing towards the lean seen (no velocities); on Battleship and MineSweeper, the square after
-    the oracle's; on Concentration, the card after the oracle's."""
+    pushing towards the lean seen (no velocities); on Pendulum, full torque towards upright from the
+    position seen; on Battleship and MineSweeper, the square after the oracle's; on Concentration,
+    the card after the oracle's."""
     if isinstance(env, (MultiarmedBandit, Battleship, MineSweeper, Concentration)):
         return (int(env.oracle_action()[0]) + 1) % env.num_actions
     if isinstance(env, PositionOnlyCartPole):
         return int(history[t][1] > 0)
+    if isinstance(env, PositionOnlyPendulum):
+        return float(-MAX_TORQUE * np.sign(history[t][1]))
     if isinstance(env, HigherLower):
         return _count_cards(env, history[:t], int(history[t]))
     if isinstance(env, RepeatFirst):
@@ -254,8 +282,15 @@ def off_by_one(env, history: list, t: int) -> int:
 
 
 def random_policy(seed: int) -> Policy:
+    """Uniform actions: a uniform Discrete action, or a float32 Pendulum torque uniform in +-RANDOM_TORQUE."""
     generator = np.random.default_rng(seed)
-    return lambda env, history, t: int(generator.integers(env.num_actions))
+
+    def act(env, history: list, t: int) -> int | float:
+        if isinstance(env, PositionOnlyPendulum):
+            return float(np.float32(generator.uniform(-RANDOM_TORQUE, RANDOM_TORQUE)))
+        return int(generator.integers(env.num_actions))
+
+    return act
 
 
 @dataclass
@@ -284,11 +319,11 @@ def play_side_by_side(name: str, policy: Policy, seed: int) -> SideBySide:
         if not np.allclose(obs[0].numpy(), encode(env, popgym_obs), rtol=0, atol=OBSERVATION_TOLERANCE):
             mismatches.append(f"step {t}: memrl shows {obs[0].tolist()}, popgym {popgym_obs}")
         action = policy(env, history, t)
-        oracle_agrees &= int(env.oracle_action()[0]) == oracle(env, history, t)
+        oracle_agrees &= own_oracle(env) == oracle(env, history, t)
         popgym_obs, popgym_reward, popgym_terminated, popgym_truncated, _ = reference.step(popgym_action(env, action))
         popgym_truncated = bool(popgym_truncated) and not popgym_terminated  # memrl reports an episode that ends both ways as terminated
         popgym_done = popgym_terminated or popgym_truncated
-        obs, reward, terminated, truncated, info = env.step(torch.tensor([action]))
+        obs, reward, terminated, truncated, info = env.step(memrl_action(env, action))
         if abs(float(reward[0]) - popgym_reward) > 1e-6:
             mismatches.append(f"step {t}: memrl reward {float(reward[0]):.6f}, popgym {popgym_reward:.6f}")
         memrl_ended = (bool(terminated[0]), bool(truncated[0]))
@@ -339,11 +374,12 @@ def main(argv: list[str] | None = None) -> None:
         "oracle: perfect memory; off-by-one: one card out (RepeatFirst answers the second card,",
         "RepeatPrevious k back instead of k - 1, CountRecall the count before the card shown, Autoencode",
         "the next card back, HigherLower a card counter that forgets the card shown, MultiarmedBandit the",
-        "arm after the best, CartPole pushing towards the lean seen, Battleship and MineSweeper the square after",
-        "the oracle's, Concentration the card after the oracle's);",
-        "random: uniform actions (numpy seed = episode seed). Observations agree within 1e-4 (CartPole's",
-        "float64 sin/cos may differ in the last bit). Battleship's and MineSweeper's actions reach popgym as",
-        "(row, column).",
+        "arm after the best, CartPole pushing towards the lean seen, Pendulum full torque towards upright from",
+        "the position seen, Battleship and MineSweeper the square after the oracle's, Concentration the card",
+        "after the oracle's);",
+        "random: uniform actions (numpy seed = episode seed; Pendulum torques uniform in +-2.5, so some are",
+        "clipped). Observations agree within 1e-4 (CartPole's and Pendulum's float64 sin/cos may differ in",
+        "the last bit). Battleship's and MineSweeper's actions reach popgym as (row, column).",
         "",
         f"- popgym {popgym.__version__ if hasattr(popgym, '__version__') else '1.0.7'}, torch {torch.__version__}, Python {platform.python_version()}, CPU",
         f"- date: {datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}",

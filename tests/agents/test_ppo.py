@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -99,3 +100,19 @@ def test_evaluate_counts_each_envs_first_episode():
     assert result["episodes"] == 12
     assert 0.0 <= result["success_rate"] <= 1.0
     assert result["steps"] >= 12 * result["length_mean"] / 12
+
+
+def test_ppo_trains_on_a_native_env_with_continuous_actions():
+    """PositionOnlyPendulum's Box torques: a diagonal Gaussian policy, rollouts crossing truncations, evaluation."""
+    trainer = make_trainer(None, total_steps=8 * 16 * 7, env_name="popgym-position-only-pendulum-hard")
+    before = parameters(trainer)
+    metrics = trainer.train()
+    assert trainer.update == 7 and trainer.statistics.episodes == 8  # 112 steps per env: every env truncated once
+    assert all(math.isfinite(value) for value in metrics.values())
+    changed = [name for name, value in parameters(trainer).items() if not torch.equal(value, before[name])]
+    assert "actor.log_std" in changed and "actor.mean.weight" in changed
+    rollout = trainer.collect(writer=None)
+    assert rollout.actions.shape == (8, 16, 1) and rollout.actions.dtype == torch.float32
+    assert rollout.actions.std() > 0.5  # a Gaussian of standard deviation near 1, not one fixed torque
+    result = evaluate(trainer.agent, make_env("popgym-position-only-pendulum-hard", num_envs=4, seed=6))
+    assert result["episodes"] == 4 and result["length_mean"] == 100 and -1.0 <= result["return_mean"] <= 1.0

@@ -21,6 +21,7 @@ from envs.popgym_battleship import SHIP_SIZES, Battleship
 from envs.popgym_cartpole import PositionOnlyCartPole
 from envs.popgym_concentration import Concentration
 from envs.popgym_minesweeper import MineSweeper
+from envs.popgym_pendulum import POPGYM_WORST_REWARD, UPRIGHT_ANGLE, UPRIGHT_SPEED, PositionOnlyPendulum
 from scripts.popgym_parity import (
     CARD_PRESETS,
     POLICIES,
@@ -132,7 +133,15 @@ def test_presets_follow_popgym_levels():
         Concentration,
         [{"num_decks": 1, "num_values": 2}, {"num_decks": 2, "num_values": 2}, {"num_decks": 1, "num_values": 13}],
     )
-    assert len(PRESETS) == 16 + 12 + 3 + 3 + 6 + 3 + 3 + 3
+    expected["popgym-position-only-pendulum"] = (
+        PositionOnlyPendulum,
+        [{"max_episode_length": length, "noise_sigma": 0.0} for length in (200, 150, 100)],
+    )
+    expected["popgym-noisy-position-only-pendulum"] = (
+        PositionOnlyPendulum,
+        [{"max_episode_length": 200, "noise_sigma": sigma} for sigma in (0.1, 0.2, 0.3)],
+    )
+    assert len(PRESETS) == 16 + 12 + 3 + 3 + 6 + 3 + 3 + 3 + 6
     for task, (task_class, levels) in expected.items():
         if not task.startswith("popgym-"):
             assert PRESETS[task] == PRESETS[f"{task}-easy"]
@@ -174,6 +183,8 @@ def test_spaces_and_lengths(name, obs_dim, num_actions, length):
         (MultiarmedBandit, {"episode_length": 2.5}, "episode_length must be a positive integer, got 2.5"),
         (PositionOnlyCartPole, {"max_episode_length": 0}, "max_episode_length must be a positive integer, got 0"),
         (PositionOnlyCartPole, {"noise_sigma": -0.1}, "noise_sigma must be a number >= 0, got -0.1"),
+        (PositionOnlyPendulum, {"max_episode_length": 1.5}, "max_episode_length must be a positive integer, got 1.5"),
+        (PositionOnlyPendulum, {"noise_sigma": "0.1"}, "noise_sigma must be a number >= 0, got '0.1'"),
         (Battleship, {"board_size": 3}, r"board_size must be an integer >= 4 \(the longest ship\), got 3"),
         (MineSweeper, {"board_size": 1}, "board_size must be an integer >= 2, got 1"),
         (Concentration, {"num_values": 4}, r"num_values must be 2 \(colours\) or 13 \(ranks\), got 4"),
@@ -437,6 +448,77 @@ def test_side_by_side_catches_a_port_one_card_out(monkeypatch):
     result = play_side_by_side("repeat-previous-easy", oracle_from_history, seed=0)
     assert result.mismatches[0].startswith("step 3: memrl reward 0.000000")
     assert result.memrl_return == pytest.approx(1.0, abs=1e-4) and result.popgym_return < 0
+
+
+PENDULUM_PRESETS = [name for name in PORTED_PRESETS if "pendulum" in name]
+
+
+@needs_popgym
+@pytest.mark.parametrize("name", PENDULUM_PRESETS)
+def test_pendulum_equal_to_popgym_at_every_level(name):
+    """Seeded random torques in +-2.5 (a fifth clipped) and the oracle from popgym's start state (and,
+    Noisy, its noise draws): observations within OBSERVATION_TOLERANCE = 1e-4 (they agree exactly
+    here; float64 sin/cos may differ in the last bit elsewhere, far below it), rewards within 1e-6
+    (float32 rounding of a reward of at most 1/100 is below 1e-9), the same truncation at length L."""
+    for seed, policy_name in enumerate(("random", "oracle")):
+        result = play_side_by_side(name, make_policy(policy_name, seed), seed)
+        assert result.mismatches == [], result.mismatches[:3]
+        assert result.memrl_length == result.popgym_length == make(name, num_envs=1).max_episode_steps
+        assert result.memrl_return == pytest.approx(result.popgym_return, abs=1e-6)
+
+
+@needs_popgym
+def test_side_by_side_catches_a_pendulum_clipping_torque_elsewhere(monkeypatch):
+    """A port clipping at +-2.5 instead of gymnasium's +-2 differs from popgym once a clipped torque is played."""
+    monkeypatch.setattr("envs.popgym_pendulum.MAX_TORQUE", 2.5)
+    result = play_side_by_side("popgym-position-only-pendulum-easy", make_policy("random", 0), seed=0)
+    assert result.mismatches[0].startswith("step 3: memrl shows")  # the first clipped torque is played at step 2
+    assert abs(result.memrl_return - result.popgym_return) > 1e-3
+
+
+def test_unknown_pendulum_level_names_the_levels():
+    from envs.registry import make_env
+
+    with pytest.raises(ValueError, match="unknown env 'popgym-position-only-pendulum-extreme'; choose one of: .*"
+                       "popgym-position-only-pendulum-easy, popgym-position-only-pendulum-hard, popgym-position-only-pendulum-medium"):
+        make_env("popgym-position-only-pendulum-extreme", num_envs=1)
+
+
+def pendulum_at(theta: float, speed: float, **kwargs) -> PositionOnlyPendulum:
+    """A one-env PositionOnlyPendulum whose episodes start at (theta, speed)."""
+
+    class Placed(PositionOnlyPendulum):
+        def _draw_initial_state(self) -> torch.Tensor:
+            return torch.tensor([[theta, speed]], dtype=torch.float64)
+
+    return Placed(num_envs=1, seed=0, **kwargs)
+
+
+def test_pendulum_rules_from_placed_states():
+    """Reward scale, observation, gravity and torque, clipping and success, by hand (no popgym needed)."""
+    length, half_range = 100, -POPGYM_WORST_REWARD / 2
+    upright = pendulum_at(0.0, 0.0, max_episode_length=length)
+    obs, _ = upright.reset()
+    assert obs.tolist() == [[1.0, 0.0]]
+    _, reward, terminated, truncated, _ = upright.step(torch.zeros(1, 1))
+    assert reward.item() == pytest.approx(1 / length, rel=1e-6) and not terminated.any() and not truncated.any()
+    hanging = pendulum_at(math.pi, 0.0, max_episode_length=length)
+    hanging.reset()
+    _, reward, *_ = hanging.step(torch.full((1, 1), 9.0))  # clipped to 2 N m
+    assert reward.item() == pytest.approx((half_range - math.pi**2 - 0.004) / half_range / length, rel=1e-6)
+    speed = 3 * 2 * 0.05 + 15 * math.sin(math.pi) * 0.05
+    assert hanging.state[0].tolist() == pytest.approx([math.pi + 0.05 * speed, speed], rel=1e-12)
+    tilted = pendulum_at(0.5, 7.9, max_episode_length=length)
+    tilted.reset()
+    tilted.step(torch.full((1, 1), 2.0))
+    assert tilted.state[0, 1].item() == 8.0  # 7.9 + (15 sin 0.5 + 6) 0.05 > 8: clipped
+    for theta, speed, success in [(UPRIGHT_ANGLE / 2, 0.0, True), (2 * UPRIGHT_ANGLE, 0.0, False), (0.0, 2 * UPRIGHT_SPEED, False)]:
+        env = pendulum_at(theta, speed, max_episode_length=1)
+        env.reset()
+        env.state = torch.tensor([[theta - 0.05 * speed, speed]], dtype=torch.float64)  # one step lands on (theta, speed)
+        env.state[0, 1] -= 15 * math.sin(env.state[0, 0].item()) * 0.05
+        *_, info = env.step(torch.zeros(1, 1))
+        assert bool(info["success"][0]) == success and bool(info["episode_done"][0])
 
 
 # -- HigherLower ---------------------------------------------------------------------------------
@@ -707,7 +789,9 @@ def test_seeded_runs_are_identical(name):
     assert torch.equal(rollout(reseeded, random_policy(0), num_steps)["obs"], first["obs"])
 
 
-@pytest.mark.parametrize("name", EASY + ["popgym-battleship-easy", "popgym-mine-sweeper-easy", "popgym-concentration-easy"])
+@pytest.mark.parametrize(
+    "name", EASY + ["popgym-battleship-easy", "popgym-mine-sweeper-easy", "popgym-concentration-easy", "popgym-noisy-position-only-pendulum-easy"]
+)
 def test_random_draws_do_not_depend_on_which_episodes_restart(name):
     left, right = make(name, num_envs=6, seed=21), make(name, num_envs=6, seed=21)
     left.reset()
@@ -715,13 +799,13 @@ def test_random_draws_do_not_depend_on_which_episodes_restart(name):
     left._start_episodes(torch.zeros(6, dtype=torch.bool))
     right._start_episodes(torch.tensor([True, False, True, True, False, False]))
     assert torch.equal(left.generator.get_state(), right.generator.get_state())
-    action = torch.zeros(6, dtype=torch.int64)
+    action = torch.zeros(6, dtype=torch.int64) if left.action_dim is None else torch.zeros(6, left.action_dim)
     left.step(action)
     right.step(action)
     assert torch.equal(left.generator.get_state(), right.generator.get_state())
 
 
-@pytest.mark.parametrize("name", EASY)
+@pytest.mark.parametrize("name", EASY + ["popgym-noisy-position-only-pendulum-easy"])
 def test_state_dict_resumes_the_same_episodes(name):
     env = make(name, num_envs=4, seed=31)
     env.reset()
@@ -755,7 +839,7 @@ def test_steps_on_cuda_without_host_syncs(name):
 @pytest.mark.parametrize(
     "name",
     ["popgym-higher-lower-easy", "popgym-multiarmed-bandit-easy", "popgym-noisy-position-only-cart-pole-easy", "popgym-battleship-easy",
-     "popgym-mine-sweeper-hard", "popgym-concentration-hard"],
+     "popgym-mine-sweeper-hard", "popgym-concentration-hard", "popgym-noisy-position-only-pendulum-hard"],
 )
 def test_other_popgym_envs_step_on_cuda_without_host_syncs(name):
     env = make(name, num_envs=64, seed=0, device="cuda")

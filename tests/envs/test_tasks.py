@@ -111,8 +111,18 @@ def test_memoryless_policy_does_not_beat_chance(name):
 
 
 def random_actions(env, steps: int, seed: int) -> torch.Tensor:
+    """Uniform actions [steps, N] (continuous tasks: [steps, N, action_dim], reaching a quarter past the bounds)."""
     generator = torch.Generator().manual_seed(seed)
-    return torch.randint(env.num_actions, (steps, env.num_envs), generator=generator)
+    if env.action_dim is None:
+        return torch.randint(env.num_actions, (steps, env.num_envs), generator=generator)
+    unit = torch.rand(steps, env.num_envs, env.action_dim, generator=generator)
+    middle, half_width = (env.action_high + env.action_low) / 2, (env.action_high - env.action_low) / 2
+    return middle + (2 * unit - 1) * 1.25 * half_width
+
+
+def single_action(action: torch.Tensor):
+    """One env's batched action as its gymnasium env takes it: an int, or a float32 array."""
+    return action.numpy() if action.dtype.is_floating_point else int(action)
 
 
 def rollout(env, actions: torch.Tensor, seed: int) -> list:
@@ -160,7 +170,7 @@ def test_gymnasium_env_matches_batched_env(name):
     for action in actions:
         np.testing.assert_array_equal(single_obs, batched_obs[0].numpy())
         batched_obs, reward, terminated, truncated, info = batched.step(action)
-        single_obs, single_reward, single_terminated, single_truncated, single_info = single.step(int(action[0]))
+        single_obs, single_reward, single_terminated, single_truncated, single_info = single.step(single_action(action[0]))
         assert single_obs.dtype == np.float32 and single_obs.shape == (batched.obs_dim,)
         assert single_reward == pytest.approx(float(reward[0]))
         assert single_terminated == bool(terminated[0])
@@ -180,7 +190,11 @@ def test_gymnasium_env_checker_passes(name):
     check_env(gymnasium.make(gymnasium_id(name)).unwrapped)
 
 
-@pytest.mark.parametrize("name", DISTINCT_NAMES)
+DISCRETE_NAMES = [name for name in DISTINCT_NAMES if presets()[name][0].action_dim is None]
+CONTINUOUS_NAMES = [name for name in DISTINCT_NAMES if presets()[name][0].action_dim is not None]
+
+
+@pytest.mark.parametrize("name", DISCRETE_NAMES)
 def test_bad_actions_raise_clear_errors(name):
     env = make_env(name, num_envs=4, seed=0)
     env.reset()
@@ -203,6 +217,39 @@ def test_bad_actions_raise_clear_errors(name):
     for bad in [env.num_actions, -1, 1.5, "left"]:
         with pytest.raises(ValueError, match="must be"):
             single.unwrapped.step(bad)
+
+
+@pytest.mark.parametrize("name", CONTINUOUS_NAMES)
+def test_bad_continuous_actions_raise_clear_errors(name):
+    env = make_env(name, num_envs=4, seed=0)
+    env.reset()
+    good = torch.zeros(4, env.action_dim)
+    for bad, error, words in [
+        (torch.zeros(4), ValueError, rf"shape \(4, {env.action_dim}\)"),
+        (torch.zeros(5, env.action_dim), ValueError, "shape"),
+        (good.long(), ValueError, "floating-point"),
+        (torch.full((4, env.action_dim), float("nan")), ValueError, "finite numbers .clipped to"),
+        (good.numpy(), TypeError, "torch.Tensor"),
+    ]:
+        with pytest.raises(error, match=words):
+            env.step(bad)
+    env.step(good)
+    single = gymnasium.make(gymnasium_id(name))
+    single.reset(seed=0)
+    for bad in [0.5, np.zeros(env.action_dim + 1, np.float32), "left", np.array([True] * env.action_dim)]:
+        with pytest.raises(ValueError, match="must be an array of"):
+            single.unwrapped.step(bad)
+
+
+@pytest.mark.parametrize("name", CONTINUOUS_NAMES)
+def test_continuous_actions_are_clipped_to_the_box(name):
+    """An action beyond the bounds acts as the bound itself (gymnasium clips Pendulum's torque)."""
+    clipped, beyond = make_env(name, num_envs=2, seed=4), make_env(name, num_envs=2, seed=4)
+    clipped.reset()
+    beyond.reset()
+    bounds = torch.tensor([[clipped.action_low], [clipped.action_high]]).expand(2, clipped.action_dim)
+    for _ in range(5):
+        assert_same(clipped.step(bounds.clone()), beyond.step(bounds * 7.5))
 
 
 @pytest.mark.parametrize("name", DISTINCT_NAMES)

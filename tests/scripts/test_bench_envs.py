@@ -6,6 +6,7 @@ import re
 from importlib.util import find_spec
 
 import pytest
+import torch
 
 from scripts import bench_envs
 
@@ -33,3 +34,12 @@ def test_popgym_run_times_both_envs_and_reports_the_ratio(tmp_path):
     memrl_rate, popgym_rate = float(cell[1]) * scale[cell[2]], float(cell[3]) * scale[cell[4]]
     assert float(cell[5]) == pytest.approx(memrl_rate / popgym_rate, rel=0.1, abs=0.06)
     assert "gymnasium SyncVectorEnv" in report
+
+
+def test_continuous_tasks_are_timed_on_torques_within_their_bounds():
+    env = bench_envs.make_env("popgym-position-only-pendulum-hard", num_envs=3, seed=0)
+    actions = bench_envs.random_action_pool(env)
+    assert actions.shape == (bench_envs.ACTION_POOL, 3, 1) and actions.dtype == torch.float32
+    assert actions.min() >= env.action_low and actions.max() <= env.action_high and actions.std() > 0.5
+    best, median = bench_envs.measure("popgym-position-only-pendulum-hard", 3, "cpu", repeats=1, max_steps=10)
+    assert best >= median > 0
