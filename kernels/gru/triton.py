@@ -23,11 +23,8 @@ from kernels.lstm.triton import (
     DOT_PRECISION,
     STEP_KERNEL_CONFIG,
     SUPPORTED_DTYPES,
-    block_hidden,
-    block_k,
     check_triton_inputs,
     gate_bias,
-    num_warps,
     previous_hidden,
     previous_state_rows,
     sigmoid,
@@ -38,6 +35,7 @@ from kernels.lstm.triton import (
     weight_gradient,
     weight_resident,
     whole_sequence,
+    whole_sequence_launch,
 )
 
 
@@ -295,8 +293,8 @@ class _GRUTriton(torch.autograd.Function):
                     x_proj, weight_t, bias_or_dummy, reset_bytes, h0, h_seq, h_final,
                     batch_size, length, hidden_size,
                     HAS_BIAS=bias is not None, WEIGHT_RESIDENT=weight_resident(hidden_size, weight_hh.dtype, 3),
-                    DOT_PRECISION=DOT_PRECISION, ACC=ACCUMULATOR, BLOCK_B=BLOCK_B, BLOCK_H=block_hidden(hidden_size),
-                    BLOCK_K=block_k(hidden_size), num_warps=num_warps(hidden_size), num_stages=1,
+                    DOT_PRECISION=DOT_PRECISION, ACC=ACCUMULATOR, BLOCK_B=BLOCK_B,
+                    **whole_sequence_launch("gru_fwd_kernel", hidden_size), num_stages=1,
                 )
             else:
                 for t in range(length):
@@ -332,8 +330,8 @@ class _GRUTriton(torch.autograd.Function):
                     grad_x, grad_hidden_n, grad_h0,
                     batch_size, length, hidden_size,
                     HAS_BIAS=bias is not None, WEIGHT_RESIDENT=weight_resident(hidden_size, weight_hh.dtype, 6),
-                    DOT_PRECISION=DOT_PRECISION, ACC=ACCUMULATOR, BLOCK_B=BLOCK_B, BLOCK_H=block_hidden(hidden_size),
-                    BLOCK_K=block_k(hidden_size), num_warps=num_warps(hidden_size), num_stages=1,
+                    DOT_PRECISION=DOT_PRECISION, ACC=ACCUMULATOR, BLOCK_B=BLOCK_B,
+                    **whole_sequence_launch("gru_bwd_kernel", hidden_size), num_stages=1,
                 )
             else:
                 grad_h_carry = grad_h_final.to(torch.float32, memory_format=torch.contiguous_format, copy=True)

@@ -43,11 +43,21 @@ BLOCK_B = 16
 # The whole-sequence backward at H = 128 spills registers on sm_80 and sm_90a (see
 # benchmarks/kernels_compile.md), its forward does not.
 WHOLE_SEQUENCE_MAX_HIDDEN = {"forward": 128, "backward": 64}
+# (BLOCK_K, num_warps) of each whole-sequence kernel per padded H (BLOCK_H): the choice with which
+# every float32 configuration compiles without register spills for sm_80 and sm_90a (checked by
+# tests/kernels/test_compile.py). Neither knob is monotone: ptxas caps some 8-warp builds at 128
+# registers and spills there, and 32-wide slices spill where 16-wide ones do not, or the reverse.
+WHOLE_SEQUENCE_LAUNCH = {
+    "lstm_fwd_kernel": {16: (16, 4), 32: (32, 4), 64: (16, 8), 128: (16, 8)},
+    "lstm_bwd_kernel": {16: (16, 4), 32: (32, 8), 64: (16, 8)},
+    "gru_fwd_kernel": {16: (16, 4), 32: (32, 4), 64: (16, 8), 128: (16, 8)},
+    "gru_bwd_kernel": {16: (16, 4), 32: (32, 4), 64: (32, 8)},
+}
 DOT_PRECISION = "tf32x3"
 ACCUMULATOR = tl.float32
 # Per-step launches: BLOCK_U hidden units (of all gates) of BLOCK_B rows per program, the
 # recurrent product streamed in BLOCK_K-wide slices.
-STEP_KERNEL_CONFIG = dict(DOT_PRECISION=DOT_PRECISION, ACC=ACCUMULATOR, BLOCK_B=BLOCK_B, BLOCK_U=32, BLOCK_K=32,
+STEP_KERNEL_CONFIG = dict(DOT_PRECISION=DOT_PRECISION, ACC=ACCUMULATOR, BLOCK_B=BLOCK_B, BLOCK_U=32, BLOCK_K=16,
                           num_warps=4, num_stages=1)
 # Resident weights end up in shared memory as tensor-core operands (twice over for float32,
 # whose tf32x3 dots keep a high and a low part); past this budget they are streamed instead.
@@ -393,19 +403,17 @@ def block_hidden(hidden_size: int) -> int:
     return max(16, triton.next_power_of_2(hidden_size))
 
 
-def block_k(hidden_size: int) -> int:
-    """Rows of W streamed per dot when the weights are not resident."""
-    return min(32, block_hidden(hidden_size))
-
-
 def weight_resident(hidden_size: int, dtype: torch.dtype, square_tiles: int) -> bool:
     block = block_hidden(hidden_size)
     copies = 2 if dtype == torch.float32 else 1
     return square_tiles * block * block * dtype.itemsize * copies <= RESIDENT_WEIGHT_BYTES
 
 
-def num_warps(hidden_size: int) -> int:
-    return 4 if block_hidden(hidden_size) <= 32 else 8
+def whole_sequence_launch(kernel_name: str, hidden_size: int) -> dict:
+    """BLOCK_H, BLOCK_K and num_warps of a whole-sequence kernel at this H."""
+    block = block_hidden(hidden_size)
+    streamed_slice, warps = WHOLE_SEQUENCE_LAUNCH[kernel_name][block]
+    return dict(BLOCK_H=block, BLOCK_K=streamed_slice, num_warps=warps)
 
 
 def whole_sequence(hidden_size: int, direction: str) -> bool:
@@ -460,8 +468,8 @@ class _LSTMTriton(torch.autograd.Function):
                     h_seq, c_seq, h_final, c_final,
                     batch_size, length, hidden_size,
                     HAS_BIAS=bias is not None, WEIGHT_RESIDENT=weight_resident(hidden_size, weight_hh.dtype, 4),
-                    DOT_PRECISION=DOT_PRECISION, ACC=ACCUMULATOR, BLOCK_B=BLOCK_B, BLOCK_H=block_hidden(hidden_size),
-                    BLOCK_K=block_k(hidden_size), num_warps=num_warps(hidden_size), num_stages=1,
+                    DOT_PRECISION=DOT_PRECISION, ACC=ACCUMULATOR, BLOCK_B=BLOCK_B,
+                    **whole_sequence_launch("lstm_fwd_kernel", hidden_size), num_stages=1,
                 )
             else:
                 for t in range(length):
@@ -495,8 +503,8 @@ class _LSTMTriton(torch.autograd.Function):
                     grad_x, grad_h0, grad_c0,
                     batch_size, length, hidden_size,
                     HAS_BIAS=bias is not None, WEIGHT_RESIDENT=weight_resident(hidden_size, weight_hh.dtype, 8),
-                    DOT_PRECISION=DOT_PRECISION, ACC=ACCUMULATOR, BLOCK_B=BLOCK_B, BLOCK_H=block_hidden(hidden_size),
-                    BLOCK_K=block_k(hidden_size), num_warps=num_warps(hidden_size), num_stages=1,
+                    DOT_PRECISION=DOT_PRECISION, ACC=ACCUMULATOR, BLOCK_B=BLOCK_B,
+                    **whole_sequence_launch("lstm_bwd_kernel", hidden_size), num_stages=1,
                 )
             else:
                 grad_c_carry = grad_c_final.to(torch.float32, memory_format=torch.contiguous_format, copy=True)
