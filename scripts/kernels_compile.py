@@ -129,8 +129,9 @@ def selective_scan_builds() -> list[Build]:
 def recurrent_builds(op: str) -> list[Build]:
     """The whole-sequence kernels at every padded H up to WHOLE_SEQUENCE_MAX_HIDDEN of their
     direction (resident or streamed weights as the dispatch picks) and the per-step split kernels
-    (one configuration for every larger H). Every float32 configuration is a default: the
-    backbones run float32 at H = 16 to 512 (LSTM without the recurrent bias, GRU with it)."""
+    (one configuration for every larger H). The defaults are what the backbones run: float32 at
+    H = 16 to 512, the LSTM without the recurrent bias (memory/lstm.py folds it into the input
+    projection), the GRU with it."""
     import torch
 
     from kernels.lstm import triton as lstm
@@ -147,8 +148,8 @@ def recurrent_builds(op: str) -> list[Build]:
         overrides = {"reset_ptr": "*u8", "grad_h_carry_ptr": "*fp32"}
     builds = []
     for dtype in lstm.SUPPORTED_DTYPES:
-        default = dtype == torch.float32
         for has_bias in (True, False):
+            default = dtype == torch.float32 and has_bias == (op == "gru")
             for direction, kernel, square_tiles in kernels:
                 for block_h in power_of_two_range(lstm.block_hidden(1), lstm.WHOLE_SEQUENCE_MAX_HIDDEN[direction]):
                     launch = lstm.whole_sequence_launch(kernel.fn.__name__, block_h)

@@ -40,8 +40,9 @@ from kernels import device_guard
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 BLOCK_B = 16
 # Largest H a direction runs as one whole-sequence launch; beyond it, one split launch per step.
-# The whole-sequence backward at H = 128 spills registers on sm_80 and sm_90a (see
-# benchmarks/kernels_compile.md), its forward does not.
+# The whole-sequence backward at H = 128 spilled registers in every variant tried (float32, triton
+# 3.9: 40 to 120 bytes per thread on sm_90a with 16- or 32-wide slices and 8 or 16 warps, 88 on
+# sm_80); its forward does not spill.
 WHOLE_SEQUENCE_MAX_HIDDEN = {"forward": 128, "backward": 64}
 # (BLOCK_K, num_warps) of each whole-sequence kernel per padded H (BLOCK_H): the choice with which
 # every float32 configuration compiles without register spills for sm_80 and sm_90a (checked by
@@ -61,9 +62,9 @@ STEP_KERNEL_CONFIG = dict(DOT_PRECISION=DOT_PRECISION, ACC=ACCUMULATOR, BLOCK_B=
                           num_warps=4, num_stages=1)
 # Resident weights end up in shared memory as tensor-core operands (twice over for float32,
 # whose tf32x3 dots keep a high and a low part); past this budget they are streamed instead.
-# 48 KB is the largest budget with which every float32 whole-sequence kernel compiles without
-# register spills for sm_80 and sm_90a (larger ones spill in the LSTM forward at H = 64 and
-# its backward at H = 32: benchmarks/kernels_compile.md).
+# With 48 KB every float32 whole-sequence configuration compiles without register spills for
+# sm_80 and sm_90a; resident weights beyond it spilled (LSTM forward at H = 64, 24 B per thread
+# on sm_90a; LSTM backward at H = 32, 32 B on both).
 RESIDENT_WEIGHT_BYTES = 48 * 1024
 
 
