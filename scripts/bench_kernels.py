@@ -85,7 +85,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--state-size", type=int, default=16, help="selective_scan state size N (float32 only)")
     parser.add_argument("--rnn-shapes", type=lambda text: shape_list(text, 2), default=shape_list("1024x128,16x8192", 2),
                         help="lstm/gru shapes BxT, comma-separated")
-    parser.add_argument("--hidden-size", type=int, default=128, help="lstm/gru hidden size H (the Triton kernels take H <= 128)")
+    parser.add_argument("--hidden-size", type=int, default=128, help="lstm/gru hidden size H")
     parser.add_argument("--rnn-dtype", choices=("float32", "bfloat16", "float16"), default="float32", help="lstm/gru dtype")
     parser.add_argument("--reset-probability", type=float, default=0.01, help="chance that a step starts a new episode")
     parser.add_argument("--peak-gbps", type=float, default=3350.0, help="peak memory bandwidth in GB/s (H100 SXM: 3350)")
@@ -367,11 +367,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if DEVICE == "cuda" and not torch.cuda.is_available():
         print("bench_kernels.py needs a CUDA GPU and none is available here.", file=sys.stderr)
-        return 2
-    from kernels.lstm.triton import MAX_HIDDEN_SIZE
-
-    if {"lstm", "gru"} & set(args.kernels) and args.hidden_size > MAX_HIDDEN_SIZE:
-        print(f"--hidden-size must be at most {MAX_HIDDEN_SIZE} (the Triton lstm/gru limit), got {args.hidden_size}.", file=sys.stderr)
         return 2
     command = shlex.join([sys.executable, *sys.argv] if argv is None else [sys.executable, __file__, *argv])
     rows: list[Row] = []

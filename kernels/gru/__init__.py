@@ -60,7 +60,7 @@ def gru_sequence(
         return gru_sequence_naive(x_proj, weight_hh, bias, reset, initial_state)
     if impl == "auto":
         triton_module = _triton_module() if x_proj.is_cuda else None
-        if not fused_kernel_applies("gru", triton_module, x_proj.is_cuda, x_proj.dtype, hidden_size):
+        if not fused_kernel_applies("gru", triton_module, x_proj.is_cuda, x_proj.dtype):
             return gru_sequence_naive(x_proj, weight_hh, bias, reset, initial_state)
         return triton_module.gru_sequence_triton(x_proj, weight_hh, bias, reset, initial_state)
     if impl == "triton":

@@ -1,10 +1,13 @@
-"""Fused Triton GRU over a whole sequence, with resets.
+"""Fused Triton GRU over a sequence, with resets.
 
-The same design as kernels/lstm/triton.py (whose helpers it shares): one launch per
-sequence, a program per BLOCK_B batch rows holding h in registers across the T steps, three
-[BLOCK_B, H] x [H, H] tensor-core dots per step fused with the gates, the reset and the
-stores; the backward pass recomputes the gates from the stored h, walks time in reverse,
-writes dL/dx_proj and dL/d(W_hn h + b_hn), and the weight gradient is one GEMM afterwards.
+The same design as kernels/lstm/triton.py (whose helpers and dispatch it shares): up to
+WHOLE_SEQUENCE_MAX_HIDDEN one launch per sequence, a program per BLOCK_B batch rows holding h in
+registers across the T steps, three [BLOCK_B, H] x [H, H] tensor-core dots per step fused with
+the gates, the reset and the stores; beyond it one launch per step split over blocks of hidden
+units, the backward carrying dL/dh_t z_t elementwise in a [B, H] buffer and taking the matrix
+part of dL/dh_t from the gate gradients the previous launch stored. The backward pass recomputes
+the gates from the stored h, walks time in reverse, writes dL/dx_proj and dL/d(W_hn h + b_hn),
+and the weight gradient is one GEMM afterwards.
 """
 
 from __future__ import annotations
@@ -18,22 +21,23 @@ from kernels.lstm.triton import (
     ACCUMULATOR,
     BLOCK_B,
     DOT_PRECISION,
-    MAX_HIDDEN_SIZE,
+    STEP_KERNEL_CONFIG,
     SUPPORTED_DTYPES,
-    block_hidden,
-    block_k,
     check_triton_inputs,
     gate_bias,
-    num_warps,
     previous_hidden,
     previous_state_rows,
     sigmoid,
     square_tile,
+    step_grid,
     streamed_product,
     tanh,
     weight_gradient,
     weight_resident,
+    whole_sequence,
+    whole_sequence_launch,
 )
+
 
 @triton.jit
 def _transposed_weights(weight_t_ptr, H, units):
@@ -192,6 +196,87 @@ def gru_bwd_kernel(
     tl.store(grad_h0_ptr + state_offsets, grad_h.to(grad_h0_ptr.dtype.element_ty), mask=mask)
 
 
+@triton.jit(do_not_specialize=["t"])
+def gru_fwd_step_kernel(
+    x_ptr, weight_t_ptr, bias_ptr, reset_ptr, h0_ptr, h_seq_ptr,
+    B, T, H, t,
+    HAS_BIAS: tl.constexpr, DOT_PRECISION: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_U: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """Step t for BLOCK_B batch rows and BLOCK_U hidden units: reads h_{t-1} (all H units, written
+    by the previous launch), writes h_t of its units."""
+    rows = (tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)).to(tl.int64)
+    units = tl.program_id(1) * BLOCK_U + tl.arange(0, BLOCK_U)
+    row_mask = rows < B
+    mask = row_mask[:, None] & (units[None, :] < H)
+    keep = (tl.load(reset_ptr + rows * T + t, mask=row_mask, other=1) == 0)[:, None]
+    previous_rows = previous_state_rows(h0_ptr, h_seq_ptr, rows, t, T, H)
+    h_prev = tl.where(keep, tl.load(previous_rows + units[None, :], mask=mask, other=0.0).to(ACC), 0.0)
+    recurrent_r, recurrent_z, recurrent_n = _streamed_recurrence(
+        previous_rows, row_mask[:, None], keep, weight_t_ptr, H, units, DOT_PRECISION, ACC, BLOCK_B, BLOCK_K
+    )
+    x_offsets = (rows[:, None] * T + t) * (3 * H) + units[None, :]
+    _, update_gate, candidate, _ = _gates(
+        x_ptr, x_offsets, mask, H, recurrent_r, recurrent_z, recurrent_n, gate_bias(bias_ptr, 0, H, units, HAS_BIAS, ACC),
+        gate_bias(bias_ptr, 1, H, units, HAS_BIAS, ACC), gate_bias(bias_ptr, 2, H, units, HAS_BIAS, ACC), ACC,
+    )
+    h = (1.0 - update_gate) * candidate + update_gate * h_prev
+    tl.store(h_seq_ptr + (rows[:, None] * T + t) * H + units[None, :], h.to(h_seq_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit(do_not_specialize=["t"])
+def gru_bwd_step_kernel(
+    x_ptr, weight_ptr, weight_t_ptr, bias_ptr, reset_ptr, h0_ptr, h_seq_ptr,
+    grad_h_seq_ptr, grad_h_carry_ptr, grad_x_ptr, grad_hidden_n_ptr,
+    B, T, H, t,
+    HAS_BIAS: tl.constexpr, DOT_PRECISION: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_U: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """Backward step t (launched for t = T-1 down to 0) for BLOCK_B rows and BLOCK_U units.
+
+    dL/dh_t = upstream + grad_h_carry (dL/dh_T before the first launch, then dL/dh_{t+1} z_{t+1},
+    zero across a reset) + the gate gradients of step t+1 (stored by the previous launch in
+    grad_x and grad_hidden_n) times W_hh. Writes the gradients of step t and the carry
+    dL/dh_t z_t (zero where step t starts an episode) back to grad_h_carry."""
+    rows = (tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)).to(tl.int64)
+    units = tl.program_id(1) * BLOCK_U + tl.arange(0, BLOCK_U)
+    row_mask = rows < B
+    mask = row_mask[:, None] & (units[None, :] < H)
+    state_offsets = rows[:, None] * H + units[None, :]
+    sequence_offsets = (rows[:, None] * T + t) * H + units[None, :]
+    grad_h = tl.load(grad_h_seq_ptr + sequence_offsets, mask=mask, other=0.0).to(ACC)
+    grad_h += tl.load(grad_h_carry_ptr + state_offsets, mask=mask, other=0.0)
+    if t < T - 1:
+        keep_next = (tl.load(reset_ptr + rows * T + t + 1, mask=row_mask, other=1) == 0)[:, None]
+        next_rows = grad_x_ptr + ((rows * T + t + 1) * (3 * H))[:, None]
+        hidden_n_rows = grad_hidden_n_ptr + ((rows * T + t + 1) * H)[:, None]
+        row_mask_2d = row_mask[:, None]
+        grad_next = streamed_product(next_rows, row_mask_2d, weight_ptr, H, H, units, DOT_PRECISION, ACC, BLOCK_B, BLOCK_K)
+        grad_next += streamed_product(next_rows + H, row_mask_2d, weight_ptr + H * H, H, H, units, DOT_PRECISION, ACC, BLOCK_B, BLOCK_K)
+        grad_next += streamed_product(hidden_n_rows, row_mask_2d, weight_ptr + 2 * H * H, H, H, units, DOT_PRECISION, ACC, BLOCK_B, BLOCK_K)
+        grad_h += tl.where(keep_next, grad_next, 0.0)
+    # Recompute the gates of step t from the state it read.
+    keep = (tl.load(reset_ptr + rows * T + t, mask=row_mask, other=1) == 0)[:, None]
+    previous_rows = previous_state_rows(h0_ptr, h_seq_ptr, rows, t, T, H)
+    h_prev = tl.where(keep, tl.load(previous_rows + units[None, :], mask=mask, other=0.0).to(ACC), 0.0)
+    recurrent_r, recurrent_z, recurrent_n = _streamed_recurrence(
+        previous_rows, row_mask[:, None], keep, weight_t_ptr, H, units, DOT_PRECISION, ACC, BLOCK_B, BLOCK_K
+    )
+    x_offsets = (rows[:, None] * T + t) * (3 * H) + units[None, :]
+    reset_gate, update_gate, candidate, hidden_n = _gates(
+        x_ptr, x_offsets, mask, H, recurrent_r, recurrent_z, recurrent_n, gate_bias(bias_ptr, 0, H, units, HAS_BIAS, ACC),
+        gate_bias(bias_ptr, 1, H, units, HAS_BIAS, ACC), gate_bias(bias_ptr, 2, H, units, HAS_BIAS, ACC), ACC,
+    )
+    grad_candidate = grad_h * (1.0 - update_gate) * (1.0 - candidate * candidate)
+    grad_x_dtype = grad_x_ptr.dtype.element_ty
+    tl.store(grad_x_ptr + x_offsets, (grad_candidate * hidden_n * reset_gate * (1.0 - reset_gate)).to(grad_x_dtype), mask=mask)
+    tl.store(grad_x_ptr + x_offsets + H, (grad_h * (h_prev - candidate) * update_gate * (1.0 - update_gate)).to(grad_x_dtype), mask=mask)
+    tl.store(grad_x_ptr + x_offsets + 2 * H, grad_candidate.to(grad_x_dtype), mask=mask)
+    tl.store(grad_hidden_n_ptr + sequence_offsets, (grad_candidate * reset_gate).to(grad_hidden_n_ptr.dtype.element_ty), mask=mask)
+    # No gradient crosses a reset.
+    tl.store(grad_h_carry_ptr + state_offsets, tl.where(keep, grad_h * update_gate, 0.0), mask=mask)
+
+
 class _GRUTriton(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x_proj, weight_hh, bias, reset, h0):
@@ -199,15 +284,26 @@ class _GRUTriton(torch.autograd.Function):
         hidden_size = weight_hh.shape[1]
         h_seq = torch.empty(batch_size, length, hidden_size, dtype=x_proj.dtype, device=x_proj.device)
         h_final = torch.empty_like(h0)
+        reset_bytes = reset.view(torch.uint8)
+        weight_t = weight_hh.T.contiguous()
+        bias_or_dummy = x_proj if bias is None else bias
         with device_guard(x_proj):
-            gru_fwd_kernel[(triton.cdiv(batch_size, BLOCK_B),)](
-                x_proj, weight_hh.T.contiguous(), x_proj if bias is None else bias, reset.view(torch.uint8), h0,
-                h_seq, h_final,
-                batch_size, length, hidden_size,
-                HAS_BIAS=bias is not None, WEIGHT_RESIDENT=weight_resident(hidden_size, weight_hh.dtype, 3),
-                DOT_PRECISION=DOT_PRECISION, ACC=ACCUMULATOR, BLOCK_B=BLOCK_B, BLOCK_H=block_hidden(hidden_size),
-                BLOCK_K=block_k(hidden_size), num_warps=num_warps(hidden_size), num_stages=1,
-            )
+            if whole_sequence(hidden_size, "forward"):
+                gru_fwd_kernel[(triton.cdiv(batch_size, BLOCK_B),)](
+                    x_proj, weight_t, bias_or_dummy, reset_bytes, h0, h_seq, h_final,
+                    batch_size, length, hidden_size,
+                    HAS_BIAS=bias is not None, WEIGHT_RESIDENT=weight_resident(hidden_size, weight_hh.dtype, 3),
+                    DOT_PRECISION=DOT_PRECISION, ACC=ACCUMULATOR, BLOCK_B=BLOCK_B,
+                    **whole_sequence_launch("gru_fwd_kernel", hidden_size), num_stages=1,
+                )
+            else:
+                for t in range(length):
+                    gru_fwd_step_kernel[step_grid(batch_size, hidden_size)](
+                        x_proj, weight_t, bias_or_dummy, reset_bytes, h0, h_seq,
+                        batch_size, length, hidden_size, t,
+                        HAS_BIAS=bias is not None, **STEP_KERNEL_CONFIG,
+                    )
+                h_final.copy_(h_seq[:, -1])
         ctx.save_for_backward(x_proj, weight_hh, bias, reset, h0, h_seq)
         return h_seq, h_final
 
@@ -222,16 +318,32 @@ class _GRUTriton(torch.autograd.Function):
         # gradient need it.
         grad_hidden_n = torch.empty_like(h_seq)
         grad_h0 = torch.empty_like(h0)
+        reset_bytes = reset.view(torch.uint8)
+        weight_t = weight_hh.T.contiguous()
+        bias_or_dummy = x_proj if bias is None else bias
+        grad_h_seq = grad_h_seq.contiguous()
         with device_guard(x_proj):
-            gru_bwd_kernel[(triton.cdiv(batch_size, BLOCK_B),)](
-                x_proj, weight_hh, weight_hh.T.contiguous(), x_proj if bias is None else bias, reset.view(torch.uint8),
-                h0, h_seq, grad_h_seq.contiguous(), grad_h_final.contiguous(),
-                grad_x, grad_hidden_n, grad_h0,
-                batch_size, length, hidden_size,
-                HAS_BIAS=bias is not None, WEIGHT_RESIDENT=weight_resident(hidden_size, weight_hh.dtype, 6),
-                DOT_PRECISION=DOT_PRECISION, ACC=ACCUMULATOR, BLOCK_B=BLOCK_B, BLOCK_H=block_hidden(hidden_size),
-                BLOCK_K=block_k(hidden_size), num_warps=num_warps(hidden_size), num_stages=1,
-            )
+            if whole_sequence(hidden_size, "backward"):
+                gru_bwd_kernel[(triton.cdiv(batch_size, BLOCK_B),)](
+                    x_proj, weight_hh, weight_t, bias_or_dummy, reset_bytes,
+                    h0, h_seq, grad_h_seq, grad_h_final.contiguous(),
+                    grad_x, grad_hidden_n, grad_h0,
+                    batch_size, length, hidden_size,
+                    HAS_BIAS=bias is not None, WEIGHT_RESIDENT=weight_resident(hidden_size, weight_hh.dtype, 6),
+                    DOT_PRECISION=DOT_PRECISION, ACC=ACCUMULATOR, BLOCK_B=BLOCK_B,
+                    **whole_sequence_launch("gru_bwd_kernel", hidden_size), num_stages=1,
+                )
+            else:
+                grad_h_carry = grad_h_final.to(torch.float32, memory_format=torch.contiguous_format, copy=True)
+                for t in reversed(range(length)):
+                    gru_bwd_step_kernel[step_grid(batch_size, hidden_size)](
+                        x_proj, weight_hh, weight_t, bias_or_dummy, reset_bytes, h0, h_seq,
+                        grad_h_seq, grad_h_carry, grad_x, grad_hidden_n,
+                        batch_size, length, hidden_size, t,
+                        HAS_BIAS=bias is not None, **STEP_KERNEL_CONFIG,
+                    )
+                first_step_gradients = torch.cat([grad_x[:, 0, : 2 * hidden_size], grad_hidden_n[:, 0]], dim=-1)
+                grad_h0.copy_(grad_h_carry + ~reset[:, 0, None] * (first_step_gradients @ weight_hh))
         grad_reset_update = grad_x[..., : 2 * hidden_size]
         grad_weight = None
         if ctx.needs_input_grad[1]:
@@ -252,7 +364,7 @@ def gru_sequence_triton(
     reset: torch.Tensor,
     initial_state: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Same contract as `gru_sequence_naive`; dtypes float16/bfloat16/float32, H <= 128."""
+    """Same contract as `gru_sequence_naive`; dtypes float16/bfloat16/float32, any H."""
     check_triton_inputs("gru", x_proj, weight_hh, bias, reset, initial_state)
     return _GRUTriton.apply(
         x_proj.contiguous(), weight_hh.contiguous(), None if bias is None else bias.contiguous(),
@@ -260,4 +372,4 @@ def gru_sequence_triton(
     )
 
 
-__all__ = ["MAX_HIDDEN_SIZE", "SUPPORTED_DTYPES", "gru_sequence_triton"]
+__all__ = ["SUPPORTED_DTYPES", "gru_sequence_triton"]

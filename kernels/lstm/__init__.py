@@ -18,22 +18,17 @@ def _triton_module() -> types.ModuleType | None:
     return triton_kernels(__name__)
 
 
-def fused_kernel_applies(op_name: str, triton_module: types.ModuleType | None, is_cuda: bool, dtype: torch.dtype,
-                         hidden_size: int) -> bool:
+def fused_kernel_applies(op_name: str, triton_module: types.ModuleType | None, is_cuda: bool, dtype: torch.dtype) -> bool:
     """Whether impl="auto" runs a fused recurrent kernel (lstm or gru): CUDA tensors of a supported
-    dtype with H <= MAX_HIDDEN_SIZE. A CUDA call it cannot take warns that the Python step loop
-    runs instead (beyond H = 128 the whole-H-per-program kernels spill heavily: see
-    benchmarks/kernels_compile.md), so a slow fallback is never silent."""
+    dtype (any hidden size). A CUDA call it cannot take warns that the Python step loop runs
+    instead, so a slow fallback is never silent."""
     if triton_module is None or not is_cuda:
         return False
-    if dtype not in triton_module.SUPPORTED_DTYPES:
-        reason = f"dtype {dtype} is not one of {triton_module.SUPPORTED_DTYPES}"
-    elif hidden_size > triton_module.MAX_HIDDEN_SIZE:
-        reason = f"hidden size {hidden_size} > {triton_module.MAX_HIDDEN_SIZE}"
-    else:
+    if dtype in triton_module.SUPPORTED_DTYPES:
         return True
     warnings.warn(
-        f"{op_name}_sequence: {reason}, so impl='auto' runs the Python step loop on CUDA (one cell call per step)",
+        f"{op_name}_sequence: dtype {dtype} is not one of {triton_module.SUPPORTED_DTYPES}, so impl='auto' runs the "
+        "Python step loop on CUDA (one cell call per step)",
         RuntimeWarning, stacklevel=3,
     )
     return False
@@ -85,7 +80,7 @@ def lstm_sequence(
         return lstm_sequence_naive(x_proj, weight_hh, bias, reset, initial_state)
     if impl == "auto":
         triton_module = _triton_module() if x_proj.is_cuda else None
-        if not fused_kernel_applies("lstm", triton_module, x_proj.is_cuda, x_proj.dtype, hidden_size):
+        if not fused_kernel_applies("lstm", triton_module, x_proj.is_cuda, x_proj.dtype):
             return lstm_sequence_naive(x_proj, weight_hh, bias, reset, initial_state)
         return triton_module.lstm_sequence_triton(x_proj, weight_hh, bias, reset, initial_state)
     if impl == "triton":

@@ -93,8 +93,28 @@ def test_triton_matches_naive(batch_size, length, hidden_size, reset_probability
 
 def test_streamed_weights_match_naive(monkeypatch):
     monkeypatch.setattr(lstm_triton, "RESIDENT_WEIGHT_BYTES", 0)
-    # H = 40 streams two BLOCK_K = 32 slices, the second one partly masked.
+    # H = 40 streams three BLOCK_K = 16 slices, the last one partly masked.
     assert_matches_reference(3, 30, 40, 0.1)
+
+
+@pytest.mark.parametrize(
+    "forward_max, backward_max, with_bias, dtype",
+    [(0, 0, True, torch.float32), (128, 0, False, torch.float32), (0, 128, True, torch.float16)],
+    ids=["split-both", "whole-forward-split-backward", "split-forward-whole-backward-float16"],
+)
+def test_split_step_kernels_match_naive(monkeypatch, forward_max, backward_max, with_bias, dtype):
+    """The per-step launches (split over blocks of hidden units) forced at a small H, alone and
+    beside the whole-sequence kernel of the other direction: H = 40 is two BLOCK_U = 32 unit
+    blocks (the second partly masked), B = 18 two row blocks, T odd, resets at random."""
+    monkeypatch.setitem(lstm_triton.WHOLE_SEQUENCE_MAX_HIDDEN, "forward", forward_max)
+    monkeypatch.setitem(lstm_triton.WHOLE_SEQUENCE_MAX_HIDDEN, "backward", backward_max)
+    assert_matches_reference(18, 5, 40, 0.3, with_bias=with_bias, dtype=dtype)
+
+
+def test_hidden_size_beyond_the_whole_sequence_kernels_matches_naive():
+    """H = 144 (not a multiple of the 32-unit block) takes the per-step launches by default."""
+    assert not lstm_triton.whole_sequence(144, "forward") and not lstm_triton.whole_sequence(144, "backward")
+    assert_matches_reference(2, 3, 144, 0.4)
 
 
 @pytest.mark.parametrize(
@@ -172,10 +192,9 @@ def test_rejects_bad_initial_state():
     "hidden_size, dtype, impl, message",
     [
         (16, torch.float64, "triton", "supports dtypes"),
-        (129, torch.float32, "triton", "hidden sizes up to 128"),
         (16, torch.float32, "cudnn", "impl must be one of"),
     ],
-    ids=["float64", "H129", "unknown-impl"],
+    ids=["float64", "unknown-impl"],
 )
 def test_rejects_what_triton_cannot_run(hidden_size, dtype, impl, message):
     x_proj, weight_hh, reset = small_inputs(hidden_size, dtype)
@@ -196,7 +215,7 @@ requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs 
 @pytest.mark.cuda
 @requires_cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
-@pytest.mark.parametrize("hidden_size", [64, 128], ids=["H64", "H128"])
+@pytest.mark.parametrize("hidden_size", [64, 128, 512], ids=["H64", "H128", "H512"])
 def test_cuda_realistic_shapes(hidden_size, dtype):
     # float32 dots run as tf32x3 and the weight gradient sums B*T = 32768 products: a looser bound.
     tolerance = dict(atol=1e-4, rtol=1e-4) if dtype == torch.float32 else None

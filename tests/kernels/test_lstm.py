@@ -101,8 +101,28 @@ def test_triton_matches_naive(batch_size, length, hidden_size, reset_probability
 
 def test_streamed_weights_match_naive(monkeypatch):
     monkeypatch.setattr(lstm_triton, "RESIDENT_WEIGHT_BYTES", 0)
-    # H = 40 streams two BLOCK_K = 32 slices, the second one partly masked.
+    # H = 40 streams three BLOCK_K = 16 slices, the last one partly masked.
     assert_matches_reference(3, 30, 40, 0.1)
+
+
+@pytest.mark.parametrize(
+    "forward_max, backward_max, with_bias, dtype",
+    [(0, 0, True, torch.float32), (128, 0, False, torch.float32), (0, 128, True, torch.float16)],
+    ids=["split-both", "whole-forward-split-backward", "split-forward-whole-backward-float16"],
+)
+def test_split_step_kernels_match_naive(monkeypatch, forward_max, backward_max, with_bias, dtype):
+    """The per-step launches (split over blocks of hidden units) forced at a small H, alone and
+    beside the whole-sequence kernel of the other direction: H = 40 is two BLOCK_U = 32 unit
+    blocks (the second partly masked), B = 18 two row blocks, T odd, resets at random."""
+    monkeypatch.setitem(lstm_triton.WHOLE_SEQUENCE_MAX_HIDDEN, "forward", forward_max)
+    monkeypatch.setitem(lstm_triton.WHOLE_SEQUENCE_MAX_HIDDEN, "backward", backward_max)
+    assert_matches_reference(18, 5, 40, 0.3, with_bias=with_bias, dtype=dtype)
+
+
+def test_hidden_size_beyond_the_whole_sequence_kernels_matches_naive():
+    """H = 144 (not a multiple of the 32-unit block) takes the per-step launches by default."""
+    assert not lstm_triton.whole_sequence(144, "forward") and not lstm_triton.whole_sequence(144, "backward")
+    assert_matches_reference(2, 3, 144, 0.4)
 
 
 @pytest.mark.parametrize(
@@ -151,25 +171,24 @@ def test_auto_uses_naive_for_cpu_tensors(monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "is_cuda, dtype, hidden_size, expected",
-    [(True, torch.float32, 128, True), (True, torch.float32, 256, False), (True, torch.float64, 16, False),
-     (False, torch.float32, 16, False)],
-    ids=["cuda-H128", "cuda-H256", "cuda-float64", "cpu"],
+    "is_cuda, dtype, expected",
+    [(True, torch.float32, True), (True, torch.float64, False), (False, torch.float32, False)],
+    ids=["cuda-float32", "cuda-float64", "cpu"],
 )
 @pytest.mark.parametrize("op, triton_module", [("lstm", lstm_triton), ("gru", gru_triton)], ids=["lstm", "gru"])
-def test_auto_dispatch_warns_when_cuda_falls_back_to_the_loop(op, triton_module, is_cuda, dtype, hidden_size, expected):
-    """A CUDA call the fused kernel cannot take runs the loop with a RuntimeWarning, never silently."""
+def test_auto_dispatch_warns_when_cuda_falls_back_to_the_loop(op, triton_module, is_cuda, dtype, expected):
+    """A CUDA call the fused kernel cannot take (a dtype it does not support; every hidden size is
+    supported) runs the loop with a RuntimeWarning, never silently."""
     import warnings
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        applies = fused_kernel_applies(op, triton_module, is_cuda, dtype, hidden_size)
+        applies = fused_kernel_applies(op, triton_module, is_cuda, dtype)
     assert applies is expected
     falls_back_on_cuda = is_cuda and not expected
     assert [str(warning.message) for warning in caught if warning.category is RuntimeWarning] == (
-        [f"{op}_sequence: " + (f"hidden size {hidden_size} > 128" if dtype == torch.float32 else
-                               f"dtype {dtype} is not one of {triton_module.SUPPORTED_DTYPES}")
-         + ", so impl='auto' runs the Python step loop on CUDA (one cell call per step)"]
+        [f"{op}_sequence: dtype {dtype} is not one of {triton_module.SUPPORTED_DTYPES}, so impl='auto' runs the "
+         "Python step loop on CUDA (one cell call per step)"]
         if falls_back_on_cuda else []
     )
 
@@ -207,10 +226,9 @@ def test_rejects_bad_initial_state():
     "hidden_size, dtype, impl, message",
     [
         (16, torch.float64, "triton", "supports dtypes"),
-        (129, torch.float32, "triton", "hidden sizes up to 128"),
         (16, torch.float32, "cudnn", "impl must be one of"),
     ],
-    ids=["float64", "H129", "unknown-impl"],
+    ids=["float64", "unknown-impl"],
 )
 def test_rejects_what_triton_cannot_run(hidden_size, dtype, impl, message):
     x_proj, weight_hh, reset = small_inputs(hidden_size, dtype)
@@ -231,7 +249,7 @@ requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs 
 @pytest.mark.cuda
 @requires_cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
-@pytest.mark.parametrize("hidden_size", [64, 128], ids=["H64", "H128"])
+@pytest.mark.parametrize("hidden_size", [64, 128, 512], ids=["H64", "H128", "H512"])
 def test_cuda_realistic_shapes(hidden_size, dtype):
     # float32 dots run as tf32x3 and the weight gradient sums B*T = 32768 products: a looser bound.
     tolerance = dict(atol=1e-4, rtol=1e-4) if dtype == torch.float32 else None
