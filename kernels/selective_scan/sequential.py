@@ -2,12 +2,13 @@
 
 On a CPU the log-depth "parallel" scan streams [B, T, D, N] tensors through memory about thirty
 times (forward and backward), and at PPO's sizes (e.g. 32 x 64 x 128 x 16 floats, 16 MiB each)
-those passes run at memory speed. This loop touches one step's [B, D, N] at a time, which stays
-in cache, and does a handful of fused ops per step. Per step t, with keep_t = 0 where reset_t:
+those passes run at memory speed. This loop touches one step's state at a time (held as [B, N, D],
+channels innermost, 256 KiB at those sizes), which stays in cache, and does a handful of fused ops
+per step. Per step t, with keep_t = 0 where reset_t:
 
-    decay_t = exp(delta_t A) * keep_t              [B, D, N]
+    decay_t = exp(delta_t A) * keep_t              [B, N, D]
     h_t     = decay_t * h_{t-1} + (delta_t u_t) B_t^T
-    y_t     = h_t C_t                              [B, D]  (before D u and the silu(z) gate)
+    y_t     = C_t^T h_t                            [B, D]  (before D u and the silu(z) gate)
 
 Backward, t = T-1 .. 0, g the gradient reaching h_t (it starts from the final state's gradient):
 
@@ -30,62 +31,74 @@ def _time_major(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.transpose(0, 1).contiguous()
 
 
+def _decay(delta_step: torch.Tensor, A_transposed: torch.Tensor, keep_step: torch.Tensor | None) -> torch.Tensor:
+    """exp(delta_t A) as [B, N, D] from delta_step [B, 1, D] and A^T [N, D], times keep_step [B, 1, 1] where given."""
+    decay = torch.mul(delta_step, A_transposed).exp_()
+    return decay if keep_step is None else decay.mul_(keep_step)
+
+
 class _SequentialSelectiveScan(torch.autograd.Function):
+    """The states are held as [B, N, D], channels innermost: every op then runs along rows of D values."""
+
     @staticmethod
     def forward(ctx, u, delta, A, B, C, reset, initial_state):
-        length = u.shape[1]
         delta_u, delta_t, B_t, C_t = (_time_major(x) for x in (delta * u, delta, B, C))
-        keep = _time_major((~reset).to(u.dtype))[..., None, None].unbind(0)
-        reset_steps = reset.any(dim=0).tolist()
-        decays = torch.empty((length, *initial_state.shape), dtype=u.dtype, device=u.device)
-        states = torch.empty_like(decays)
-        outputs = torch.empty((length, *u.shape[::2], 1), dtype=u.dtype, device=u.device)
+        A_transposed = A.T.contiguous()
+        keep = _keep_steps(reset, u.dtype)
         # Each step's views, taken once (per-step indexing would cost more than the step's arithmetic).
-        steps = zip(delta_t[..., None].unbind(0), delta_u[..., None].unbind(0), B_t[:, :, None, :].unbind(0),
-                    C_t[..., None].unbind(0), decays.unbind(0), states.unbind(0), outputs.unbind(0))
-        previous = initial_state
-        for t, (delta_step, input_step, B_step, C_step, decay, state, output) in enumerate(steps):
-            torch.mul(delta_step, A, out=decay)
-            decay.exp_()
-            if reset_steps[t]:
-                decay.mul_(keep[t])
-            torch.mul(decay, previous, out=state)
-            state.addcmul_(input_step, B_step)
-            torch.bmm(state, C_step, out=output)
-            previous = state
-        ctx.save_for_backward(u, delta, A, delta_u, delta_t, B_t, C_t, decays, states, initial_state)
-        return outputs.squeeze(-1).transpose(0, 1), states[-1].clone()
+        steps = zip(delta_t[:, :, None].unbind(0), delta_u[:, :, None].unbind(0), B_t[..., None].unbind(0),
+                    C_t[:, :, None].unbind(0), keep)
+        state, states, decays, outputs = initial_state.transpose(1, 2), [], [], []
+        for delta_row, input_row, B_step, C_row, keep_step in steps:
+            # Fresh per-step tensors rather than slices of one [T, B, N, D] buffer: the allocator reuses
+            # step-sized blocks, while a fresh buffer that large is page-faulted in on every call.
+            decay = _decay(delta_row, A_transposed, keep_step)
+            state = torch.mul(decay, state).addcmul_(B_step, input_row)  # [B, N, D]
+            outputs.append(torch.bmm(C_row, state))  # [B, 1, D]
+            states.append(state)
+            decays.append(decay)
+        ctx.save_for_backward(u, delta, A_transposed, delta_u, B_t, C_t, delta_t, initial_state, *states, *decays)
+        return torch.cat(outputs, dim=1), state.transpose(1, 2).contiguous()
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_y, grad_final):
-        u, delta, A, delta_u, delta_t, B_t, C_t, decays, states, initial_state = ctx.saved_tensors
-        grad_state = torch.zeros_like(initial_state) if grad_final is None else grad_final.clone()
+        u, delta, A_transposed, delta_u, B_t, C_t, delta_t, initial_state, *saved = ctx.saved_tensors
+        states, decays = saved[:len(saved) // 2], saved[len(saved) // 2:]
+        if grad_final is None:
+            grad_state = torch.zeros_like(states[0])
+        else:  # a copy in any case: it is updated in place below
+            grad_state = grad_final.transpose(1, 2).clone(memory_format=torch.contiguous_format)
         grad_y = torch.zeros_like(delta_u) if grad_y is None else _time_major(grad_y)
         grad_delta_u, grad_delta_exponent = torch.empty_like(delta_u), torch.empty_like(delta_u)
         grad_B, grad_C = torch.empty_like(B_t), torch.empty_like(C_t)
-        grad_A_per_row = torch.zeros_like(initial_state)
-        exponent_grad = torch.empty_like(initial_state)
-        previous_states = [initial_state, *states[:-1].unbind(0)]
-        steps = zip(grad_y[..., None].unbind(0), grad_y[:, :, None, :].unbind(0), C_t[:, :, None, :].unbind(0),
-                    B_t[..., None].unbind(0), delta_u[:, :, None, :].unbind(0), delta_t[..., None].unbind(0),
-                    states.unbind(0), previous_states, decays.unbind(0), grad_delta_u[..., None].unbind(0),
-                    grad_B[:, :, None, :].unbind(0), grad_C[:, :, None, :].unbind(0), grad_delta_exponent.unbind(0))
-        for (grad_output, grad_output_row, C_row, B_step, input_row, delta_step, state, previous, decay,
-             grad_input, grad_B_row, grad_C_row, grad_exponent) in reversed(list(steps)):
-            grad_state.addcmul_(grad_output, C_row)
-            torch.bmm(grad_output_row, state, out=grad_C_row)
-            torch.bmm(grad_state, B_step, out=grad_input)
-            torch.bmm(input_row, grad_state, out=grad_B_row)
-            torch.mul(grad_state, previous, out=exponent_grad)
-            exponent_grad.mul_(decay)
-            grad_A_per_row.addcmul_(exponent_grad, delta_step)
-            torch.sum(exponent_grad.mul_(A), dim=-1, out=grad_exponent)
+        grad_A_per_row = torch.zeros_like(states[0])
+        steps = zip(grad_y[:, :, None].unbind(0), grad_y[..., None].unbind(0), C_t[..., None].unbind(0),
+                    B_t[:, :, None].unbind(0), delta_u[..., None].unbind(0), delta_t[:, :, None].unbind(0),
+                    decays, states, [initial_state.transpose(1, 2), *states[:-1]],
+                    grad_delta_u[:, :, None].unbind(0), grad_B[..., None].unbind(0), grad_C[..., None].unbind(0),
+                    grad_delta_exponent[:, :, None].unbind(0))
+        for (grad_row, grad_column, C_step, B_row, input_column, delta_row, decay, state, previous,
+             grad_input_row, grad_B_step, grad_C_step, grad_exponent_row) in reversed(list(steps)):
+            grad_state.addcmul_(C_step, grad_row)
+            torch.bmm(state, grad_column, out=grad_C_step)
+            torch.bmm(B_row, grad_state, out=grad_input_row)
+            torch.bmm(grad_state, input_column, out=grad_B_step)
+            exponent_grad = torch.mul(grad_state, previous).mul_(decay)
+            grad_A_per_row.addcmul_(exponent_grad, delta_row)
+            torch.sum(exponent_grad.mul_(A_transposed), dim=1, keepdim=True, out=grad_exponent_row)
             grad_state.mul_(decay)
         grad_delta_u, grad_delta_exponent = grad_delta_u.transpose(0, 1), grad_delta_exponent.transpose(0, 1)
         grad_u = grad_delta_u * delta
         grad_delta = grad_delta_u * u + grad_delta_exponent
-        return grad_u, grad_delta, grad_A_per_row.sum(0), grad_B.transpose(0, 1), grad_C.transpose(0, 1), None, grad_state
+        grad_A = grad_A_per_row.sum(0).T
+        return grad_u, grad_delta, grad_A, grad_B.transpose(0, 1), grad_C.transpose(0, 1), None, grad_state.transpose(1, 2)
+
+
+def _keep_steps(reset: torch.Tensor, dtype: torch.dtype) -> list[torch.Tensor | None]:
+    """Per step: 1 - reset as [B, 1, 1] where some row resets at that step, else None (nothing to drop)."""
+    keep = _time_major((~reset).to(dtype))[..., None, None].unbind(0)
+    return [keep_step if any_reset else None for keep_step, any_reset in zip(keep, reset.any(dim=0).tolist())]
 
 
 def selective_scan_sequential(
