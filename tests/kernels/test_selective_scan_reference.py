@@ -76,6 +76,37 @@ def test_sequential_gradients_without_an_upstream_final_state_gradient():
         torch.testing.assert_close(grads["sequential"][name], grads["naive"][name], rtol=1e-9, atol=1e-9, msg=name)
 
 
+@pytest.mark.parametrize(("channels", "state"), [(1, 1), (1, 4), (6, 1)])
+def test_sequential_matches_naive_with_one_channel_or_one_state(channels, state):
+    """Size-1 dimensions make transposed views contiguous: the in-place backward must still not touch its inputs."""
+    generator = torch.Generator().manual_seed(channels * 10 + state)
+    length = 9
+    inputs = {
+        "u": torch.randn(1, length, channels, generator=generator, dtype=torch.float64),
+        "delta": torch.rand(1, length, channels, generator=generator, dtype=torch.float64),
+        "A": -torch.rand(channels, state, generator=generator, dtype=torch.float64) - 0.1,
+        "B": torch.randn(1, length, state, generator=generator, dtype=torch.float64),
+        "C": torch.randn(1, length, state, generator=generator, dtype=torch.float64),
+        "initial_state": torch.randn(1, channels, state, generator=generator, dtype=torch.float64),
+    }
+    reset = torch.zeros(1, length, dtype=torch.bool)
+    reset[0, 4] = True
+    upstream = torch.randn(1, length, channels, generator=generator, dtype=torch.float64)
+    upstream_final = torch.randn(1, channels, state, generator=generator, dtype=torch.float64)
+    kept_final = upstream_final.clone()
+    y_naive, final_naive, grads_naive = run("naive", inputs, reset, upstream, upstream_final)
+    leaves = {name: value.clone().requires_grad_(True) for name, value in inputs.items()}
+    y_sequential, final_sequential = selective_scan(**leaves, reset=reset, impl="sequential")
+    # The upstream gradients handed straight to backward, as autograd passes them on.
+    torch.autograd.backward([y_sequential, final_sequential], [upstream, upstream_final])
+    grads_sequential = {name: leaf.grad for name, leaf in leaves.items()}
+    assert torch.equal(upstream_final, kept_final)
+    torch.testing.assert_close(y_sequential.detach(), y_naive, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(final_sequential.detach(), final_naive, rtol=1e-10, atol=1e-10)
+    for name in inputs:
+        torch.testing.assert_close(grads_sequential[name], grads_naive[name], rtol=1e-10, atol=1e-10, msg=name)
+
+
 def test_auto_on_cpu_is_the_sequential_path():
     inputs, reset = random_inputs(17, 0.2)
     y_auto, final_auto = selective_scan(**inputs, reset=reset)
