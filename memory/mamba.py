@@ -120,10 +120,10 @@ class MambaMixer(nn.Module):
         x, conv_state = same_episode_conv_step(x, state["conv"], reset, self.conv_weight, self.conv_bias)
         x = F.silu(x)
         delta, B, C = self._selective_inputs(x)
-        carried = torch.where(reset[:, None, None], torch.zeros_like(state["ssm"]), state["ssm"])
-        decay = torch.exp(delta[..., None] * -torch.exp(self.A_log))
-        ssm_state = decay * carried + (delta * x)[..., None] * B[:, None]
-        y = ((ssm_state * C[:, None]).sum(-1) + self.D * x) * F.silu(z)
+        # exp(delta A), zero where the episode restarts: the carried state is dropped (exactly; it is finite).
+        decay = torch.exp(delta[..., None] * -torch.exp(self.A_log)) * (~reset).to(x.dtype)[:, None, None]
+        ssm_state = torch.addcmul(decay * state["ssm"], (delta * x)[..., None], B[:, None])
+        y = (torch.bmm(ssm_state, C[..., None]).squeeze(-1) + self.D * x) * F.silu(z)
         return self.out_proj(y), {"ssm": ssm_state, "conv": conv_state}
 
 
