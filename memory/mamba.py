@@ -44,11 +44,12 @@ def same_episode_conv(
     # Latest episode start at or before t, or -(K-1) (everything in the window is valid) if none.
     episode_start = torch.where(reset, times, -(kernel - 1)).cummax(dim=1).values
     tap_times = times[:, None] - (kernel - 1) + torch.arange(kernel, device=x.device)
-    valid = tap_times[None] >= episode_start[..., None]  # [B, T, K]
-    windows = padded.unfold(1, kernel, 1)  # [B, T, C, K]
-    windows = torch.where(valid[:, :, None, :], windows, torch.zeros_like(windows))
-    output = (windows * weight).sum(-1) + bias
-    next_state = windows[:, -1, :, 1:].transpose(1, 2)
+    valid = (tap_times[None] >= episode_start[..., None]).to(x.dtype)  # [B, T, K]
+    # One tap at a time on [B, T, C] (a [B, T, C, K] window tensor costs several times more on a CPU).
+    output = torch.addcmul(bias, x, weight[:, -1])  # the newest tap is always in the episode
+    for tap in range(kernel - 1):
+        output = output.addcmul(padded[:, tap:tap + length] * valid[:, :, tap, None], weight[:, tap])
+    next_state = padded[:, length:] * valid[:, -1, 1:, None]
     return output, next_state
 
 
@@ -119,10 +120,10 @@ class MambaMixer(nn.Module):
         x, conv_state = same_episode_conv_step(x, state["conv"], reset, self.conv_weight, self.conv_bias)
         x = F.silu(x)
         delta, B, C = self._selective_inputs(x)
-        carried = torch.where(reset[:, None, None], torch.zeros_like(state["ssm"]), state["ssm"])
-        decay = torch.exp(delta[..., None] * -torch.exp(self.A_log))
-        ssm_state = decay * carried + (delta * x)[..., None] * B[:, None]
-        y = ((ssm_state * C[:, None]).sum(-1) + self.D * x) * F.silu(z)
+        # exp(delta A), zero where the episode restarts: the carried state is dropped (exactly; it is finite).
+        decay = torch.exp(delta[..., None] * -torch.exp(self.A_log)) * (~reset).to(x.dtype)[:, None, None]
+        ssm_state = torch.addcmul(decay * state["ssm"], (delta * x)[..., None], B[:, None])
+        y = (torch.bmm(ssm_state, C[..., None]).squeeze(-1) + self.D * x) * F.silu(z)
         return self.out_proj(y), {"ssm": ssm_state, "conv": conv_state}
 
 

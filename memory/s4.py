@@ -46,6 +46,56 @@ INITS = ("lin", "inv")
 MODES = ("auto", "scan", "convolution")
 
 
+def _same_episode_masks(reset: torch.Tensor, dtype: torch.dtype) -> list[torch.Tensor]:
+    """For lags 1, 2, ..: [B, T - lag, 1] masks, 1 where steps t and t - lag lie in one episode (reset bool [B, T]).
+
+    The list stops at the longest lag that any step reaches inside its episode: beyond it every mask is zero.
+    """
+    times = torch.arange(reset.shape[1], device=reset.device)
+    episode_start = torch.where(reset, times, 0).cummax(dim=1).values  # [B, T]
+    longest_lag = int((times - episode_start).max())
+    return [
+        (episode_start[:, lag:] <= times[lag:] - lag).to(dtype)[..., None] for lag in range(1, longest_lag + 1)
+    ]
+
+
+class _EpisodeMaskedConvolution(torch.autograd.Function):
+    """y_t = sum_k K_k u_{t-k} over the lags k whose input u_{t-k} lies in t's episode.
+
+    A loop over lags of ops on [B, T, H] (cache-sized on a CPU) instead of a [B, H, T, T] weight tensor;
+    the backward is the same loop: grad u_s = sum_k K_k grad y_{s+k}, grad K_k = sum grad y_t u_{t-k}
+    (masked alike).
+    """
+
+    @staticmethod
+    def forward(ctx, u, kernel, reset):
+        masks = _same_episode_masks(reset, u.dtype)
+        y = u * kernel[0]
+        for lag, same in enumerate(masks, start=1):
+            y[:, lag:].addcmul_(u[:, :-lag] * same, kernel[lag])
+        ctx.save_for_backward(u, kernel, reset)
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_y):
+        u, kernel, reset = ctx.saved_tensors
+        grad_u = grad_y * kernel[0]
+        grad_kernel = torch.zeros_like(kernel)
+        grad_kernel[0] = (grad_y * u).sum((0, 1))
+        for lag, same in enumerate(_same_episode_masks(reset, u.dtype), start=1):
+            masked = grad_y[:, lag:] * same
+            grad_u[:, :-lag].addcmul_(masked, kernel[lag])
+            grad_kernel[lag] = (masked * u[:, :-lag]).sum((0, 1))
+        return grad_u, grad_kernel, None
+
+
+def episode_masked_convolution(u: torch.Tensor, kernel: torch.Tensor, reset: torch.Tensor) -> torch.Tensor:
+    """u [B, T, H], kernel K [T, H], reset bool [B, T] -> y [B, T, H], y_t = sum over lags k with t - k in
+    t's episode of K_k * u_{t-k}."""
+    return _EpisodeMaskedConvolution.apply(u, kernel, reset)
+
+
 class S4DMixer(nn.Module):
     """One S4D layer on [.., hidden_dim] (SSM, GELU, Linear + GLU); state 'ssm' [hidden_dim, state_size / 2]."""
 
@@ -88,30 +138,39 @@ class S4DMixer(nn.Module):
     def _ssm_convolution(
         self, u: torch.Tensor, initial_state: torch.Tensor, reset: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """`ssm` through the episode-masked convolution kernel (see the module docstring)."""
+        """`ssm` through the episode-masked convolution kernel (see the module docstring).
+
+        The [T + 1, H, M] powers A_bar^k and everything built from them are kept as real and imaginary
+        parts: complex exp and products run several times slower than their real counterparts on a CPU.
+        """
         length = u.shape[1]
         A = torch.complex(-torch.exp(self.log_neg_real), self.imag)
-        step_A = torch.exp(self.log_step)[:, None] * A  # [H, M]
-        B_bar = (torch.exp(step_A) - 1) / A
-        C = torch.view_as_complex(self.C)
-        exponents = torch.arange(length + 1, device=u.device, dtype=self.log_step.dtype)
-        powers = torch.exp(exponents[:, None, None] * step_A)  # A_bar^k, [T + 1, H, M]
-        kernel = 2 * (C * B_bar * powers[:length]).sum(-1).real.T  # K_k, [H, T]
-        lags = torch.arange(length, device=u.device)
-        lag = lags[:, None] - lags[None, :]  # t - s
-        toeplitz = kernel[:, lag.clamp(min=0)] * (lag >= 0)  # [H, T, T]
+        step = torch.exp(self.log_step)[:, None]
+        B_bar = (torch.exp(step * A) - 1) / A  # [H, M]
+        exponents = torch.arange(length + 1, device=u.device, dtype=self.log_step.dtype)[:, None, None]
+        magnitude, angle = torch.exp(exponents * (step * A.real)), exponents * (step * self.imag)
+        powers_real, powers_imag = magnitude * torch.cos(angle), magnitude * torch.sin(angle)  # A_bar^k, [T + 1, H, M]
+        C_real, C_imag = self.C.unbind(-1)
+        weight = torch.view_as_complex(self.C) * B_bar  # C B_bar, [H, M]
+        kernel = 2 * (weight.real * powers_real[:length] - weight.imag * powers_imag[:length]).sum(-1)  # K_k, [T, H]
+        y = episode_masked_convolution(u, kernel, reset) + self.D * u
         episode = torch.cumsum(reset.long(), dim=1)  # [B, T]: episode index within the window
-        same_episode = episode[:, :, None] == episode[:, None, :]  # [B, T, T]
-        weights = toeplitz[None] * same_episode[:, None]  # [B, H, T, T]
-        y = torch.matmul(weights, u.transpose(1, 2)[..., None]).squeeze(-1).transpose(1, 2)  # [B, T, H]
         carries_initial = episode == 0  # no reset in 0..t: x0 still decays into x_t
-        from_initial = torch.einsum("thm,bhm->bth", C * powers[1:], initial_state)
-        y = y + 2 * from_initial.real * carries_initial[..., None] + self.D * u
+        # 2 Re(sum_m P_tm x0_m) with P = C A_bar^(t+1), one real batched matmul over the H channels.
+        from_initial_real = C_real * powers_real[1:] - C_imag * powers_imag[1:]  # [T, H, M]
+        from_initial_imag = C_real * powers_imag[1:] + C_imag * powers_real[1:]
+        from_initial = torch.cat([from_initial_real, -from_initial_imag], dim=-1).permute(1, 2, 0)  # [H, 2M, T]
+        initial_parts = torch.cat([initial_state.real, initial_state.imag], dim=-1).transpose(0, 1)  # [H, B, 2M]
+        y = y + 2 * (initial_parts @ from_initial).permute(1, 2, 0) * carries_initial[..., None]
+        # Final state: sum over the last episode's inputs of A_bar^(T-1-s) B_bar u_s, again one real matmul.
+        to_end_real, to_end_imag = powers_real[:length].flip(0), powers_imag[:length].flip(0)
+        decay_to_end = torch.cat([to_end_real * B_bar.real - to_end_imag * B_bar.imag,
+                                  to_end_real * B_bar.imag + to_end_imag * B_bar.real], dim=-1)  # [T, H, 2M]
         in_last_episode = (episode == episode[:, -1:]).to(u.dtype)  # [B, T]
-        decay_to_end = powers[:length].flip(0) * B_bar  # A_bar^(T-1-s) B_bar, [T, H, M]
-        final = torch.einsum("bsh,shm->bhm", (u * in_last_episode[..., None]).to(decay_to_end.dtype), decay_to_end)
-        final = final + powers[length] * initial_state * carries_initial[:, -1, None, None]
-        return y, final
+        last_inputs = (u * in_last_episode[..., None]).permute(2, 0, 1)  # [H, B, T]
+        final = torch.complex(*(last_inputs @ decay_to_end.transpose(0, 1)).transpose(0, 1).chunk(2, dim=-1))
+        from_carried = torch.complex(powers_real[length], powers_imag[length]) * initial_state
+        return y, final + from_carried * carries_initial[:, -1, None, None]
 
     def _ssm_output(self, states: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         return 2 * (states * torch.view_as_complex(self.C)).sum(-1).real + self.D * u

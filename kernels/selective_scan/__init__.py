@@ -8,6 +8,9 @@ only every 16 steps, for the backward pass).
 "parallel" discretises every step at once (a = exp(delta A), b = delta B u, both
 [B, T, D, N]), runs `kernels.linear_scan.linear_scan` over the flattened D * N channels
 (its own "auto" picks the scan kernel for the device) and contracts the states with C.
+"sequential" (`sequential.py`) is a loop over time with a hand-written backward whose every op
+touches one step's [B, D, N] (cache-resident on a CPU): the "auto" choice for CPU tensors, several
+times faster there than "parallel", which streams whole [B, T, D, N] tensors through memory.
 "naive" is the Python loop in `naive.py`.
 """
 
@@ -21,8 +24,9 @@ import torch.nn.functional as F
 from kernels import triton_kernels
 from kernels.linear_scan import linear_scan
 from kernels.selective_scan.naive import selective_scan_naive
+from kernels.selective_scan.sequential import selective_scan_sequential
 
-IMPLEMENTATIONS = ("auto", "naive", "parallel", "triton")
+IMPLEMENTATIONS = ("auto", "naive", "parallel", "sequential", "triton")
 
 
 def _triton_module() -> types.ModuleType | None:
@@ -36,11 +40,16 @@ def _selective_scan_parallel(u, delta, A, B, C, D, z, reset, initial_state):
     drive = (delta * u)[..., None] * B[:, :, None, :]
     states, final_state = linear_scan(decay.flatten(2), drive.flatten(2), reset, initial_state.flatten(1))
     y = torch.einsum("btdn,btn->btd", states.unflatten(2, initial_state.shape[1:]), C)
+    return _skip_and_gate(y, u, D, z), final_state.reshape_as(initial_state)
+
+
+def _skip_and_gate(y, u, D, z):
+    """y + D u, times silu(z) (each where given)."""
     if D is not None:
         y = y + D * u
     if z is not None:
         y = y * F.silu(z)
-    return y, final_state.reshape_as(initial_state)
+    return y
 
 
 def _check_shape(name: str, tensor, layout: str, shape: tuple[int | str, ...], dtype: torch.dtype) -> None:
@@ -69,9 +78,10 @@ def selective_scan(
     episode starts: the carried state is dropped to zero before step t); initial_state:
     [B, D, N] or None (zeros). Every floating tensor shares u's dtype (float32 or float64).
     Returns (y [B, T, D], final state [B, D, N]).
-    impl: "auto" (Triton for float32 CUDA tensors with N <= 128 when triton imports, else
-    "parallel"), "triton" (fused kernel; CUDA, or CPU under TRITON_INTERPRET=1), "parallel"
-    (log-depth torch via `linear_scan`), "naive" (Python loop reference).
+    impl: "auto" (Triton for float32 CUDA tensors with N <= 128 when triton imports, "sequential"
+    for CPU tensors, else "parallel"), "triton" (fused kernel; CUDA, or CPU under
+    TRITON_INTERPRET=1), "parallel" (log-depth torch via `linear_scan`), "sequential" (time loop
+    with a hand-written backward, for the CPU), "naive" (Python loop reference).
     """
     if impl not in IMPLEMENTATIONS:
         raise ValueError(f"impl must be one of {IMPLEMENTATIONS}, got {impl!r}")
@@ -102,6 +112,9 @@ def selective_scan(
             raise ValueError(f"{name} is on {tensor.device} but u is on {u.device}")
     if impl == "naive":
         return selective_scan_naive(u, delta, A, B, C, D, z, reset, initial_state)
+    if impl == "sequential" or (impl == "auto" and u.device.type == "cpu"):
+        y, final_state = selective_scan_sequential(u, delta, A, B, C, reset, initial_state)
+        return _skip_and_gate(y, u, D, z), final_state
     if impl == "auto":
         triton_module = _triton_module() if u.is_cuda else None
         if (
@@ -118,4 +131,4 @@ def selective_scan(
     return _selective_scan_parallel(u, delta, A, B, C, D, z, reset, initial_state)
 
 
-__all__ = ["selective_scan", "selective_scan_naive"]
+__all__ = ["selective_scan", "selective_scan_naive", "selective_scan_sequential"]

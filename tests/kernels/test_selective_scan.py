@@ -152,7 +152,7 @@ def test_reset_cuts_every_gradient_path_across_it():
     assert torch.all(leaves["initial_state"].grad == 0)
 
 
-def test_auto_uses_parallel_for_cpu_tensors(monkeypatch):
+def test_auto_uses_a_torch_path_for_cpu_tensors(monkeypatch):
     monkeypatch.setattr(selective_scan_package, "_triton_module", lambda: pytest.fail("auto picked triton on CPU"))
     inputs, reset, _, _ = random_inputs(2, 10, 4, 4, 0.1)
     y, final_state = selective_scan(**inputs, reset=reset, impl="auto")

@@ -1,4 +1,5 @@
-"""selective_scan: the log-depth "parallel" path against the Python-loop reference, forward and every gradient."""
+"""selective_scan: the log-depth "parallel" path and the CPU's "sequential" loop (hand-written backward)
+against the Python-loop reference, forward and every gradient."""
 
 from __future__ import annotations
 
@@ -46,25 +47,71 @@ def run(impl: str, inputs: dict, reset: torch.Tensor, upstream: torch.Tensor, up
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("reset_probability", [0.0, 0.1, 0.5], ids=lambda p: f"reset{p}")
 @pytest.mark.parametrize("length", [1, 63, 100], ids=lambda t: f"T{t}")
-def test_parallel_matches_naive_forward_and_gradients(length, reset_probability, dtype):
+@pytest.mark.parametrize("impl", ["parallel", "sequential"])
+def test_torch_paths_match_naive_forward_and_gradients(impl, length, reset_probability, dtype):
     inputs, reset = random_inputs(length, reset_probability, dtype)
     upstream = torch.randn(BATCH, length, CHANNELS, dtype=dtype)
     upstream_final = torch.randn(BATCH, CHANNELS, STATE, dtype=dtype)
     y_naive, final_naive, grads_naive = run("naive", inputs, reset, upstream, upstream_final)
-    y_parallel, final_parallel, grads_parallel = run("parallel", inputs, reset, upstream, upstream_final)
+    y_torch, final_torch, grads_torch = run(impl, inputs, reset, upstream, upstream_final)
     tolerance = {"rtol": 1e-9, "atol": 1e-9} if dtype == torch.float64 else {"rtol": 1e-4, "atol": 1e-4}
-    torch.testing.assert_close(y_parallel, y_naive, **tolerance)
-    torch.testing.assert_close(final_parallel, final_naive, **tolerance)
+    torch.testing.assert_close(y_torch, y_naive, **tolerance)
+    torch.testing.assert_close(final_torch, final_naive, **tolerance)
     for name in inputs:
-        assert grads_naive[name] is not None and grads_parallel[name] is not None, name
-        torch.testing.assert_close(grads_parallel[name], grads_naive[name], **tolerance, msg=name)
+        assert grads_naive[name] is not None and grads_torch[name] is not None, name
+        torch.testing.assert_close(grads_torch[name], grads_naive[name], **tolerance, msg=name)
 
 
-def test_auto_on_cpu_is_the_parallel_path():
+def test_sequential_gradients_without_an_upstream_final_state_gradient():
+    """The usual training case: only y is used, so the final state's gradient arrives as None."""
+    inputs, reset = random_inputs(20, 0.2)
+    upstream = torch.randn(BATCH, 20, CHANNELS, dtype=torch.float64)
+    grads = {}
+    for impl in ("naive", "sequential"):
+        leaves = {name: value.clone().requires_grad_(True) for name, value in inputs.items()}
+        y, _ = selective_scan(**leaves, reset=reset, impl=impl)
+        (y * upstream).sum().backward()
+        grads[impl] = {name: leaf.grad for name, leaf in leaves.items()}
+    for name in inputs:
+        torch.testing.assert_close(grads["sequential"][name], grads["naive"][name], rtol=1e-9, atol=1e-9, msg=name)
+
+
+@pytest.mark.parametrize(("channels", "state"), [(1, 1), (1, 4), (6, 1)])
+def test_sequential_matches_naive_with_one_channel_or_one_state(channels, state):
+    """Size-1 dimensions make transposed views contiguous: the in-place backward must still not touch its inputs."""
+    generator = torch.Generator().manual_seed(channels * 10 + state)
+    length = 9
+    inputs = {
+        "u": torch.randn(1, length, channels, generator=generator, dtype=torch.float64),
+        "delta": torch.rand(1, length, channels, generator=generator, dtype=torch.float64),
+        "A": -torch.rand(channels, state, generator=generator, dtype=torch.float64) - 0.1,
+        "B": torch.randn(1, length, state, generator=generator, dtype=torch.float64),
+        "C": torch.randn(1, length, state, generator=generator, dtype=torch.float64),
+        "initial_state": torch.randn(1, channels, state, generator=generator, dtype=torch.float64),
+    }
+    reset = torch.zeros(1, length, dtype=torch.bool)
+    reset[0, 4] = True
+    upstream = torch.randn(1, length, channels, generator=generator, dtype=torch.float64)
+    upstream_final = torch.randn(1, channels, state, generator=generator, dtype=torch.float64)
+    kept_final = upstream_final.clone()
+    y_naive, final_naive, grads_naive = run("naive", inputs, reset, upstream, upstream_final)
+    leaves = {name: value.clone().requires_grad_(True) for name, value in inputs.items()}
+    y_sequential, final_sequential = selective_scan(**leaves, reset=reset, impl="sequential")
+    # The upstream gradients handed straight to backward, as autograd passes them on.
+    torch.autograd.backward([y_sequential, final_sequential], [upstream, upstream_final])
+    grads_sequential = {name: leaf.grad for name, leaf in leaves.items()}
+    assert torch.equal(upstream_final, kept_final)
+    torch.testing.assert_close(y_sequential.detach(), y_naive, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(final_sequential.detach(), final_naive, rtol=1e-10, atol=1e-10)
+    for name in inputs:
+        torch.testing.assert_close(grads_sequential[name], grads_naive[name], rtol=1e-10, atol=1e-10, msg=name)
+
+
+def test_auto_on_cpu_is_the_sequential_path():
     inputs, reset = random_inputs(17, 0.2)
     y_auto, final_auto = selective_scan(**inputs, reset=reset)
-    y_parallel, final_parallel = selective_scan(**inputs, reset=reset, impl="parallel")
-    assert torch.equal(y_auto, y_parallel) and torch.equal(final_auto, final_parallel)
+    y_sequential, final_sequential = selective_scan(**inputs, reset=reset, impl="sequential")
+    assert torch.equal(y_auto, y_sequential) and torch.equal(final_auto, final_sequential)
 
 
 def test_naive_matches_a_hand_written_two_step_recurrence():
@@ -81,7 +128,7 @@ def test_naive_matches_a_hand_written_two_step_recurrence():
     torch.testing.assert_close(final, h2, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("impl", ["naive", "parallel"])
+@pytest.mark.parametrize("impl", ["naive", "parallel", "sequential"])
 def test_reset_forgets_the_past_and_blocks_its_gradient(impl):
     inputs, _ = random_inputs(12, 0.0)
     reset = torch.zeros(BATCH, 12, dtype=torch.bool)
@@ -121,7 +168,7 @@ BAD_INPUTS = {
     "initial_state": (
         torch.zeros(BATCH, STATE, CHANNELS, **F64), r"initial_state must be .* \[B, D, N\] = \(2, 5, 3\)"
     ),
-    "impl": ("triton-ish", r"impl must be one of \('auto', 'naive', 'parallel', 'triton'\)"),
+    "impl": ("triton-ish", r"impl must be one of \('auto', 'naive', 'parallel', 'sequential', 'triton'\)"),
 }
 
 

@@ -142,6 +142,27 @@ def test_s4d_convolution_mode_equals_the_scan_with_resets_initial_state_and_grad
         torch.testing.assert_close(grad_conv, grad_scan, rtol=1e-9, atol=1e-9)
 
 
+def test_s4d_convolution_skips_lags_beyond_every_episode_and_still_equals_the_scan():
+    """Episodes of at most 3 steps: only lags 1 and 2 reach inside an episode, the rest are skipped."""
+    length = 23
+    reset = no_reset(2, length)
+    reset[:, ::3] = True
+    reset[1, 1] = True  # a one-step episode
+    assert len(memory.s4._same_episode_masks(reset, torch.float64)) == 2
+    x = torch.randn(2, length, INPUT_DIM, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    results = []
+    for mode in ("scan", "convolution"):
+        backbone = build("s4", state_size=8, mode=mode)
+        inputs = x.clone().requires_grad_()
+        y, _ = backbone(inputs, backbone.initial_state(2), reset)
+        gradients = torch.autograd.grad((y * torch.cos(y)).sum(), [inputs, *backbone.parameters()])
+        results.append((y, gradients))
+    (y_scan, grads_scan), (y_conv, grads_conv) = results
+    torch.testing.assert_close(y_conv, y_scan, rtol=1e-10, atol=1e-10)
+    for grad_conv, grad_scan in zip(grads_conv, grads_scan):
+        torch.testing.assert_close(grad_conv, grad_scan, rtol=1e-9, atol=1e-9)
+
+
 def test_s4d_auto_mode_takes_the_convolution_for_windows_up_to_the_state_size(monkeypatch):
     calls = []
     original = memory.s4.linear_scan
@@ -266,6 +287,40 @@ def test_mamba_conv_window_never_reads_across_a_reset():
         changed_output, _ = mixer.same_episode_conv(changed, conv_state, reset)
     assert torch.equal(changed_output[0, 2:], output[0, 2:])
     assert not torch.allclose(changed_output[0, :2], output[0, :2])
+
+
+@pytest.mark.parametrize("length", [1, 37])
+def test_mamba_cpu_path_equals_the_naive_scan_in_outputs_and_every_gradient(length, monkeypatch):
+    """On the CPU `selective_scan` takes its sequential path; the backbone (randomised parameters, so decays
+    and steps are far from their initial values) must match the Python-loop reference, gradients included."""
+    torch.manual_seed(7)
+    backbone = make_backbone("mamba", INPUT_DIM, HIDDEN_DIM, state_size=5, conv_kernel=3).double()
+    with torch.no_grad():
+        for parameter in backbone.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.5)
+    generator = torch.Generator().manual_seed(8)
+    x = torch.randn(3, length, INPUT_DIM, generator=generator, dtype=torch.float64)
+    reset = torch.rand(3, length, generator=generator) < 0.25
+    reset[0, 0] = True
+    state = {name: torch.randn(value.shape, generator=generator, dtype=value.dtype)
+             for name, value in backbone.initial_state(3).items()}
+    results = []
+    for impl in ("auto", "naive"):
+        scan = memory.mamba.selective_scan
+        monkeypatch.setattr(memory.mamba, "selective_scan", lambda *args, impl=impl, **kwargs: scan(*args, **kwargs, impl=impl))
+        inputs = x.clone().requires_grad_()
+        leaves = {name: value.clone().requires_grad_() for name, value in state.items()}
+        y, final = backbone(inputs, leaves, reset)
+        loss = (y * torch.sin(y)).sum() + sum((value ** 2).sum() for value in final.values())
+        gradients = torch.autograd.grad(loss, [inputs, *leaves.values(), *backbone.parameters()])
+        results.append((y, final, gradients))
+        monkeypatch.undo()
+    (y_cpu, final_cpu, grads_cpu), (y_naive, final_naive, grads_naive) = results
+    torch.testing.assert_close(y_cpu, y_naive, rtol=1e-10, atol=1e-10)
+    for name in final_naive:
+        torch.testing.assert_close(final_cpu[name], final_naive[name], rtol=1e-10, atol=1e-10)
+    for grad_cpu, grad_naive in zip(grads_cpu, grads_naive):
+        torch.testing.assert_close(grad_cpu, grad_naive, rtol=1e-9, atol=1e-9)
 
 
 def test_mamba_step_drops_the_conv_state_at_a_reset():
