@@ -91,6 +91,8 @@ class ThresholdStatistics(EpisodeStatistics):
 
 @dataclass
 class Result:
+    """One run: when it reached the threshold (None: never), how long it trained, how its policy then evaluates."""
+
     agent: str
     seed: int
     steps_to_threshold: int | None
@@ -188,7 +190,7 @@ def evaluate_both(agent: nn.Module, seed: int) -> tuple[float, float]:
     return rates[0], rates[1]
 
 
-def median_steps(values: list) -> float:
+def median_counting_misses(values: list) -> float:
     """Median over runs, a run that never reached the threshold counting as infinite (it lies above its cap)."""
     return statistics.median_high(math.inf if value is None else value for value in values)
 
@@ -197,8 +199,8 @@ def summary_rows(results: list[Result]) -> list[str]:
     rows = []
     for agent in dict.fromkeys(result.agent for result in results):
         own = [result for result in results if result.agent == agent]
-        steps = median_steps([result.steps_to_threshold for result in own])
-        seconds = median_steps([result.seconds_to_threshold for result in own])
+        steps = median_counting_misses([result.steps_to_threshold for result in own])
+        seconds = median_counting_misses([result.seconds_to_threshold for result in own])
         reached = sum(result.steps_to_threshold is not None for result in own)
         rows.append(f"| {agent} | {reached}/{len(own)} | {'not reached' if steps == math.inf else f'{steps:,.0f}'} | "
                     f"{'not reached' if seconds == math.inf else f'{seconds:.1f}'} | "
