@@ -108,7 +108,8 @@ class Concentration(BatchedEnv):
         """The cards the observation shows: face up, or flipped this step, bool [N, n]."""
         self.held = torch.full((num_envs,), -1, dtype=torch.int64, device=self.device)
         """The position of the first card of the pair being played, -1 if none, int64 [N]."""
-        self.observation_values = torch.arange(num_values + 1, device=self.device)
+        self.block_starts = torch.arange(n, device=self.device) * (num_values + 1)
+        """Where each card's one-hot block starts in the observation, int64 [n]."""
 
     def _draw_layout(self, keys: torch.Tensor) -> torch.Tensor:
         """A shuffled shoe per row of `keys` (float32 [K, n] uniform in [0, 1)): the shoe's cards in the
@@ -149,7 +150,8 @@ class Concentration(BatchedEnv):
 
     def _observe(self) -> torch.Tensor:
         shown_class = torch.where(self.shown, self.layout, self.num_values)
-        return (shown_class[:, :, None] == self.observation_values).float().flatten(1)
+        obs = torch.zeros(self.num_envs, self.obs_dim, device=self.device)
+        return obs.scatter_(1, shown_class + self.block_starts, 1.0)
 
     def oracle_action(self) -> torch.Tensor:
         """The first face-down card; with a card held, the first other face-down card of its class."""
