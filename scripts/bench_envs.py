@@ -227,6 +227,14 @@ def git_commit() -> str:
     return result.stdout.strip() + (" (with uncommitted changes)" if dirty.stdout.strip() else "")
 
 
+def load_average() -> float:
+    """The 1-minute load average (how busy a shared machine was), or nan where the OS does not say."""
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return float("nan")
+
+
 def format_rate(rate: float) -> str:
     return f"{rate / 1e6:.2f} M" if rate >= 1e5 else f"{rate / 1e3:.1f} k"
 
@@ -245,6 +253,7 @@ def write_report(args: argparse.Namespace, results: dict[tuple[int, str, int], t
         f"- date: {datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}",
         f"- commit: {git_commit()}",
         f"- torch {torch.__version__}, Python {platform.python_version()}",
+        f"- 1-minute load average: {args.load_at_start:.2f} at the start, {load_average():.2f} at the end ({os.cpu_count()} cores)",
         f"- command: `{shlex.join(['python', 'scripts/bench_envs.py', *sys.argv[1:]])}`",
         f"- runs: {args.repeats} per cell, each of min({args.max_steps}, {RUN_ELEMENTS:,} / num_envs) steps (at least 10)",
     ]
@@ -298,6 +307,7 @@ def popgym_table(args: argparse.Namespace, results: dict, popgym_results: dict, 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    args.load_at_start = load_average()
     results, popgym_results = {}, {}
     for threads in args.threads:
         torch.set_num_threads(threads)
