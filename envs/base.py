@@ -67,7 +67,8 @@ class BatchedEnv:
     # -- what a task provides ------------------------------------------------------------
 
     def _start_episodes(self, mask: torch.Tensor) -> None:
-        """Draw a fresh episode for every env where `mask` [N] is True (draw for all, keep masked)."""
+        """Draw a fresh episode for every env where `mask` [N] is True. The random numbers drawn must not
+        depend on the mask (draw for every env, keep the masked ones; see `_restart_rows`)."""
         raise NotImplementedError
 
     def _transition(self, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -115,8 +116,9 @@ class BatchedEnv:
         reward, terminated, success = self._transition(action)
         self.elapsed_steps += 1
         self.episode_return += reward
-        truncated = ~terminated & (self.elapsed_steps >= self.max_episode_steps)
-        done = terminated | truncated
+        at_limit = self.elapsed_steps >= self.max_episode_steps
+        truncated = at_limit > terminated
+        done = terminated | at_limit
         final_obs = self._observe()
         info = {
             "is_first": done,
@@ -127,10 +129,20 @@ class BatchedEnv:
             "episode_length": torch.where(done, self.elapsed_steps, 0),
         }
         self._start_episodes(done)
+        if self.device.type == "cpu" and not bool(done.any()):
+            # Nothing restarted (checked on the CPU only, where it costs no host sync): obs is final_obs.
+            return final_obs.clone(), reward, terminated, truncated, info
         self.elapsed_steps.masked_fill_(done, 0)
         self.episode_return.masked_fill_(done, 0.0)
         obs = torch.where(done[:, None], self._observe(), final_obs)
         return obs, reward, terminated, truncated, info
+
+    def _restart_rows(self, mask: torch.Tensor) -> torch.Tensor | None:
+        """The envs `_start_episodes(mask)` restarts, for a task whose episode setup is costly: on the CPU
+        their indices int64 [K] (finding them costs no host sync there), so the task sets up those K envs
+        only; on an accelerator None, and the task sets up every env and keeps the masked ones. Either
+        way the task draws its random numbers for every env first, so the draws never depend on the mask."""
+        return mask.nonzero().squeeze(1) if self.device.type == "cpu" else None
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Every tensor of the env's current episodes plus its generator state (for checkpoints)."""
@@ -161,6 +173,10 @@ class BatchedEnv:
             raise ValueError(f"{name}.step: action must have shape ({self.num_envs},), got {tuple(action.shape)}")
         if action.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
             raise ValueError(f"{name}.step: action must be an integer tensor, got {action.dtype}")
+        if self.device.type == "cpu":
+            lowest, highest = torch.aminmax(action)
+            if int(lowest) >= 0 and int(highest) < self.num_actions:
+                return
         self._fail_where(action, (action < 0) | (action >= self.num_actions), f"{name}.step: actions must be in [0, {self.num_actions})")
 
     def _check_continuous_action(self, action: torch.Tensor) -> None:

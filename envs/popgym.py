@@ -73,29 +73,46 @@ class _CardGame(BatchedEnv):
     def _refill(self, shoe: torch.Tensor, mask: torch.Tensor) -> None:
         shoe.masked_fill_(mask[:, None], self.cards_per_class)
 
-    def _deal(self, shoe: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Deal one card of `shoe` where `mask` [N] is True -> its class, int64 [N] (-1 where none was dealt).
+    shoes_dealt_at_reset = 1
+    """How many cards `_restart` deals to each env (one per shoe)."""
+
+    def _start_episodes(self, mask: torch.Tensor) -> None:
+        if self.device.type == "cpu" and not bool(mask.any()):
+            # Nothing restarts (checked on the CPU only, where it costs no host sync): only the draws
+            # that `_restart`'s deals make, so that the generator's consumption does not depend on the mask.
+            for _ in range(self.shoes_dealt_at_reset):
+                self.random(self.num_envs)
+            return
+        self._restart(mask)
+
+    def _restart(self, mask: torch.Tensor) -> None:
+        """`_start_episodes` for a task: refill the shoes and deal the first cards where `mask` [N] is True."""
+        raise NotImplementedError
+
+    def _deal(self, shoe: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Deal one card of `shoe` where `mask` [N] is True (None: every env) -> its class, int64 [N] (-1
+        where none was dealt).
 
         A card is drawn for every env so that the generator's consumption does not depend on
         the mask; it only leaves the shoe where the mask is True.
         """
         drawn = self._draw_card_class(shoe)
-        dealt = mask & (drawn >= 0)
+        dealt = drawn >= 0 if mask is None else mask & (drawn >= 0)
         shoe.scatter_add_(1, drawn.clamp(min=0)[:, None], -dealt[:, None].long())
         return torch.where(dealt, drawn, -1)
 
     def _draw_card_class(self, shoe: torch.Tensor) -> torch.Tensor:
         """The class of a uniformly random card of each env's `shoe`, int64 [N]; -1 where it is empty."""
         shoe_size = shoe.sum(1)
-        # The clamp guards the rare float32 rounding of u * size up to size itself.
-        position = torch.minimum(self.randint(0, shoe_size, (self.num_envs,)), shoe_size - 1)
+        # The minimum guards the rare float32 rounding of u * size up to size itself; an empty shoe gives -1.
+        position = torch.minimum((self.random(self.num_envs) * shoe_size).long(), shoe_size - 1)
         drawn = (shoe.cumsum(1) <= position[:, None]).sum(1)
-        return torch.where(shoe_size > 0, drawn, -1)
+        return drawn - (shoe_size == 0).long()
 
     def _one_hot(self, index: torch.Tensor, size: int | None = None) -> torch.Tensor:
-        """float32 [N, size] one-hot of `index` [N] (size defaults to num_classes)."""
+        """float32 [N, size] one-hot of `index` [N] (size <= num_classes, default num_classes)."""
         size = self.num_classes if size is None else size
-        return (index[:, None] == torch.arange(size, device=self.device)).float()
+        return (index[:, None] == self.class_ids[:size]).float()
 
 
 def _scored_reward(correct: torch.Tensor, scored: torch.Tensor, num_scored: int) -> torch.Tensor:
@@ -136,7 +153,7 @@ class RepeatFirst(_CardGame):
         self.step_index = torch.zeros(num_envs, dtype=torch.int64, device=self.device)
         self.all_correct = torch.ones(num_envs, dtype=torch.bool, device=self.device)
 
-    def _start_episodes(self, mask: torch.Tensor) -> None:
+    def _restart(self, mask: torch.Tensor) -> None:
         self._refill(self.cards_left, mask)
         first = self._deal(self.cards_left, mask)
         self.shown_suit = torch.where(mask, first, self.shown_suit)
@@ -150,7 +167,7 @@ class RepeatFirst(_CardGame):
         self.all_correct &= correct
         self.step_index += 1
         terminated = self.step_index == self.max_episode_steps
-        self.shown_suit = self._deal(self.cards_left, torch.ones_like(terminated))
+        self.shown_suit = self._deal(self.cards_left)
         return reward, terminated, terminated & self.all_correct
 
     def _observe(self) -> torch.Tensor:
@@ -214,7 +231,7 @@ class RepeatPrevious(_CardGame):
         kept = self.recent_suits.gather(1, slot).squeeze(1)
         self.recent_suits.scatter_(1, slot, torch.where(mask, suit, kept)[:, None])
 
-    def _start_episodes(self, mask: torch.Tensor) -> None:
+    def _restart(self, mask: torch.Tensor) -> None:
         self._refill(self.cards_left, mask)
         self.step_index.masked_fill_(mask, 0)
         self.recent_suits.masked_fill_(mask[:, None], 0)
@@ -268,6 +285,7 @@ class CountRecall(_CardGame):
     """
 
     chance_success = 0.0
+    shoes_dealt_at_reset = 2
 
     def __init__(
         self,
@@ -299,7 +317,7 @@ class CountRecall(_CardGame):
         self.step_index = torch.zeros(num_envs, dtype=torch.int64, device=self.device)
         self.all_correct = torch.ones(num_envs, dtype=torch.bool, device=self.device)
 
-    def _start_episodes(self, mask: torch.Tensor) -> None:
+    def _restart(self, mask: torch.Tensor) -> None:
         self._refill(self.cards_left, mask)
         self._refill(self.queries_left, mask)
         self.shown_value = torch.where(mask, self._deal(self.cards_left, mask), self.shown_value)
@@ -313,9 +331,8 @@ class CountRecall(_CardGame):
         self.all_correct &= correct
         self.step_index += 1
         terminated = self.step_index == self.max_episode_steps
-        everyone = torch.ones_like(terminated)
-        self.shown_value = self._deal(self.cards_left, everyone)
-        self.query = self._deal(self.queries_left, everyone)
+        self.shown_value = self._deal(self.cards_left)
+        self.query = self._deal(self.queries_left)
         return reward, terminated, terminated & self.all_correct
 
     def _observe(self) -> torch.Tensor:
@@ -401,7 +418,7 @@ class Autoencode(_CardGame):
         kept = self.watched_suits.gather(1, column).squeeze(1)
         self.watched_suits.scatter_(1, column, torch.where(dealt >= 0, dealt, kept)[:, None])
 
-    def _start_episodes(self, mask: torch.Tensor) -> None:
+    def _restart(self, mask: torch.Tensor) -> None:
         self._refill(self.cards_left, mask)
         self.step_index.masked_fill_(mask, 0)
         self.all_correct |= mask
@@ -468,7 +485,7 @@ class HigherLower(_CardGame):
         self.shown_rank = torch.zeros(num_envs, dtype=torch.int64, device=self.device)
         self.all_best = torch.ones(num_envs, dtype=torch.bool, device=self.device)
 
-    def _start_episodes(self, mask: torch.Tensor) -> None:
+    def _restart(self, mask: torch.Tensor) -> None:
         self._refill(self.cards_left, mask)
         self.shown_rank = torch.where(mask, self._deal(self.cards_left, mask), self.shown_rank)
         self.all_best |= mask
@@ -483,7 +500,7 @@ class HigherLower(_CardGame):
         above, below = self._cards_left_above_and_below()
         guessed_higher = action == HIGHER
         self.all_best &= torch.where(guessed_higher, above >= below, below >= above)
-        next_rank = self._deal(self.cards_left, torch.ones_like(guessed_higher))
+        next_rank = self._deal(self.cards_left)
         right = (next_rank > self.shown_rank) == guessed_higher
         reward = _scored_reward(right, next_rank != self.shown_rank, self.num_cards)
         self.shown_rank = next_rank

@@ -68,6 +68,7 @@ class Battleship(BatchedEnv):
         self.shot = torch.zeros_like(self.ships)
         self.hits = torch.zeros(num_envs, dtype=torch.int64, device=self.device)
         self.last_hit = torch.zeros(num_envs, dtype=torch.int64, device=self.device)
+        self.observation_values = torch.arange(2, device=self.device)
 
     def _placements(self, size: int) -> torch.Tensor:
         size_range = self.board_size - size + 1
@@ -78,17 +79,17 @@ class Battleship(BatchedEnv):
                 grid[1, start, :, :, start + offset] |= torch.eye(self.board_size, dtype=torch.bool, device=self.device)
         return grid.reshape(-1, self.num_actions)
 
-    def _draw_board(self) -> torch.Tensor:
-        """A fresh board for every env, bool [N, B^2]: each ship uniform among the placements that fit."""
-        board = torch.zeros(self.num_envs, self.num_actions, dtype=torch.bool, device=self.device)
-        for size in SHIP_SIZES:
-            placements = self.placements[size]
+    def _draw_board(self, draws: torch.Tensor) -> torch.Tensor:
+        """A board per column of `draws` (float32 [len(SHIP_SIZES), K] uniform in [0, 1), one per ship),
+        bool [K, B^2]: each ship uniform among the placements that fit, picked by its draw."""
+        board = torch.zeros(draws.shape[1], self.num_actions, dtype=torch.bool, device=self.device)
+        for size, draw in zip(SHIP_SIZES, draws):
             fits = self._ships_under_placements(board, size) == 0
             num_fits = fits.sum(1)
             # The k-th fitting placement, k uniform in [0, num_fits); the clamp guards float32 rounding up.
-            k = torch.minimum(self.randint(0, num_fits, (self.num_envs,)), num_fits - 1)
+            k = torch.minimum((draw * num_fits).long(), num_fits - 1)
             choice = (fits.cumsum(1) <= k[:, None]).sum(1)
-            board |= placements[choice]
+            board |= self.placements[size][choice]
         return board
 
     def _ships_under_placements(self, board: torch.Tensor, size: int) -> torch.Tensor:
@@ -102,8 +103,15 @@ class Battleship(BatchedEnv):
         return torch.cat([vertical.flatten(1), horizontal.transpose(1, 2).flatten(1)], dim=1)
 
     def _start_episodes(self, mask: torch.Tensor) -> None:
-        self.ships = torch.where(mask[:, None], self._draw_board(), self.ships)
-        self.shot &= ~mask[:, None]
+        draws = self.random(len(SHIP_SIZES), self.num_envs)
+        rows = self._restart_rows(mask)
+        if rows is None:
+            self.ships = torch.where(mask[:, None], self._draw_board(draws), self.ships)
+        elif rows.numel() == 0:
+            return
+        else:
+            self.ships[rows] = self._draw_board(draws[:, rows])
+        self.shot.masked_fill_(mask[:, None], False)
         self.hits.masked_fill_(mask, 0)
         self.last_hit.masked_fill_(mask, 0)
 
@@ -118,7 +126,7 @@ class Battleship(BatchedEnv):
         return reward, terminated, terminated
 
     def _observe(self) -> torch.Tensor:
-        return (self.last_hit[:, None] == torch.arange(2, device=self.device)).float()
+        return (self.last_hit[:, None] == self.observation_values).float()
 
     def oracle_action(self) -> torch.Tensor:
         """The first ship square not hit yet (square 0 once all are)."""

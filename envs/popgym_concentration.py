@@ -108,39 +108,50 @@ class Concentration(BatchedEnv):
         """The cards the observation shows: face up, or flipped this step, bool [N, n]."""
         self.held = torch.full((num_envs,), -1, dtype=torch.int64, device=self.device)
         """The position of the first card of the pair being played, -1 if none, int64 [N]."""
+        self.block_starts = torch.arange(n, device=self.device) * (num_values + 1)
+        """Where each card's one-hot block starts in the observation, int64 [n]."""
 
-    def _draw_layout(self) -> torch.Tensor:
-        """A shuffled shoe for every env, int64 [N, n] card classes."""
-        return self.base_layout[self.random(self.num_envs, self.num_cards).argsort(1)]
+    def _draw_layout(self, keys: torch.Tensor) -> torch.Tensor:
+        """A shuffled shoe per row of `keys` (float32 [K, n] uniform in [0, 1)): the shoe's cards in the
+        order of their keys, int64 [K, n] card classes."""
+        return self.base_layout[keys.argsort(1)]
 
     def _start_episodes(self, mask: torch.Tensor) -> None:
-        self.layout = torch.where(mask[:, None], self._draw_layout(), self.layout)
-        self.face_up &= ~mask[:, None]
-        self.shown &= ~mask[:, None]
+        keys = self.random(self.num_envs, self.num_cards)
+        rows = self._restart_rows(mask)
+        if rows is None:
+            self.layout = torch.where(mask[:, None], self._draw_layout(keys), self.layout)
+        elif rows.numel() == 0:
+            return
+        else:
+            self.layout[rows] = self._draw_layout(keys[rows])
+        self.face_up.masked_fill_(mask[:, None], False)
+        self.shown.masked_fill_(mask[:, None], False)
         self.held.masked_fill_(mask, -1)
 
     def _transition(self, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        flipped = action.long()
-        rows = torch.arange(self.num_envs, device=self.device)
+        flipped = action.long()[:, None]
         holding = self.held >= 0
-        held = self.held.clamp(min=0)
+        held = self.held.clamp(min=0)[:, None]
         self.shown = self.face_up.clone()
-        self.shown[rows, flipped] = True
-        self.shown[rows, held] |= holding
-        already_up = self.face_up[rows, flipped]
-        matched = holding & ~already_up & (self.layout[rows, flipped] == self.layout[rows, held]) & (flipped != held)
+        self.shown.scatter_(1, flipped, True)
+        self.shown.scatter_(1, held, self.shown.gather(1, held) | holding[:, None])
+        already_up = self.face_up.gather(1, flipped).squeeze(1)
+        same_class = (self.layout.gather(1, flipped) == self.layout.gather(1, held)) & (flipped != held)
+        matched = holding & ~already_up & same_class.squeeze(1)
         failure = -1.0 / self.max_episode_steps
         reward = torch.where(already_up, torch.where(holding, 2 * failure, failure), 0.0)
         reward = torch.where(holding & ~already_up, torch.where(matched, 2.0 / self.num_cards, 2 * failure), reward)
-        self.face_up[rows, flipped] |= matched
-        self.face_up[rows, held] |= matched
-        self.held = torch.where(holding | already_up, -1, flipped)
+        self.face_up.scatter_(1, flipped, self.face_up.gather(1, flipped) | matched[:, None])
+        self.face_up.scatter_(1, held, self.face_up.gather(1, held) | matched[:, None])
+        self.held = torch.where(holding | already_up, -1, flipped.squeeze(1))
         terminated = self.face_up.all(1)
         return reward, terminated, terminated
 
     def _observe(self) -> torch.Tensor:
         shown_class = torch.where(self.shown, self.layout, self.num_values)
-        return (shown_class[:, :, None] == torch.arange(self.num_values + 1, device=self.device)).float().flatten(1)
+        obs = torch.zeros(self.num_envs, self.obs_dim, device=self.device)
+        return obs.scatter_(1, shown_class + self.block_starts, 1.0)
 
     def oracle_action(self) -> torch.Tensor:
         """The first face-down card; with a card held, the first other face-down card of its class."""

@@ -61,11 +61,13 @@ class MineSweeper(BatchedEnv):
         """Each square's count (mines in its 3 x 3 block, itself included), int64 [N, board_size^2]."""
         self.clicked = torch.zeros_like(self.mines)
         self.shown = torch.zeros(num_envs, dtype=torch.int64, device=self.device)
+        self.observation_values = torch.arange(self.obs_dim, device=self.device)
 
-    def _draw_mines(self) -> torch.Tensor:
-        """num_mines squares uniformly without replacement for every env, bool [N, board_size^2]."""
-        chosen = self.random(self.num_envs, self.num_actions).argsort(1)[:, : self.num_mines]
-        return torch.zeros_like(self.mines).scatter_(1, chosen, True)
+    def _draw_mines(self, keys: torch.Tensor) -> torch.Tensor:
+        """num_mines squares per row of `keys` (float32 [K, board_size^2] uniform in [0, 1)): those of the
+        lowest keys, i.e. uniformly without replacement, bool [K, board_size^2]."""
+        chosen = keys.argsort(1)[:, : self.num_mines]
+        return torch.zeros(keys.shape, dtype=torch.bool, device=self.device).scatter_(1, chosen, True)
 
     def _count_mines(self, mines: torch.Tensor) -> torch.Tensor:
         grid = mines.float().reshape(-1, 1, self.board_size, self.board_size)
@@ -73,9 +75,18 @@ class MineSweeper(BatchedEnv):
         return F.conv2d(grid, block, padding=1).reshape(-1, self.num_actions).round().long()
 
     def _start_episodes(self, mask: torch.Tensor) -> None:
-        self.mines = torch.where(mask[:, None], self._draw_mines(), self.mines)
-        self.counts = torch.where(mask[:, None], self._count_mines(self.mines), self.counts)
-        self.clicked &= ~mask[:, None]
+        keys = self.random(self.num_envs, self.num_actions)
+        rows = self._restart_rows(mask)
+        if rows is None:
+            self.mines = torch.where(mask[:, None], self._draw_mines(keys), self.mines)
+            self.counts = torch.where(mask[:, None], self._count_mines(self.mines), self.counts)
+        elif rows.numel() == 0:
+            return
+        else:
+            mines = self._draw_mines(keys[rows])
+            self.mines[rows] = mines
+            self.counts[rows] = self._count_mines(mines)
+        self.clicked.masked_fill_(mask[:, None], False)
         self.shown.masked_fill_(mask, 0)
 
     def _transition(self, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -90,7 +101,7 @@ class MineSweeper(BatchedEnv):
         return reward, mine | won, won
 
     def _observe(self) -> torch.Tensor:
-        return (self.shown[:, None] == torch.arange(self.obs_dim, device=self.device)).float()
+        return (self.shown[:, None] == self.observation_values).float()
 
     def oracle_action(self) -> torch.Tensor:
         """The first free square not clicked yet (square 0 once all are)."""

@@ -150,7 +150,7 @@ def battleship_env(kwargs: dict, popgym_env):
     board = torch.from_numpy(popgym_env.board.astype(bool).reshape(1, -1))
 
     class Aligned(Battleship):
-        def _draw_board(self) -> torch.Tensor:
+        def _draw_board(self, draws: torch.Tensor) -> torch.Tensor:
             return board
 
     return Aligned(num_envs=1, seed=0, **kwargs)
@@ -161,7 +161,7 @@ def minesweeper_env(kwargs: dict, popgym_env):
     mines = torch.from_numpy((popgym_env.hidden_grid == 1).reshape(1, -1))
 
     class Aligned(MineSweeper):
-        def _draw_mines(self) -> torch.Tensor:
+        def _draw_mines(self, keys: torch.Tensor) -> torch.Tensor:
             return mines
 
     return Aligned(num_envs=1, seed=0, **kwargs)
@@ -172,7 +172,7 @@ def concentration_env(kwargs: dict, popgym_env):
     layout = torch.from_numpy(popgym_env.state.copy())[None]
 
     class Aligned(Concentration):
-        def _draw_layout(self) -> torch.Tensor:
+        def _draw_layout(self, keys: torch.Tensor) -> torch.Tensor:
             return layout
 
     return Aligned(num_envs=1, seed=0, **kwargs)

@@ -563,7 +563,7 @@ def battleship_on(board: list[str]) -> Battleship:
     ships = torch.tensor([[cell == "x" for row in board for cell in row]])
 
     class Fixed(Battleship):
-        def _draw_board(self) -> torch.Tensor:
+        def _draw_board(self, draws: torch.Tensor) -> torch.Tensor:
             return ships
 
     return Fixed(num_envs=1, seed=0, board_size=len(board))
@@ -641,7 +641,7 @@ def minesweeper_on(board: list[str]) -> MineSweeper:
     mines = torch.tensor([[cell == "*" for row in board for cell in row]])
 
     class Fixed(MineSweeper):
-        def _draw_mines(self) -> torch.Tensor:
+        def _draw_mines(self, keys: torch.Tensor) -> torch.Tensor:
             return mines
 
     return Fixed(num_envs=1, seed=0, board_size=len(board), num_mines=int(mines.sum()))
@@ -716,7 +716,7 @@ def concentration_on(layout: list[int], num_values: int) -> Concentration:
     cards = torch.tensor([layout])
 
     class Fixed(Concentration):
-        def _draw_layout(self) -> torch.Tensor:
+        def _draw_layout(self, keys: torch.Tensor) -> torch.Tensor:
             return cards
 
     return Fixed(num_envs=1, seed=0, num_decks=1, num_values=num_values)
