@@ -32,9 +32,12 @@ episode_length 1024); every step costs 1/1024. popgym warns that mazes "have bee
 solvable without the use of memory"; here a memoryless wall follower succeeds wherever the
 oracle does (see `memoryless_action`).
 
-Batched without host syncs: every env carries the maze its next episode will use, grown
-`growth_per_step` iterations each step (enough to complete it within the shortest possible
-episode), and swaps it in when its episode ends (`_start_episodes`).
+Every env carries the maze its next episode will use, grown `growth_per_step` generator
+iterations each step, and swaps it in when its episode ends (`_start_episodes`). On accelerators
+that is enough to complete it within the shortest possible episode, so stepping never syncs
+with the host. On the CPU, where looking at a tensor costs nothing, it is enough within the
+shortest episode in a complete maze, and a next maze still unfinished when its episode starts
+(possible only after a maze whose hunts ran out) is finished then.
 """
 
 from __future__ import annotations
@@ -60,7 +63,23 @@ TURN_BACK = (RIGHT, LEFT, DOWN, UP)
 """The heading after turning right / left / back from LEFT, RIGHT, UP, DOWN."""
 
 
-class _Labyrinth(BatchedEnv):
+def shortest_distances(grid: torch.Tensor, targets: torch.Tensor, side: int) -> torch.Tensor:
+    """Moves from every square of `grid` (cell values, [K, side^2]) to the nearest of `targets`
+    (bool [K, side^2]) through non-wall squares, int64 [K, side^2]; side^2 where none is reachable.
+    Breadth-first relaxation until nothing changes (syncs with the host once per move of distance)."""
+    unreachable = side * side
+    walkable = (grid != OBSTACLE).reshape(-1, side, side)
+    distance = torch.where(targets, 0, unreachable).reshape(-1, side, side)
+    while True:
+        padded = torch.nn.functional.pad(distance, (1, 1, 1, 1), value=unreachable)
+        nearest_neighbour = torch.stack([padded[:, 1:-1, :-2], padded[:, 1:-1, 2:], padded[:, :-2, 1:-1], padded[:, 2:, 1:-1]]).amin(0)
+        relaxed = torch.where(walkable, torch.minimum(distance, nearest_neighbour + 1), distance)
+        if torch.equal(relaxed, distance):
+            return distance.flatten(1)
+        distance = relaxed
+
+
+class Labyrinth(BatchedEnv):
     """A maze of popgym's kind per env; subclasses give the rewards and the goal (module docstring)."""
 
     obs_dim = 9 * NUM_CELL_VALUES + NUM_CELL_VALUES
@@ -69,6 +88,8 @@ class _Labyrinth(BatchedEnv):
     obs_high = 1.0
     max_episode_steps = EPISODE_LENGTH - 1
     chance_success = 1.0
+    oracle_anchor: int
+    """The cell value of the square oracle_action finds its way by (GOAL or START)."""
     marks_goal: bool
     """Whether the goal square holds GOAL (LabyrinthEscape) or stays a wall (LabyrinthExplore)."""
 
@@ -81,7 +102,8 @@ class _Labyrinth(BatchedEnv):
         self.cells_per_side = maze_size // 2
         self.num_cells = self.cells_per_side**2
         self.num_squares = self.side**2
-        self.growth_per_step = math.ceil((self.num_cells - 1) / self._shortest_episode())
+        shortest_episode = self._shortest_episode(in_complete_maze=self.device.type == "cpu")
+        self.growth_per_step = math.ceil((self.num_cells - 1) / shortest_episode)
         self._build_tables()
         squares = (num_envs, self.num_squares)
         self.grid = torch.full(squares, OBSTACLE, dtype=torch.int64, device=self.device)
@@ -94,12 +116,16 @@ class _Labyrinth(BatchedEnv):
         """The cell the next maze's generator carves from, int64 [N] (cell index row * cells_per_side + column)."""
         self.next_hunts = torch.zeros(num_envs, dtype=torch.int64, device=self.device)
         """Hunt cells the next maze's generator has drawn, int64 [N] (at most S^2)."""
+        self.next_cells_left = torch.zeros(num_envs, dtype=torch.int64, device=self.device)
         self.next_done = torch.ones(num_envs, dtype=torch.bool, device=self.device)
+        """The next maze is complete: every cell carved, or the hunts ran out, bool [N]."""
         self.next_start = torch.zeros(num_envs, dtype=torch.int64, device=self.device)
         self.next_goal = torch.zeros(num_envs, dtype=torch.int64, device=self.device)
+        self._oracle_cache: dict = {}
+        """oracle_action's distances to its anchor square per maze, and the grids they belong to (not env state)."""
 
-    def _shortest_episode(self) -> int:
-        """Fewest steps any episode can last (so the next maze is complete when it is needed)."""
+    def _shortest_episode(self, in_complete_maze: bool = False) -> int:
+        """Fewest steps an episode can last (in any maze, or in one whose every cell is open)."""
         raise NotImplementedError
 
     def _build_tables(self) -> None:
@@ -144,6 +170,7 @@ class _Labyrinth(BatchedEnv):
         self.next_open = torch.where(mask[:, None], first_open, self.next_open)
         self.next_cursor = torch.where(mask, first_cell, self.next_cursor)
         self.next_hunts.masked_fill_(mask, 0)
+        self.next_cells_left.masked_fill_(mask, self.num_cells - 1)
         self.next_done &= ~mask
 
     def _grow_next_mazes(self) -> None:
@@ -157,21 +184,22 @@ class _Labyrinth(BatchedEnv):
         num_worth = worth_hunting.sum(1)
         # Hunt draws that miss before the first hit: geometric with success num_worth / C.
         hit_probability = (num_worth.float() / self.num_cells).clamp(max=1 - 1e-6)
-        uniform = 1.0 - self.random(self.num_envs)
-        misses = torch.floor(torch.log(uniform) / torch.log1p(-hit_probability)).nan_to_num(posinf=self.num_squares)
+        uniform = self.random(self.num_envs, 1 + self.num_cells + 4)
+        misses = torch.floor(torch.log(1.0 - uniform[:, 0]) / torch.log1p(-hit_probability)).nan_to_num(posinf=self.num_squares)
         hunts = self.next_hunts + misses.clamp(max=self.num_squares).long() + 1
-        out_of_hunts = stuck & ((num_worth == 0) | (hunts > self.num_squares))
-        self.next_done |= out_of_hunts
-        hunted = torch.where(worth_hunting, self.random(self.num_envs, self.num_cells), -1.0).argmax(1)
+        self.next_done |= stuck & ((num_worth == 0) | (hunts > self.num_squares))
+        hunted = torch.where(worth_hunting, uniform[:, 1 : 1 + self.num_cells], -1.0).argmax(1)
         hunting = stuck & ~self.next_done
         cursor = torch.where(hunting, hunted, self.next_cursor)
         self.next_hunts = torch.where(hunting, hunts, self.next_hunts)
-        direction = torch.where(can_carve[everyone, cursor], self.random(self.num_envs, 4), -1.0).argmax(1)
+        direction = torch.where(can_carve[everyone, cursor], uniform[:, 1 + self.num_cells :], -1.0).argmax(1)
         carving = ~self.next_done
         new_cell = self.cell_neighbour[cursor, direction].clamp(max=self.num_cells - 1)
         opened = torch.stack([self.cell_square[new_cell], self.cell_wall[cursor, direction]], 1)
         self.next_open.scatter_(1, opened, carving[:, None].expand(-1, 2) | self.next_open.gather(1, opened))
         self.next_cursor = torch.where(carving, new_cell, cursor)
+        self.next_cells_left -= carving.long()
+        self.next_done |= self.next_cells_left == 0
 
     def _next_mazes(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The mazes the next episodes start in -> (grid int64 [N, S^2], start square [N], goal square [N])."""
@@ -196,6 +224,9 @@ class _Labyrinth(BatchedEnv):
         return super().reset()
 
     def _start_episodes(self, mask: torch.Tensor) -> None:
+        if self.device.type == "cpu":
+            while bool((mask & ~self.next_done).any()):
+                self._grow_next_mazes()
         grid, start, _ = self._next_mazes()
         self.grid = torch.where(mask[:, None], grid, self.grid)
         self.position = torch.where(mask, start, self.position)
@@ -231,32 +262,29 @@ class _Labyrinth(BatchedEnv):
 
     # -- policies -----------------------------------------------------------------------------
 
-    def _targets(self) -> torch.Tensor:
-        """The squares the oracle heads for, bool [N, S^2]."""
-        raise NotImplementedError
-
     def distances_to(self, targets: torch.Tensor) -> torch.Tensor:
         """Moves from every square to the nearest of `targets` (bool [N, S^2]) through non-wall squares,
-        int64 [N, S^2]; num_squares where none is reachable. Breadth-first relaxation (syncs with the host)."""
-        unreachable = self.num_squares
-        walkable = (self.grid != OBSTACLE).reshape(-1, self.side, self.side)
-        distance = torch.where(targets, 0, unreachable).reshape(-1, self.side, self.side)
-        while True:
-            padded = torch.nn.functional.pad(distance, (1, 1, 1, 1), value=unreachable)
-            nearest_neighbour = torch.stack(
-                [padded[:, 1:-1, :-2], padded[:, 1:-1, 2:], padded[:, :-2, 1:-1], padded[:, 2:, 1:-1]]
-            ).amin(0)
-            relaxed = torch.where(walkable, torch.minimum(distance, nearest_neighbour + 1), distance)
-            if torch.equal(relaxed, distance):
-                return distance.flatten(1)
-            distance = relaxed
+        int64 [N, S^2]; S^2 where none is reachable."""
+        return shortest_distances(self.grid, targets, self.side)
 
-    def oracle_action(self) -> torch.Tensor:
-        """A move along a shortest path to the nearest target (reads the maze); LEFT where none is reachable."""
-        distance = self.distances_to(self._targets())
+    def _anchor_distances(self) -> torch.Tensor:
+        """Moves from every square to the oracle's anchor square (GOAL, or START for LabyrinthExplore),
+        int64 [N, S^2], computed once per maze (for the envs whose maze changed; syncs with the host)."""
+        cache = self._oracle_cache
+        if cache.get("grid") is None or cache["grid"].shape != self.grid.shape:
+            cache.update(grid=torch.full_like(self.grid, -1), distance=torch.zeros_like(self.grid))
+        stale = (cache["grid"] != self.grid).any(1)
+        if bool(stale.any()):
+            rows = stale.nonzero().squeeze(1)
+            grid = self.grid[rows]
+            cache["distance"][rows] = shortest_distances(grid, grid == self.oracle_anchor, self.side)
+            cache["grid"][rows] = grid
+        return cache["distance"]
+
+    def _moves(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Square each action leads to, int64 [N, 4], and whether it moves the agent, bool [N, 4]."""
         after_move = torch.stack([self._move(torch.full_like(self.position, action)) for action in range(4)], 1)
-        moved = after_move != self.position[:, None]
-        return torch.where(moved, distance.gather(1, after_move), self.num_squares + 1).argmin(1)
+        return after_move, after_move != self.position[:, None]
 
     def memoryless_action(self, obs: torch.Tensor) -> torch.Tensor:
         """The right-hand wall follower, from the observation alone (the last action is its heading).
@@ -286,7 +314,7 @@ class _Labyrinth(BatchedEnv):
         return preference.gather(1, preferred_open.long().argmax(1, keepdim=True)).squeeze(1)
 
 
-class LabyrinthEscape(_Labyrinth):
+class LabyrinthEscape(Labyrinth):
     """Find the exit of the maze (popgym's LabyrinthEscape).
 
     The agent starts on the start square; the goal square (GOAL) is on the opposite side of the
@@ -295,14 +323,15 @@ class LabyrinthEscape(_Labyrinth):
     1023 steps (return -1023/1024). popgym flags an escape on the 1023rd step both terminated and
     truncated; memrl reports it terminated only.
 
-    success = escaped. `oracle_action` walks a shortest path (it reads the maze); the
+    success = escaped. `oracle_action` walks the shortest path (it reads the maze); the
     memoryless wall follower (`memoryless_action`) escapes too, later: chance_success = 1.
     The shortest episode is S - 1 steps (the goal is across the grid).
     """
 
     marks_goal = True
+    oracle_anchor = GOAL
 
-    def _shortest_episode(self) -> int:
+    def _shortest_episode(self, in_complete_maze: bool = False) -> int:
         return self.side - 1
 
     def _transition(self, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -311,11 +340,13 @@ class LabyrinthEscape(_Labyrinth):
         reward = torch.where(escaped, 1.0 - 1.0 / EPISODE_LENGTH, -1.0 / EPISODE_LENGTH)
         return reward, escaped, escaped
 
-    def _targets(self) -> torch.Tensor:
-        return self.grid == GOAL
+    def oracle_action(self) -> torch.Tensor:
+        """A move along the shortest path to the goal (reads the maze); LEFT where it is out of reach."""
+        after_move, moves = self._moves()
+        return torch.where(moves, self._anchor_distances().gather(1, after_move), self.num_squares + 1).argmin(1)
 
 
-class LabyrinthExplore(_Labyrinth):
+class LabyrinthExplore(Labyrinth):
     """Visit every open square of the maze (popgym's LabyrinthExplore).
 
     The agent starts on the start square (visited); the goal square stays a wall. A step onto a
@@ -323,13 +354,15 @@ class LabyrinthExplore(_Labyrinth):
     step -1/1024; the episode terminates when every non-wall square has been visited (a return
     of 1 minus 1/1024 per repeated step) and is truncated after 1023 steps.
 
-    success = every square visited. `oracle_action` walks to the nearest square not visited yet
-    (it reads the maze); the memoryless wall follower visits every square too: chance_success = 1.
-    The shortest episode is 7 steps: the generator's first walk carves at least 4 cells (a walk
-    on a grid cannot be stuck before), so a maze has at least 7 open squares besides the start.
+    success = every square visited. `oracle_action` explores depth first (it reads the maze); the
+    memoryless wall follower visits every square too: chance_success = 1. The shortest episode is
+    2 cells - 1 steps in a complete maze and 7 in any: the generator's first walk carves at least 4
+    cells (a walk on a grid cannot be stuck before), so a maze has at least 7 open squares besides
+    the start.
     """
 
     marks_goal = False
+    oracle_anchor = START
 
     def __init__(self, num_envs: int, device: torch.device | str = "cpu", seed: int | None = None, *, maze_size: int = 10):
         super().__init__(num_envs, device, seed, maze_size=maze_size)
@@ -337,8 +370,8 @@ class LabyrinthExplore(_Labyrinth):
         """The squares the agent has stood on this episode, bool [N, S^2]."""
         self.new_square_reward = torch.zeros(num_envs, device=self.device)
 
-    def _shortest_episode(self) -> int:
-        return 7
+    def _shortest_episode(self, in_complete_maze: bool = False) -> int:
+        return 2 * self.num_cells - 1 if in_complete_maze else 7
 
     def _start_episodes(self, mask: torch.Tensor) -> None:
         super()._start_episodes(mask)
@@ -355,8 +388,13 @@ class LabyrinthExplore(_Labyrinth):
         explored = (self.visited == (self.grid != OBSTACLE)).all(1)
         return reward, explored, explored
 
-    def _targets(self) -> torch.Tensor:
-        return (self.grid != OBSTACLE) & ~self.visited
+    def oracle_action(self) -> torch.Tensor:
+        """Depth first (reads the maze): the first move onto a square not visited yet, else one back
+        towards the start; in a maze (a tree) it visits every square within 2 (squares - 1) moves."""
+        after_move, moves = self._moves()
+        onto_new = moves & ~self.visited.gather(1, after_move)
+        back = torch.where(moves, self._anchor_distances().gather(1, after_move), self.num_squares + 1).argmin(1)
+        return torch.where(onto_new.any(1), onto_new.long().argmax(1), back)
 
 
 LEVELS = {"easy": 10, "medium": 14, "hard": 18}
