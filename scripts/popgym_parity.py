@@ -171,7 +171,7 @@ def concentration_env(kwargs: dict, popgym_env):
 def labyrinth_env(task_class: type, kwargs: dict, popgym_env):
     """A one-env CPU LabyrinthEscape / LabyrinthExplore in popgym's maze (call after reset): its grid
     of cell values (START and Escape's GOAL marked), start and goal, square row * S + column; memrl's
-    own generator, whose mazes go unused, is idle."""
+    own generator, whose mazes would go unused, is idle."""
     grid = torch.from_numpy(popgym_env.maze.grid.astype(np.int64).reshape(1, -1))
     side = popgym_env.maze.grid.shape[1]
     start = torch.tensor([popgym_env.maze.start[0] * side + popgym_env.maze.start[1]])
@@ -182,7 +182,7 @@ def labyrinth_env(task_class: type, kwargs: dict, popgym_env):
             return grid.clone(), start, goal
 
         def _grow_next_mazes(self) -> None:
-            pass
+            self.next_done.fill_(True)
 
     return Aligned(num_envs=1, seed=0, **kwargs)
 

@@ -232,7 +232,7 @@ def test_equal_to_popgym_in_popgyms_maze(name):
     assert result.mismatches == [] and result.memrl_length == result.popgym_length < 1023
     follower = play_side_by_side(name, lambda env, history, t: int(env.memoryless_action(torch.from_numpy(encode(env, history[t]))[None])[0]), seed=6)
     assert follower.mismatches == [] and follower.memrl_length == follower.popgym_length < 1023
-    assert follower.memrl_return == pytest.approx(follower.popgym_return, abs=1e-5) > 0
+    assert follower.memrl_return == pytest.approx(follower.popgym_return, abs=1e-5) and follower.popgym_return > 0
 
 
 def popgym_mazes(name: str, count: int):
