@@ -72,7 +72,9 @@ def shortest_distances(grid: torch.Tensor, targets: torch.Tensor, side: int) -> 
     distance = torch.where(targets, 0, unreachable).reshape(-1, side, side)
     while True:
         padded = torch.nn.functional.pad(distance, (1, 1, 1, 1), value=unreachable)
-        nearest_neighbour = torch.stack([padded[:, 1:-1, :-2], padded[:, 1:-1, 2:], padded[:, :-2, 1:-1], padded[:, 2:, 1:-1]]).amin(0)
+        nearest_neighbour = torch.minimum(
+            torch.minimum(padded[:, 1:-1, :-2], padded[:, 1:-1, 2:]), torch.minimum(padded[:, :-2, 1:-1], padded[:, 2:, 1:-1])
+        )
         relaxed = torch.where(walkable, torch.minimum(distance, nearest_neighbour + 1), distance)
         if torch.equal(relaxed, distance):
             return distance.flatten(1)
@@ -245,7 +247,7 @@ class Labyrinth(BatchedEnv):
         for _ in range(self.growth_per_step):
             self._grow_next_mazes()
         self.position = self._move(action.long())
-        self.last_action = action.long()
+        self.last_action = action.to(torch.int64, copy=True)  # the caller's tensor must not change on a restart
 
     def _observe(self) -> torch.Tensor:
         row, column = self.position // self.side, self.position % self.side

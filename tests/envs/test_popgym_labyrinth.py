@@ -85,8 +85,10 @@ def test_escape_rules_on_a_hand_built_maze():
     env.reset()
     for step, action in enumerate(SNAKE_PATH):
         assert int(env.oracle_action()[0]) == action
-        obs, reward, terminated, truncated, info = env.step(torch.tensor([action]))
+        action_tensor = torch.tensor([action])
+        obs, reward, terminated, truncated, info = env.step(action_tensor)
         assert bool(terminated[0]) == (step == 17) and not truncated[0]
+    assert action_tensor.tolist() == [DOWN]  # the restart did not write NONE into the caller's actions
     assert float(reward[0]) == pytest.approx(1 + STEP_COST) and info["success"].all()
     assert float(info["episode_return"][0]) == pytest.approx(1 - 18 / 1024) and int(info["episode_length"][0]) == 18
     assert view(info["final_obs"][0]) == ([[0, 0, 1], [1, 3, 1], [1, 1, 1]], DOWN)  # bottom row: padded below
