@@ -37,7 +37,10 @@ from math import comb
 
 import torch
 
-from envs import popgym_bandit, popgym_battleship, popgym_cartpole, popgym_concentration, popgym_minesweeper, popgym_pendulum
+from envs import (
+    popgym_bandit, popgym_battleship, popgym_cartpole, popgym_concentration, popgym_labyrinth, popgym_minesweeper,
+    popgym_pendulum,
+)
 from envs.base import BatchedEnv
 
 SUITS = 4
@@ -547,5 +550,6 @@ PRESETS.update(popgym_pendulum.PRESETS)
 PRESETS.update(popgym_battleship.PRESETS)
 PRESETS.update(popgym_minesweeper.PRESETS)
 PRESETS.update(popgym_concentration.PRESETS)
+PRESETS.update(popgym_labyrinth.PRESETS)
 """Every POPGym env memrl has, also under its `popgym-<env>-<level>` name (gymnasium id
 memrl/Popgym<Env><Level>-v0); the card tasks keep their short names too."""

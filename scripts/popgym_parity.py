@@ -6,7 +6,7 @@
 For each episode, popgym's env is reset with a seed and its randomness is read out of it: the
 order in which it will deal its shuffled deck(s) (popgym deals `deck.idx` from the end), the
 bandits' probabilities and a copy of its generator for the pulls to come, or the Battleship /
-MineSweeper board / Concentration layout;
+MineSweeper board / Concentration layout / Labyrinth maze with its start and goal;
 memrl's env (one env, CPU) is made to deal the same card classes / use the same draws / board. Both
 are then driven by the same actions, chosen by a policy from popgym's observations: the oracle, an
 off-by-one policy (the mistake of a port one step out of line) or seeded uniform random answers. Every step, memrl's
@@ -38,6 +38,7 @@ from envs.popgym_bandit import MultiarmedBandit  # noqa: E402
 from envs.popgym_battleship import Battleship  # noqa: E402
 from envs.popgym_cartpole import PositionOnlyCartPole  # noqa: E402
 from envs.popgym_concentration import Concentration  # noqa: E402
+from envs.popgym_labyrinth import LabyrinthEscape, LabyrinthExplore, Labyrinth  # noqa: E402
 from envs.popgym_minesweeper import MineSweeper  # noqa: E402
 from envs.popgym_pendulum import MAX_TORQUE, PositionOnlyPendulum  # noqa: E402
 
@@ -47,7 +48,7 @@ PORTED_PRESETS = CARD_PRESETS + [
     f"popgym-{env}-{level}"
     for env in (
         "higher-lower", "multiarmed-bandit", "position-only-cart-pole", "noisy-position-only-cart-pole", "battleship", "mine-sweeper",
-        "concentration", "position-only-pendulum", "noisy-position-only-pendulum",
+        "concentration", "position-only-pendulum", "noisy-position-only-pendulum", "labyrinth-escape", "labyrinth-explore",
     )
     for level in LEVELS
 ]
@@ -178,6 +179,25 @@ def concentration_env(kwargs: dict, popgym_env):
     return Aligned(num_envs=1, seed=0, **kwargs)
 
 
+def labyrinth_env(task_class: type, kwargs: dict, popgym_env):
+    """A one-env CPU LabyrinthEscape / LabyrinthExplore in popgym's maze (call after reset): its grid
+    of cell values (START and Escape's GOAL marked), start and goal, square row * S + column; memrl's
+    own generator, whose mazes would go unused, is idle."""
+    grid = torch.from_numpy(popgym_env.maze.grid.astype(np.int64).reshape(1, -1))
+    side = popgym_env.maze.grid.shape[1]
+    start = torch.tensor([popgym_env.maze.start[0] * side + popgym_env.maze.start[1]])
+    goal = torch.tensor([popgym_env.maze.end[0] * side + popgym_env.maze.end[1]])
+
+    class Aligned(task_class):
+        def _next_mazes(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            return grid.clone(), start, goal
+
+        def _grow_next_mazes(self) -> None:
+            self.next_done.fill_(True)
+
+    return Aligned(num_envs=1, seed=0, **kwargs)
+
+
 def popgym_action(env, action: int | float):
     """memrl's action as popgym's env takes it: a Battleship or MineSweeper square index as (row, column),
     a Pendulum torque as a float32 array [1]."""
@@ -210,6 +230,8 @@ def aligned_env(name: str, popgym_env, seed: int):
         return minesweeper_env(kwargs, popgym_env)
     if task_class is Concentration:
         return concentration_env(kwargs, popgym_env)
+    if task_class in (LabyrinthEscape, LabyrinthExplore):
+        return labyrinth_env(task_class, kwargs, popgym_env)
     return dealing_env(task_class, kwargs, dealing_order(popgym_env))
 
 
@@ -224,6 +246,8 @@ def encode(env, popgym_obs) -> np.ndarray:
         return np.asarray(popgym_obs, dtype=np.float32)
     elif isinstance(env, Concentration):
         parts = [(value, env.num_values + 1) for value in popgym_obs]
+    elif isinstance(env, Labyrinth):
+        parts = [(value, 5) for value in popgym_obs]
     else:
         parts = [(popgym_obs, env.obs_dim)]
     return np.concatenate([np.eye(size, dtype=np.float32)[int(index)] for index, size in parts])
@@ -234,7 +258,7 @@ Policy = Callable[[object, list, int], int]
 
 
 def oracle(env, history: list, t: int) -> int | float:
-    if isinstance(env, (MultiarmedBandit, PositionOnlyCartPole, Battleship, MineSweeper, Concentration, PositionOnlyPendulum)):
+    if isinstance(env, (MultiarmedBandit, PositionOnlyCartPole, Battleship, MineSweeper, Concentration, PositionOnlyPendulum, Labyrinth)):
         return own_oracle(env)
     if isinstance(env, HigherLower):
         return _count_cards(env, history[: t + 1], int(history[t]))
@@ -260,8 +284,8 @@ def off_by_one(env, history: list, t: int) -> int:
     back, a counter that forgets the card shown; on the bandit, the arm after the best; on CartPole,
     pushing towards the lean seen (no velocities); on Pendulum, full torque towards upright from the
     position seen; on Battleship and MineSweeper, the square after the oracle's; on Concentration,
-    the card after the oracle's."""
-    if isinstance(env, (MultiarmedBandit, Battleship, MineSweeper, Concentration)):
+    the card after the oracle's; in a Labyrinth, the move after the oracle's."""
+    if isinstance(env, (MultiarmedBandit, Battleship, MineSweeper, Concentration, Labyrinth)):
         return (int(env.oracle_action()[0]) + 1) % env.num_actions
     if isinstance(env, PositionOnlyCartPole):
         return int(history[t][1] > 0)
@@ -376,10 +400,11 @@ def main(argv: list[str] | None = None) -> None:
         "the next card back, HigherLower a card counter that forgets the card shown, MultiarmedBandit the",
         "arm after the best, CartPole pushing towards the lean seen, Pendulum full torque towards upright from",
         "the position seen, Battleship and MineSweeper the square after the oracle's, Concentration the card",
-        "after the oracle's);",
+        "after the oracle's, LabyrinthEscape / LabyrinthExplore the move after the oracle's",
+        "shortest-path move);",
         "random: uniform actions (numpy seed = episode seed; Pendulum torques uniform in +-2.5, so some are",
         "clipped). Observations agree within 1e-4 (CartPole's and Pendulum's float64 sin/cos may differ in",
-        "the last bit). Battleship's and MineSweeper's actions reach popgym as (row, column).",
+        "the last bit). Battleship's and MineSweeper's actions reach popgym as (row, column). The Labyrinths play in popgym's maze (its grid, start and goal copied into memrl's env).",
         "",
         f"- popgym {popgym.__version__ if hasattr(popgym, '__version__') else '1.0.7'}, torch {torch.__version__}, Python {platform.python_version()}, CPU",
         f"- date: {datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}",

@@ -20,6 +20,7 @@ from envs.popgym_bandit import MultiarmedBandit
 from envs.popgym_battleship import SHIP_SIZES, Battleship
 from envs.popgym_cartpole import PositionOnlyCartPole
 from envs.popgym_concentration import Concentration
+from envs.popgym_labyrinth import Labyrinth
 from envs.popgym_minesweeper import MineSweeper
 from envs.popgym_pendulum import POPGYM_WORST_REWARD, UPRIGHT_ANGLE, UPRIGHT_SPEED, PositionOnlyPendulum
 from scripts.popgym_parity import (
@@ -141,7 +142,7 @@ def test_presets_follow_popgym_levels():
         PositionOnlyPendulum,
         [{"max_episode_length": 200, "noise_sigma": sigma} for sigma in (0.1, 0.2, 0.3)],
     )
-    assert len(PRESETS) == 16 + 12 + 3 + 3 + 6 + 3 + 3 + 3 + 6
+    assert len(PRESETS) == 16 + 12 + 3 + 3 + 6 + 3 + 3 + 3 + 6 + 6  # ... + Labyrinths (tests/envs/test_popgym_labyrinth.py)
     for task, (task_class, levels) in expected.items():
         if not task.startswith("popgym-"):
             assert PRESETS[task] == PRESETS[f"{task}-easy"]
@@ -435,6 +436,10 @@ def test_levels_match_popgym_settings(name):
     elif isinstance(env, Concentration):
         assert (env.num_cards, env.max_episode_steps) == (reference.deck.num_cards, reference.episode_length)
         assert env.num_values == reference.facedown_card
+        assert env.obs_dim == int(reference.observation_space.nvec.sum()) and env.num_actions == reference.action_space.n
+    elif isinstance(env, Labyrinth):
+        assert [env.cells_per_side] * 2 == list(reference.maze_dims)
+        assert env.max_episode_steps == reference.max_episode_length - 1  # popgym truncates at curr_step == length - 1
         assert env.obs_dim == int(reference.observation_space.nvec.sum()) and env.num_actions == reference.action_space.n
     else:
         assert env.max_episode_steps == reference.max_episode_length
