@@ -18,6 +18,15 @@ ORACLE_GAINS = (1.0, 1.5, 18.0, 3.0)
 episode of 2000 tried for 600 steps."""
 
 
+def check_length_and_noise(max_episode_length: int, noise_sigma: float) -> None:
+    """Raise ValueError, in one sentence, for an episode length that is not a positive integer or a
+    noise level below 0 (the settings of the position-only CartPole and Pendulum)."""
+    if isinstance(max_episode_length, bool) or not isinstance(max_episode_length, int) or max_episode_length <= 0:
+        raise ValueError(f"max_episode_length must be a positive integer, got {max_episode_length!r}")
+    if isinstance(noise_sigma, bool) or not isinstance(noise_sigma, (int, float)) or not noise_sigma >= 0:
+        raise ValueError(f"noise_sigma must be a number >= 0, got {noise_sigma!r}")
+
+
 class PositionOnlyCartPole(BatchedEnv):
     """CartPole seen through the cart position and pole angle only (popgym's PositionOnlyCartPole,
     and its Noisy variant when noise_sigma > 0).
@@ -54,10 +63,7 @@ class PositionOnlyCartPole(BatchedEnv):
         max_episode_length: int = 200,
         noise_sigma: float = 0.0,
     ):
-        if isinstance(max_episode_length, bool) or not isinstance(max_episode_length, int) or max_episode_length <= 0:
-            raise ValueError(f"max_episode_length must be a positive integer, got {max_episode_length!r}")
-        if isinstance(noise_sigma, bool) or not isinstance(noise_sigma, (int, float)) or not noise_sigma >= 0:
-            raise ValueError(f"noise_sigma must be a number >= 0, got {noise_sigma!r}")
+        check_length_and_noise(max_episode_length, noise_sigma)
         self.max_episode_steps = max_episode_length
         self.noise_sigma = float(noise_sigma)
         super().__init__(num_envs, device, seed)

@@ -7,6 +7,7 @@ import math
 import torch
 
 from envs.base import BatchedEnv
+from envs.popgym_cartpole import check_length_and_noise
 
 GRAVITY_TERM, TORQUE_TERM, DT, MAX_SPEED, MAX_TORQUE = 15.0, 3.0, 0.05, 8.0, 2.0
 """gymnasium 1.x PendulumEnv's dynamics (g = 10, m = l = 1): theta_ddot = 3g/(2l) sin(theta) + 3/(m l^2) u,
@@ -75,10 +76,7 @@ class PositionOnlyPendulum(BatchedEnv):
         max_episode_length: int = 200,
         noise_sigma: float = 0.0,
     ):
-        if isinstance(max_episode_length, bool) or not isinstance(max_episode_length, int) or max_episode_length <= 0:
-            raise ValueError(f"max_episode_length must be a positive integer, got {max_episode_length!r}")
-        if isinstance(noise_sigma, bool) or not isinstance(noise_sigma, (int, float)) or not noise_sigma >= 0:
-            raise ValueError(f"noise_sigma must be a number >= 0, got {noise_sigma!r}")
+        check_length_and_noise(max_episode_length, noise_sigma)
         self.max_episode_steps = max_episode_length
         self.noise_sigma = float(noise_sigma)
         super().__init__(num_envs, device, seed)
