@@ -100,17 +100,18 @@ class _CardGame(BatchedEnv):
         the mask; it only leaves the shoe where the mask is True.
         """
         drawn = self._draw_card_class(shoe)
-        dealt = drawn >= 0 if mask is None else mask & (drawn >= 0)
-        shoe.scatter_add_(1, drawn.clamp(min=0)[:, None], -dealt[:, None].long())
-        return torch.where(dealt, drawn, -1)
+        if mask is not None:
+            drawn = torch.where(mask, drawn, -1)
+        shoe.sub_((drawn[:, None] == self.class_ids).long())  # -1 (nothing dealt) matches no class
+        return drawn
 
     def _draw_card_class(self, shoe: torch.Tensor) -> torch.Tensor:
         """The class of a uniformly random card of each env's `shoe`, int64 [N]; -1 where it is empty."""
         shoe_size = shoe.sum(1)
         # The minimum guards the rare float32 rounding of u * size up to size itself; an empty shoe gives -1.
         position = torch.minimum((self.random(self.num_envs) * shoe_size).long(), shoe_size - 1)
-        drawn = (shoe.cumsum(1) <= position[:, None]).sum(1)
-        return drawn - (shoe_size == 0).long()
+        drawn = torch.searchsorted(shoe.cumsum(1), position[:, None], right=True).squeeze(1)
+        return torch.where(shoe_size > 0, drawn, -1)
 
     def _one_hot(self, index: torch.Tensor, size: int | None = None) -> torch.Tensor:
         """float32 [N, size] one-hot of `index` [N] (size <= num_classes, default num_classes)."""
@@ -409,45 +410,52 @@ class Autoencode(_CardGame):
         self.max_episode_steps = 2 * CARDS_PER_DECK * num_decks - 1
         self.chance_return = -0.5 + 3 / (104 * num_decks)
         super().__init__(num_envs, device, seed, num_decks, SUITS)
-        self.watched_suits = torch.zeros(num_envs, self.num_cards, dtype=torch.int64, device=self.device)
-        """suit(c_i) at column i, filled as the cards are dealt, int64 [N, L]."""
+        self.watched_suits = torch.zeros(num_envs, self.num_cards + 1, dtype=torch.int64, device=self.device)
+        """suit(c_i) at column i, filled as the cards are dealt; column L takes the -1 of the steps that deal
+        none, int64 [N, L + 1]."""
+        self.shown_suit = torch.zeros(num_envs, dtype=torch.int64, device=self.device)
+        """The suit the observation shows: c_t's while watching and on the first play step, then 0, int64 [N]."""
         self.step_index = torch.zeros(num_envs, dtype=torch.int64, device=self.device)
         self.all_correct = torch.ones(num_envs, dtype=torch.bool, device=self.device)
-
-    def _watch(self, mask: torch.Tensor) -> None:
-        """Deal c_t (t = step_index) where `mask` and write it to column t."""
-        dealt = self._deal(self.cards_left, mask)
-        column = self.step_index.clamp(max=self.num_cards - 1)[:, None]
-        kept = self.watched_suits.gather(1, column).squeeze(1)
-        self.watched_suits.scatter_(1, column, torch.where(dealt >= 0, dealt, kept)[:, None])
+        self.observation_table = torch.zeros(2 * SUITS, self.obs_dim, device=self.device)
+        """Every observation there is, row in_play * SUITS + suit shown, float32 [2 * SUITS, obs_dim]."""
+        for in_play in (0, 1):
+            self.observation_table[in_play * SUITS : (in_play + 1) * SUITS, PLAY if in_play else WATCH] = 1.0
+            self.observation_table[in_play * SUITS : (in_play + 1) * SUITS, 2:] = torch.eye(SUITS)
 
     def _restart(self, mask: torch.Tensor) -> None:
         self._refill(self.cards_left, mask)
         self.step_index.masked_fill_(mask, 0)
         self.all_correct |= mask
-        self._watch(mask)
+        first = self._deal(self.cards_left, mask)
+        self.watched_suits[:, 0] = torch.where(mask, first, self.watched_suits[:, 0])
+        self.shown_suit = torch.where(mask, first, self.shown_suit)
 
     def _transition(self, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         in_play = self.step_index >= self.num_cards - 1
-        correct = action == self.oracle_action()
+        correct = action == self._recalled_suit()
         reward = _scored_reward(correct, in_play, self.num_cards)
         self.all_correct &= correct | ~in_play
         self.step_index += 1
         terminated = self.step_index == self.max_episode_steps
-        self._watch(self.step_index < self.num_cards)
+        # c_t while watching (t < L); the shoe is empty from t = L on, and the deal gives -1.
+        dealt = self._deal(self.cards_left)
+        self.watched_suits.scatter_(1, self.step_index.clamp(max=self.num_cards)[:, None], dealt[:, None])
+        self.shown_suit = dealt.clamp(min=0)
         return reward, terminated, terminated & self.all_correct
 
     def _observe(self) -> torch.Tensor:
-        mode = torch.where(self.step_index >= self.num_cards - 1, PLAY, WATCH)
-        last_card_shown = self.step_index.clamp(max=self.num_cards - 1)[:, None]
-        shown = torch.where(self.step_index < self.num_cards, self.watched_suits.gather(1, last_card_shown).squeeze(1), 0)
-        return torch.cat([self._one_hot(mode, 2), self._one_hot(shown)], dim=1)
+        row = (self.step_index >= self.num_cards - 1) * SUITS + self.shown_suit
+        return self.observation_table.index_select(0, row)
+
+    def _recalled_suit(self) -> torch.Tensor:
+        """suit(c_{2L-2-t}), the answer of play step t, int64 [N] (before the play phase: column L - 1, not scored)."""
+        column = (2 * self.num_cards - 2 - self.step_index).clamp_(0, self.num_cards - 1)
+        return self.watched_suits.gather(1, column[:, None]).squeeze(1)
 
     def oracle_action(self) -> torch.Tensor:
         """suit(c_{2L-2-t}) in the play phase; suit 0 while watching (not scored)."""
-        column = (2 * self.num_cards - 2 - self.step_index).clamp(0, self.num_cards - 1)
-        recalled = self.watched_suits.gather(1, column[:, None]).squeeze(1)
-        return torch.where(self.step_index >= self.num_cards - 1, recalled, 0)
+        return torch.where(self.step_index >= self.num_cards - 1, self._recalled_suit(), 0)
 
     def memoryless_action(self, obs: torch.Tensor) -> torch.Tensor:
         return obs[:, 2:].argmax(1)
