@@ -16,7 +16,8 @@ row is `age` rows older than the newest possible start has weight (age + 1) ** -
 Write-back: `sample_with_index` also returns where each window lies, and `overwrite` writes new
 values of some fields at those rows (Dreamer refreshes the stored memory state of the rows it
 has just replayed, as DreamerV3's replay context does). Rows are only ever overwritten between
-two `add`s, so an index from `sample_with_index` stays valid until the next `add`.
+two `add`s, so an index from `sample_with_index` stays valid until the next `add`. `gather`
+reads fields at such an index, `rows_after` names the row that follows each window.
 """
 
 from __future__ import annotations
@@ -101,6 +102,15 @@ class SequenceReplay:
         oldest = (self.position - self.size) % self.rows
         rows = (oldest + starts[:, None] + torch.arange(length, device=self.device)) % self.rows
         return {name: tensor[envs[:, None], rows] for name, tensor in self.storage.items()}, (envs, rows)
+
+    def gather(self, envs: torch.Tensor, rows: torch.Tensor, names: list[str]) -> dict[str, torch.Tensor]:
+        """Fields `names` at rows [N] of envs [N] -> every field [N, ...]."""
+        return {name: self.storage[name][envs.to(self.device), rows.to(self.device)] for name in names}
+
+    def rows_after(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The row after each of rows [N] and whether it holds a step yet (False after the newest row)."""
+        newest = (self.position - 1) % self.rows
+        return (rows + 1) % self.rows, rows != newest
 
     def overwrite(self, envs: torch.Tensor, rows: torch.Tensor, values: dict[str, torch.Tensor]) -> None:
         """Write values [B, L, ...] of some fields at rows [B, L] of envs [B] (an index from

@@ -46,6 +46,7 @@ def train_on_tmaze(backbone: str, corridor_length: int, config: DreamerConfig, t
     result = evaluate(trainer.agent, eval_env)
     return {"backbone": backbone, "corridor_length": corridor_length, "batch_length": config.batch_length,
             "batch_size": config.batch_size, "burn_in": config.burn_in, "replay_state": config.replay_state,
+            "stored_gradient": config.stored_gradient,
             "seed": seed, "env_steps": trainer.global_step, "updates": trainer.update, "seconds": round(seconds),
             "success_rate": result["success_rate"], "return_mean": result["return_mean"]}
 
@@ -58,6 +59,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32, help="replayed windows per update")
     parser.add_argument("--burn-in", type=int, default=0)
     parser.add_argument("--replay-state", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--stored-gradient", action=argparse.BooleanOptionalAction, default=False,
+                        help="carry gradients across windows through the replay (DreamerConfig.stored_gradient)")
     parser.add_argument("--total-steps", type=int, default=8000)
     parser.add_argument("--train-ratio", type=float, default=64.0)
     parser.add_argument("--num-envs", type=int, default=8)
@@ -65,7 +68,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     config = dataclasses.replace(SMALL_DREAMER, batch_length=args.batch_length, batch_size=args.batch_size,
-                                 burn_in=args.burn_in, replay_state=args.replay_state, train_ratio=args.train_ratio)
+                                 burn_in=args.burn_in, replay_state=args.replay_state, train_ratio=args.train_ratio,
+                                 stored_gradient=args.stored_gradient)
     print(json.dumps(train_on_tmaze(args.backbone, args.corridor_length, config, args.total_steps, args.seed,
                                     args.num_envs)), flush=True)
 

@@ -49,6 +49,7 @@ class DreamerConfig:
     train_ratio: float = field(default=512.0, metadata={"help": "replayed steps (batch_size x batch_length per update) per env step"})
     replay_capacity: int = field(default=1_000_000, metadata={"help": "env steps the replay holds (all envs together)"})
     replay_state: bool = field(default=True, metadata={"help": "store the memory (h and the backbone state) the agent had before each step and start replayed windows from it, refreshed by every replay of the rows (DreamerV3's replay context); false starts every window from the initial state"})
+    stored_gradient: bool = field(default=False, metadata={"help": "carry gradients across replayed windows: store each window's loss gradient with respect to the memory it started from at that row, and add it to the loss of any later-sampled window that ends just before the row (needs replay_state)"})
     burn_in: int = field(default=0, metadata={"help": "replayed steps run without gradient before each trained window of batch_length steps (they refresh its start state)"})
     replay_sampling: str = field(default="uniform", metadata={"help": f"window sampling: {', '.join(SAMPLING)}"})
     recency_exponent: float = field(default=1.0, metadata={"help": "recency sampling: a window's weight is (age + 1) ** -exponent"})
@@ -76,6 +77,8 @@ class DreamerConfig:
         for name in ("gamma", "return_lambda", "return_norm_decay", "critic_ema_decay", "unimix"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.stored_gradient and not self.replay_state:
+            raise ValueError("stored_gradient needs replay_state: the gradients are stored beside the replayed memory")
         for name in ("prefill", "burn_in"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be 0 or more, got {getattr(self, name)}")

@@ -9,8 +9,18 @@ window whose first row is_first resets as usual. After each update the memory th
 computed for the window's later rows is written back to the replay at those rows, so stored
 states do not stay as stale as the policy that collected them. `burn_in` > 0 replays that many
 extra rows before each trained window without gradient (they refresh its start state).
-Gradients still stop at the window's start (truncated backpropagation): a cue older than the
-window is only learnable while the memory keeps it by itself.
+Without more, gradients stop at the window's start (truncated backpropagation): a cue older
+than the window is only learnable while the memory keeps it by itself.
+
+Stored gradients (`stored_gradient`) carry the gradient across windows. The start memory of a
+trained window is a leaf of the graph; after the update, its gradient (of this window's loss,
+dL/d memory) is stored at the window's first row ("gradient.memory.*" fields). When a later
+update samples a window that ends just before such a row, the memory it computes going into
+that row, m, adds <g, m> to its loss (Re<g, m> for complex states), so the earlier window's
+parameters and start memory receive the gradient the later window's loss had with respect to
+m: truncated backpropagation through time whose backward pass crosses windows through the
+replay, one window per hop, with gradients as stale as the stored memory. A cue many windows
+before its use reaches the rows that wrote it over successive updates.
 """
 
 from __future__ import annotations
@@ -49,6 +59,29 @@ def flatten_carry(carry: dict) -> dict[str, torch.Tensor]:
     flat = {f"{CARRY_PREFIX}deter": carry["deter"]}
     flat.update({f"{CARRY_PREFIX}backbone.{key}": value for key, value in carry["backbone"].items()})
     return flat
+
+
+GRADIENT_PREFIX = "gradient."
+"""Replay fields of stored gradients: "gradient.memory.deter", "gradient.memory.backbone.<state key>"."""
+
+
+def differentiable(tensor: torch.Tensor) -> bool:
+    return tensor.is_floating_point() or tensor.is_complex()
+
+
+def carry_leaves_requiring_grad(carry: dict) -> dict:
+    """A copy of the carry whose real and complex leaves are fresh leaves of the graph (their
+    `.grad` after backward is the loss gradient with respect to them); other leaves as they are."""
+    def leaf(value: torch.Tensor) -> torch.Tensor:
+        return value.detach().requires_grad_(True) if differentiable(value) else value
+    return {"deter": leaf(carry["deter"]), "backbone": {key: leaf(value) for key, value in carry["backbone"].items()}}
+
+
+def inner_product(gradient: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """Re<gradient, value> per row: [N, ...] x [N, ...] -> [N]. Its gradient with respect to
+    `value` is `gradient` under torch's convention for complex tensors."""
+    product = gradient.conj() * value if value.is_complex() else gradient * value
+    return product.real.flatten(1).sum(1) if product.is_complex() else product.flatten(1).sum(1)
 
 
 def unflatten_carry(fields: dict[str, torch.Tensor]) -> dict:
@@ -103,6 +136,10 @@ class DreamerTrainer:
         if config.replay_state:
             carry = flatten_carry(self.agent.initial_state(1, "cpu"))
             fields.update({name: (tuple(value.shape[1:]), value.dtype) for name, value in carry.items()})
+        self.gradient_fields = ({f"{GRADIENT_PREFIX}{name}": (tuple(value.shape[1:]), value.dtype)
+                                 for name, value in carry.items() if differentiable(value)}
+                                if config.stored_gradient else {})
+        fields.update(self.gradient_fields)
         self.replay = SequenceReplay(config.replay_capacity, env.num_envs, fields, device=env.device,
                                      sampling=config.replay_sampling, recency_exponent=config.recency_exponent)
         self.updates_per_env_step = config.train_ratio / (config.batch_size * config.batch_length)
@@ -180,14 +217,21 @@ class DreamerTrainer:
         row = {"obs": obs, "is_first": is_first, "action": action, "reward": reward.float(), "terminated": terminated}
         if self.config.replay_state:
             row.update({key: value.detach() for key, value in flatten_carry(carry).items()})
+        row.update({name: torch.zeros((self.env.num_envs, *shape), dtype=dtype)
+                    for name, (shape, dtype) in self.gradient_fields.items()})
         self.replay.add(row)
         self.statistics.record(info, writer, self.global_step)
 
-    def replayed_world_model_loss(self) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, Any], dict]:
+    def replayed_world_model_loss(self) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, Any], dict,
+                                                  tuple | None]:
         """Sample burn_in + batch_length rows per window, enter each window with its stored
         memory (replay_state) or the initial state, run the burn-in rows without gradient, and
-        return `WorldModel.loss` of the trained rows and those rows. With replay_state, the memory the model
-        has just computed for every replayed row after the first is written back to the replay."""
+        return `WorldModel.loss` of the trained rows, the observe() outputs, those rows and, with
+        stored_gradient, where the trained windows start (envs [B], rows [B], the start carry
+        whose leaves collect the gradient; None otherwise) for `store_start_gradients`. With
+        replay_state, the memory the model has just computed for every replayed row after the
+        first is written back to the replay. With stored_gradient, the loss also holds the stored
+        gradient of the row after each window against the memory the window carries into it."""
         config, world_model = self.config, self.agent.world_model
         sampled, (envs, rows) = self.replay.sample_with_index(config.batch_size, config.burn_in + config.batch_length)
         sampled = {key: value.to(self.device) for key, value in sampled.items()}
@@ -200,18 +244,49 @@ class DreamerTrainer:
             start = burn_in["final"]
             carried.append({"deter": burn_in["deter"], "backbone": burn_in["states"]})
         batch = {key: value[:, config.burn_in:] for key, value in sampled.items()}
+        window_start = None
+        if config.stored_gradient:
+            start = carry_leaves_requiring_grad(start)
+            window_start = (envs, rows[:, config.burn_in], start)
         loss, terms, outputs = world_model.loss(batch, start)
+        terms["total"] = loss
+        if config.stored_gradient:  # a surrogate for backward only: its value is not a loss, so "total" leaves it out
+            loss = loss + self.stored_gradient_term(envs, rows[:, -1], outputs["final"])
         if config.replay_state:
             carried.append({"deter": outputs["deter"].detach(), "backbone": outputs["states"]})
             refreshed = {key: torch.cat([part[key] for part in map(flatten_carry, carried)], 1)[:, 1:]
                          for key in flatten_carry(carried[0])}
             self.replay.overwrite(envs, rows[:, 1:], refreshed)
-        return loss, terms, outputs, batch
+        return loss, terms, outputs, batch, window_start
+
+    def stored_gradient_term(self, envs: torch.Tensor, last_rows: torch.Tensor, final: dict) -> torch.Tensor:
+        """Sum over windows of <stored gradient of the row after the window, memory carried into
+        it> (zero where that row is not written yet or starts an episode). Each stored gradient is
+        used once and then cleared, as backpropagation through both windows would use it: kept,
+        a stale gradient is a fixed linear objective that later updates could push the memory
+        along without bound (an S5 state has no tanh to stop it)."""
+        next_rows, written = self.replay.rows_after(last_rows)
+        stored = self.replay.gather(envs, next_rows, [*self.gradient_fields, "is_first"])
+        self.replay.overwrite(envs, next_rows[:, None], {name: torch.zeros_like(stored[name])[:, None]
+                                                         for name in self.gradient_fields})
+        keep = (written & ~stored["is_first"]).to(self.device)
+        carried = flatten_carry(final)
+        term = sum(inner_product(stored[f"{GRADIENT_PREFIX}{name}"].to(self.device), carried[name])
+                   for name in (field.removeprefix(GRADIENT_PREFIX) for field in self.gradient_fields))
+        return torch.where(keep, term, torch.zeros_like(term)).sum()
+
+    def store_start_gradients(self, window_start: tuple) -> None:
+        """After backward: store each trained window's loss gradient with respect to its start
+        memory at its first row (zeros for a leaf the loss did not reach)."""
+        envs, first_rows, start = window_start
+        gradients = {f"{GRADIENT_PREFIX}{name}": (value.grad if value.grad is not None else torch.zeros_like(value))
+                     for name, value in flatten_carry(start).items() if differentiable(value)}
+        self.replay.overwrite(envs, first_rows[:, None], {name: value[:, None] for name, value in gradients.items()})
 
     def train_step(self) -> dict[str, float]:
         """One update of the world model, actor and critic on a replayed batch."""
         config, agent = self.config, self.agent
-        world_model_loss, terms, start, batch = self.replayed_world_model_loss()
+        world_model_loss, terms, start, batch, window_start = self.replayed_world_model_loss()
         actor_loss, critic_loss, ac_metrics = agent.actor_critic_loss(start, batch)
         losses = torch.stack([world_model_loss, actor_loss, critic_loss]).detach()
         if not bool(torch.isfinite(losses).all()):  # one host sync for the three checks
@@ -225,6 +300,8 @@ class DreamerTrainer:
         for optimizer in optimizers:
             optimizer.zero_grad(set_to_none=True)
         (world_model_loss + actor_loss + critic_loss).backward()
+        if window_start is not None:
+            self.store_start_gradients(window_start)
         nn.utils.clip_grad_norm_(agent.world_model.parameters(), config.world_model_grad_clip)
         nn.utils.clip_grad_norm_(agent.actor.parameters(), config.actor_critic_grad_clip)
         nn.utils.clip_grad_norm_(agent.critic.parameters(), config.actor_critic_grad_clip)
@@ -232,8 +309,7 @@ class DreamerTrainer:
             optimizer.step()
         agent.update_slow_critic()
         metrics = {f"losses/world_model/{name}": value for name, value in terms.items()}
-        metrics.update({"losses/world_model/total": world_model_loss, "losses/actor": actor_loss,
-                        "losses/critic": critic_loss})
+        metrics.update({"losses/actor": actor_loss, "losses/critic": critic_loss})
         metrics.update(ac_metrics)
         values = torch.stack([value.detach().float() for value in metrics.values()]).tolist()  # one host sync
         return dict(zip(metrics, values))

@@ -152,7 +152,7 @@ class WorldModel(nn.Module):
         "features" [B, T, feature_dim], "states": backbone state carried into each row, every
         leaf [B, T, ...] (detached: imagination and the replay write-back read it; None when
         the parallel model is asked not to `collect_states`), "final": the carry going into the
-        row after the window (detached), and "is_first".
+        row after the window (attached to the graph: a stored gradient can flow into it), and "is_first".
         """
         batch_size = is_first.shape[0]
         start = start if start is not None else self.initial_carry(batch_size, obs.device)
@@ -165,8 +165,7 @@ class WorldModel(nn.Module):
         hidden, final_state = self.backbone(inputs, start["backbone"], is_first)
         deter = torch.cat([start["deter"][:, None], hidden[:, :-1]], 1).masked_fill(is_first[..., None], 0.0)
         states = self.states_before_each_row(inputs.detach(), is_first, start["backbone"]) if collect_states else None
-        final = {"deter": hidden[:, -1].detach(),
-                 "backbone": {key: value.detach() for key, value in final_state.items()}}
+        final = {"deter": hidden[:, -1], "backbone": final_state}
         return self._assemble(posterior, latents, deter, hidden, states, final, is_first)
 
     @torch.no_grad()
@@ -199,7 +198,7 @@ class WorldModel(nn.Module):
         # The stacked logits are already unimixed log-probabilities: unimix 0 keeps them as they are.
         posterior = UnimixCategorical(torch.stack(logits, 1), unimix=0.0)
         stacked_states = {key: torch.stack([entry[key] for entry in states], 1) for key in state}
-        final = {"deter": previous.detach(), "backbone": {key: value.detach() for key, value in state.items()}}
+        final = {"deter": previous, "backbone": state}
         return self._assemble(posterior, torch.stack(latents, 1), torch.stack(deters, 1), torch.stack(hiddens, 1),
                               stacked_states, final, is_first)
 

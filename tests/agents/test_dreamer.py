@@ -204,7 +204,7 @@ def test_replaying_refreshes_the_stored_memory_and_burn_in_runs_before_the_train
     before = {name: value.clone() for name, value in trainer.replay.storage.items()}
     with torch.no_grad():
         trainer.agent.world_model.backbone.cells[0].weight_hh.mul_(1.5)  # the stored memory is now stale
-        _, _, outputs, _ = trainer.replayed_world_model_loss()
+        _, _, outputs, _, _ = trainer.replayed_world_model_loss()
     batch, (envs, rows) = sampled[0]
     assert rows.shape == (TINY.batch_size, 3 + TINY.batch_length)
     with torch.no_grad():
@@ -220,6 +220,51 @@ def test_replaying_refreshes_the_stored_memory_and_burn_in_runs_before_the_train
     untouched = torch.ones_like(stored["is_first"])
     untouched[envs[:, None], rows[:, 1:]] = False
     assert torch.equal(stored["memory.deter"][untouched], before["memory.deter"][untouched])
+
+
+@pytest.mark.parametrize("backbone,world_model", [("gru", "parallel"), ("s5", "parallel"), ("gru", "rssm")])
+def test_stored_gradients_make_two_windows_train_as_one_window_of_both(backbone, world_model, mode_latents):
+    """Training the later window, storing its start gradient, then the earlier window (which
+    reads that gradient) gives the world model the gradient of backpropagating through both."""
+    length = 4
+    config = dataclasses.replace(TINY, world_model=world_model, replay_capacity=4 * 200, batch_size=1,
+                                 batch_length=length, stored_gradient=True)
+    trainer = make_trainer(None, backbone=backbone, config=config,
+                           env=make_env("tmaze", num_envs=4, seed=5, corridor_length=12))
+    for _ in range(40):
+        trainer.env_step(writer=None)
+    replay, world_model = trainer.replay, trainer.agent.world_model
+    is_first = replay.storage["is_first"]
+    env, first = next((env, row) for env in range(4) for row in range(1, 40 - 2 * length)
+                      if not is_first[env, row + 1:row + 2 * length].any())
+    forced_windows = []
+
+    def forced_sample(batch_size: int, length: int):
+        envs, rows = forced_windows.pop(0)
+        return {name: value[envs[:, None], rows] for name, value in replay.storage.items()}, (envs, rows)
+
+    replay.sample_with_index = forced_sample
+
+    def world_model_gradients(start_row: int, rows: int) -> tuple[dict[str, torch.Tensor], tuple | None]:
+        forced_windows.append((torch.tensor([env]), torch.arange(start_row, start_row + rows)[None]))
+        world_model.zero_grad(set_to_none=True)
+        loss, _, _, _, window_start = trainer.replayed_world_model_loss()
+        loss.backward()
+        gradients = {name: value.grad.clone() for name, value in world_model.named_parameters() if value.grad is not None}
+        return gradients, window_start
+
+    later, window_start = world_model_gradients(first + length, length)
+    trainer.store_start_gradients(window_start)
+    assert any(replay.storage[name][env, first + length].abs().sum() > 0 for name in trainer.gradient_fields)
+    earlier, _ = world_model_gradients(first, length)
+    assert all(replay.storage[name][env, first + length].abs().sum() == 0 for name in trainer.gradient_fields), \
+        "a stored gradient is used once"
+    trainer.config = dataclasses.replace(config, batch_length=2 * length)
+    both, _ = world_model_gradients(first, 2 * length)
+    assert set(earlier) == set(both)
+    for name, gradient in both.items():  # the loss of one window of 2T rows is the mean of the two
+        torch.testing.assert_close(earlier[name] + later.get(name, torch.zeros_like(gradient)), 2 * gradient,
+                                   rtol=1e-4, atol=1e-6, msg=name)
 
 
 def test_zero_start_windows_ignore_the_replay_memory():
@@ -260,7 +305,7 @@ def test_the_replay_value_loss_trains_the_critic_on_replayed_rows():
     while not trainer.ready_to_train():
         trainer.env_step(writer=None)
     torch.manual_seed(4)
-    _, _, start, batch = trainer.replayed_world_model_loss()
+    _, _, start, batch, _ = trainer.replayed_world_model_loss()
     agent = trainer.agent
     torch.manual_seed(5)
     _, with_replay, _ = agent.actor_critic_loss(start, batch)
@@ -335,7 +380,7 @@ def test_actor_and_critic_can_read_the_whole_backbone_state(backbone):
     assert agent.actor.net[0].in_features == agent.critic.net[0].in_features == world_model.feature_dim + state_size
     while not trainer.ready_to_train():
         trainer.env_step(writer=None)
-    _, _, start, batch = trainer.replayed_world_model_loss()
+    _, _, start, batch, _ = trainer.replayed_world_model_loss()
     rows = start["is_first"].flatten()
     flat_states = {key: value.flatten(0, 1) for key, value in start["states"].items()}
     with torch.no_grad():
@@ -406,6 +451,8 @@ def test_bad_settings_are_refused_in_one_sentence():
         make_trainer(None, config=dataclasses.replace(TINY, replay_capacity=16))
     with pytest.raises(ValueError, match="total_steps must be positive"):
         make_trainer(None, total_steps=0)
+    with pytest.raises(ValueError, match="stored_gradient needs replay_state"):
+        make_trainer(None, config=dataclasses.replace(TINY, stored_gradient=True, replay_state=False))
 
 
 # -- checkpoints ---------------------------------------------------------------------------
@@ -516,3 +563,19 @@ def test_memoryless_dreamer_stays_at_chance_on_memory_retention():
     trainer, losses, result, seconds = train_on_memory_retention("none")
     print(f"dreamer+none on tmaze (corridor 4): {seconds:.0f} s, eval {result}")
     assert result["success_rate"] <= trainer.env.chance_success + 0.1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backbone", ["gru", "s5"])
+@pytest.mark.parametrize("stored_gradient", [True, False])
+def test_stored_gradients_learn_a_cue_older_than_every_replayed_window(backbone, stored_gradient):
+    """T-maze with a 4-step corridor (cue held 5 steps) and 4-step windows: the cue and the turn
+    that needs it never share a window. Stored gradients solve it; stored memory alone stays at chance."""
+    from scripts.dreamer_memory_span import SMALL_DREAMER, train_on_tmaze
+    config = dataclasses.replace(SMALL_DREAMER, batch_length=4, stored_gradient=stored_gradient)
+    result = train_on_tmaze(backbone, corridor_length=4, config=config, total_steps=8000)
+    print(f"dreamer+{backbone}, 4-step windows, stored_gradient={stored_gradient}: {result}")
+    if stored_gradient:
+        assert result["success_rate"] >= 0.9
+    else:
+        assert result["success_rate"] <= 0.6

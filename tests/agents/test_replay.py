@@ -123,3 +123,15 @@ def test_the_index_of_a_window_names_its_rows_and_overwrite_writes_there_across_
         replay.overwrite(env, window_rows, {"state": marker})
     with pytest.raises(ValueError, match=r"replay field 'memory' must be overwritten with shape \(1, 5, 2, 3\)"):
         replay.overwrite(env, window_rows, {"memory": marker[:, :4]})
+
+
+def test_rows_after_names_the_next_step_of_each_window_and_gather_reads_it():
+    torch.manual_seed(5)
+    replay = SequenceReplay(NUM_ENVS * 10, NUM_ENVS, FIELDS)
+    fill(replay, 23)  # rows hold steps 13..22 and the ring has wrapped
+    _, (envs, rows) = replay.sample_with_index(300, 4)
+    after, written = replay.rows_after(rows[:, -1])
+    last_steps = replay.storage["step"][envs, rows[:, -1]]
+    assert torch.equal(written, last_steps < 22), "only a window ending at the newest step has no row after it"
+    assert written.any() and (~written).any()
+    assert torch.equal(replay.gather(envs, after, ["step"])["step"][written], last_steps[written] + 1)
