@@ -85,3 +85,15 @@ def test_the_dreamer_atari100k_preset_is_dreamerv3s_setting(backbone, world_mode
     assert (config.num_latents, config.num_classes, config.batch_size, config.batch_length) == (32, 32, 16, 64)
     assert config.world_model == world_model and config.replay_state and config.replay_value_loss == 0.3
     assert run.env_options == {"life_loss": False} and run.eval_deterministic is False
+
+
+def test_the_hard_endless_tmaze_gets_its_measured_preset():
+    # benchmarks/hard_tasks.md: this setting reaches >= 0.95 greedy success on uniform L=10, n=10, where the
+    # defaults stop near 0.9; `--preset auto` must pick it for the env, and the settings must stay the measured ones.
+    from agents.train import build_parser, resolve_config
+
+    args = build_parser().parse_args(["--env", "endless-tmaze-uniform-l10-n10", "--backbone", "s5"])
+    run, config, preset = resolve_config(args)
+    assert preset == "endless-tmaze-uniform-l10-n10"
+    assert (run.total_steps, run.num_envs, config.num_steps, config.hidden_dim) == (5_000_000, 64, 64, 64)
+    assert (config.learning_rate, config.num_minibatches, config.ent_coef, config.gamma) == (1e-3, 2, 0.01, 0.99)
