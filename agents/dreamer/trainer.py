@@ -19,8 +19,9 @@ update samples a window that ends just before such a row, the memory it computes
 that row, m, adds <g, m> to its loss (Re<g, m> for complex states), so the earlier window's
 parameters and start memory receive the gradient the later window's loss had with respect to
 m: truncated backpropagation through time whose backward pass crosses windows through the
-replay, one window per hop, with gradients as stale as the stored memory. A cue many windows
-before its use reaches the rows that wrote it over successive updates.
+replay, one window per hop, with gradients as stale as the stored memory. A cue several windows
+before its use reaches the rows that wrote it only over successive updates (measured: one hop
+learns, three did not on small budgets; benchmarks/dreamer.md).
 """
 
 from __future__ import annotations
@@ -80,8 +81,7 @@ def carry_leaves_requiring_grad(carry: dict) -> dict:
 def inner_product(gradient: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
     """Re<gradient, value> per row: [N, ...] x [N, ...] -> [N]. Its gradient with respect to
     `value` is `gradient` under torch's convention for complex tensors."""
-    product = gradient.conj() * value if value.is_complex() else gradient * value
-    return product.real.flatten(1).sum(1) if product.is_complex() else product.flatten(1).sum(1)
+    return (gradient.conj() * value).real.flatten(1).sum(1)
 
 
 def unflatten_carry(fields: dict[str, torch.Tensor]) -> dict:
