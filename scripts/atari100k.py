@@ -9,7 +9,8 @@ trained by its own `python -m agents.train --env atari100k-<game> --total-steps 
 preset unless `--preset` names another. train-agent's final evaluation plays `--eval-episodes` whole
 games (no life-loss episodes, unclipped rewards); a run's game score is their mean return. Running
 the same command again resumes the suite: a run with `eval.json` is skipped, a run with only a
-checkpoint is continued with `--resume`.
+checkpoint is continued with `--resume`. A suite split across machines is scored whole with
+`--earlier-runs <runs.csv>`: a run with no finished run dir here takes its row from that file.
 
 The protocol (see `envs.atari`) is 100k agent steps (400k frames) of training, 100 evaluation
 episodes and games of at most 108,000 frames. A run below any of these is labelled REDUCED, with
@@ -26,6 +27,7 @@ published agents' aggregates over the same games). The tables are also printed.
 from __future__ import annotations
 
 import argparse
+import csv
 import datetime
 import json
 import os
@@ -89,25 +91,76 @@ def budget_shortfalls(agent_steps: int, eval_episodes: int, max_episode_frames: 
     return shortfalls
 
 
+RUN_COLUMNS = {"game": str, "agent": str, "backbone": str, "seed": int, "score": float, "score_std": float,
+               "reduced": str, "agent_steps": int, "eval_episodes": int, "max_episode_frames": int,
+               "preset": str, "train_wall_time_seconds": float, "run_dir": str}
+"""The runs.csv columns a record is built from, with their types (HNS, budget and frames are computed)."""
+
+
+def scored_record(fields: dict) -> dict:
+    """A runs.csv row from a run's RUN_COLUMNS fields: adds its HNS, budget label and frames."""
+    return {
+        **{name: fields[name] for name in ("game", "agent", "backbone", "seed", "score", "score_std")},
+        "hns": human_normalized_score(fields["game"], fields["score"]),
+        "budget": "REDUCED" if fields["reduced"] else "protocol", "reduced": fields["reduced"],
+        "agent_steps": fields["agent_steps"], "frames": fields["agent_steps"] * FRAME_SKIP,
+        **{name: fields[name] for name in ("eval_episodes", "max_episode_frames", "preset",
+                                           "train_wall_time_seconds", "run_dir")},
+    }
+
+
 def load_record(run: GridRun) -> dict | None:
     """One finished run's row of runs.csv; None if it has no eval.json."""
     if run_status(run.run_dir) != "done":
         return None
     evaluation = read_json(run.run_dir / "eval.json", EVAL_FIELDS)
     config = read_json(run.run_dir / "config.json", CONFIG_FIELDS)
-    game = atari_game(run.env)
     max_episode_frames = config["run"].get("env_options", {}).get("max_episode_frames", PROTOCOL_EPISODE_FRAMES)
     shortfalls = budget_shortfalls(evaluation["global_step"], evaluation["episodes"], max_episode_frames)
-    return {
-        "game": game, "agent": run.agent, "backbone": run.backbone, "seed": run.seed,
-        "score": evaluation["return_mean"], "score_std": evaluation["return_std"],
-        "hns": human_normalized_score(game, evaluation["return_mean"]),
-        "budget": "REDUCED" if shortfalls else "protocol", "reduced": "; ".join(shortfalls),
-        "agent_steps": evaluation["global_step"], "frames": evaluation["global_step"] * FRAME_SKIP,
-        "eval_episodes": evaluation["episodes"], "max_episode_frames": max_episode_frames,
-        "preset": config["preset"], "train_wall_time_seconds": evaluation["train_wall_time_seconds"],
-        "run_dir": str(run.run_dir),
-    }
+    return scored_record({
+        "game": atari_game(run.env), "agent": run.agent, "backbone": run.backbone, "seed": run.seed,
+        "score": evaluation["return_mean"], "score_std": evaluation["return_std"], "reduced": "; ".join(shortfalls),
+        "agent_steps": evaluation["global_step"], "eval_episodes": evaluation["episodes"],
+        "max_episode_frames": max_episode_frames, "preset": config["preset"],
+        "train_wall_time_seconds": evaluation["train_wall_time_seconds"], "run_dir": str(run.run_dir),
+    })
+
+
+def read_earlier_runs(path: Path) -> dict[tuple[str, str, str, int], dict]:
+    """The records of a runs.csv written earlier (on another machine or before its run dirs were lost),
+    keyed by (game, agent, backbone, seed); one sentence for a missing file, column or bad value."""
+    try:
+        with open(path, newline="") as handle:
+            rows = list(csv.DictReader(handle))
+    except OSError as error:
+        raise UsageError(f"--earlier-runs {path} cannot be read ({error.strerror}); give a runs.csv this script wrote") from None
+    records = {}
+    for line, row in enumerate(rows, start=2):
+        missing = [name for name in RUN_COLUMNS if row.get(name) is None]
+        if missing:
+            raise UsageError(f"--earlier-runs {path} has no {missing[0]!r} column; give a runs.csv this script wrote")
+        try:
+            record = {name: kind(row[name]) for name, kind in RUN_COLUMNS.items()}
+        except ValueError:
+            raise UsageError(f"--earlier-runs {path} line {line} has a value that is not a number where one is "
+                             "needed; give a runs.csv this script wrote") from None
+        if record["game"] not in games():
+            raise UsageError(f"--earlier-runs {path} line {line} names the unknown game {record['game']!r}")
+        records[(record["game"], record["agent"], record["backbone"], record["seed"])] = scored_record(record)
+    return records
+
+
+def collect_records(runs: list[GridRun], earlier: dict[tuple[str, str, str, int], dict]) -> tuple[list[dict], int]:
+    """Each run's record from its finished run dir, else from the earlier runs; also how many came from there."""
+    records, from_earlier = [], 0
+    for run in runs:
+        record = load_record(run)
+        if record is None:
+            record = earlier.get((atari_game(run.env), run.agent, run.backbone, run.seed))
+            from_earlier += record is not None
+        if record is not None:
+            records.append(record)
+    return records, from_earlier
 
 
 def hns_matrix(records: list[dict]) -> tuple[np.ndarray, list[str]]:
@@ -204,7 +257,8 @@ def budget_lines(records: list[dict]) -> list[str]:
     return [f"- budget: **REDUCED, not comparable with published Atari100k scores**: {text}" for text in reduced]
 
 
-def results_markdown(rows: list[dict], records: list[dict], runs: list[GridRun], command: str) -> str:
+def results_markdown(rows: list[dict], records: list[dict], runs: list[GridRun], command: str,
+                     from_earlier: int = 0) -> str:
     lines = [
         "# Atari100k" + (" (REDUCED budget)" if any(record["reduced"] for record in records) else ""),
         "",
@@ -212,18 +266,22 @@ def results_markdown(rows: list[dict], records: list[dict], runs: list[GridRun],
         f"- command: `{command}`",
         f"- machine (where this was written): {describe_machine()}",
         f"- runs finished: {len(records)} of {len(runs)}; presets {', '.join(sorted({r['preset'] for r in records}))}",
+        *([f"- {from_earlier} of them scored from --earlier-runs (run on an earlier machine; their run dirs "
+           "are not here)"] if from_earlier else []),
         *budget_lines(records),
     ]
     return "\n".join(lines) + "\n\n" + tables_markdown(rows, records)
 
 
-def write_outputs(runs: list[GridRun], output_dir: Path, command: str) -> tuple[list[Path], str]:
-    """Score the finished runs into the output dir; returns the files written and the markdown."""
-    records = [record for record in (load_record(run) for run in runs) if record is not None]
+def write_outputs(runs: list[GridRun], output_dir: Path, command: str,
+                  earlier: dict[tuple[str, str, str, int], dict] | None = None) -> tuple[list[Path], str]:
+    """Score the finished runs (and the earlier runs' records of the rest) into the output dir; returns
+    the files written and the markdown."""
+    records, from_earlier = collect_records(runs, earlier or {})
     if not records:
         return [], ""
     rows = aggregate(records)
-    markdown = results_markdown(rows, records, runs, command)
+    markdown = results_markdown(rows, records, runs, command, from_earlier)
     written = [output_dir / "runs.csv", output_dir / "results.csv", output_dir / "results.md"]
     write_csv(written[0], records)
     write_csv(written[1], rows)
@@ -297,6 +355,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--torch-threads", type=int, default=1, help="torch CPU threads of each run (default 1)")
     parser.add_argument("--dry-run", action="store_true", help="print the runs with each one's status and exit")
     parser.add_argument("--aggregate-only", action="store_true", help="skip training; score the finished runs")
+    parser.add_argument("--earlier-runs", type=Path, default=None,
+                        help="a runs.csv written earlier: a run with no finished run dir under --study-dir is "
+                             "scored from its row there (a suite split across machines)")
     return parser
 
 
@@ -346,6 +407,7 @@ def main(argv: list[str] | None = None) -> int:
         game_names = select_games(args.games)
         train_args = suite_train_arguments(args)
         validate_suite(args, game_names, train_args)
+        earlier = read_earlier_runs(args.earlier_runs) if args.earlier_runs else {}
     except UsageError as error:
         parser.exit(2, f"atari100k: error: {error}\n")
     runs = build_grid(args.agents, args.backbones, [ENV_PREFIX + game for game in game_names], args.seeds,
@@ -371,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:
             parser.exit(130, "atari100k: interrupted; run the same command again to resume\n")
     try:
-        written, markdown = write_outputs(runs, output_dir, shlex.join(["atari100k", *argv]))
+        written, markdown = write_outputs(runs, output_dir, shlex.join(["atari100k", *argv]), earlier)
     except ArtifactError as error:
         parser.exit(2, f"atari100k: error: {error}\n")
     if not written:

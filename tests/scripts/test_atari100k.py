@@ -88,8 +88,9 @@ def test_a_budget_below_the_protocol_says_what_was_reduced():
         (["--backbones", "lsmt"], "unknown backbone 'lsmt'"),
         (["--train-arg", "env=memory-rewrite"], "which the suite sets itself"),
         (["--env-options", '{"colour": 1}'], "unknown Atari100k env option 'colour'"),
+        (["--earlier-runs", "no/such/runs.csv"], "--earlier-runs no/such/runs.csv cannot be read"),
     ],
-    ids=["game", "seeds", "budget", "backbone", "train-arg", "env-option"],
+    ids=["game", "seeds", "budget", "backbone", "train-arg", "env-option", "earlier-runs"],
 )
 def test_bad_input_is_one_sentence_and_exit_code_2(tmp_path, capsys, args, message):
     with pytest.raises(SystemExit) as exit_info:
@@ -135,3 +136,37 @@ def test_a_tiny_suite_on_pong_writes_scored_and_labelled_results_and_resumes(tmp
     (run_dir / "eval.json").unlink()
     assert main([*arguments, "--dry-run"]) == 0
     assert capsys.readouterr().out.startswith("resume pong ppo__gru seed1")
+
+
+EARLIER_RUNS = """game,agent,backbone,seed,score,score_std,hns,budget,reduced,agent_steps,frames,eval_episodes,max_episode_frames,preset,train_wall_time_seconds,run_dir
+pong,ppo,gru,1,-3.05,2.5,0,protocol,,100000,400000,100,108000,atari100k,900.5,/elsewhere/pong
+boxing,ppo,gru,1,6.1,3,0,protocol,,100000,400000,100,108000,atari100k,800,/elsewhere/boxing
+"""
+
+
+def test_earlier_runs_score_a_suite_whose_run_dirs_are_on_another_machine(tmp_path, capsys):
+    earlier = tmp_path / "earlier.csv"
+    earlier.write_text(EARLIER_RUNS)
+    output = tmp_path / "out"
+    assert main(["--games", "pong", "boxing", "breakout", "--seeds", "1", "--study-dir", str(tmp_path / "study"),
+                 "--output-dir", str(output), "--aggregate-only", "--earlier-runs", str(earlier)]) == 0
+    runs = read_csv(output / "runs.csv")
+    assert [(run["game"], run["run_dir"]) for run in runs] == [("boxing", "/elsewhere/boxing"), ("pong", "/elsewhere/pong")]
+    hns = {run["game"]: float(run["hns"]) for run in runs}
+    assert hns == pytest.approx({"pong": (-3.05 + 20.7) / 35.3, "boxing": (6.1 - 0.1) / 12.0}, abs=1e-5)
+    (result,) = read_csv(output / "results.csv")
+    assert result["games"] == "2" and result["budget"] == "protocol"
+    assert float(result["hns_mean"]) == pytest.approx(np.mean(list(hns.values())), abs=1e-5)
+    markdown = (output / "results.md").read_text()
+    assert "- runs finished: 2 of 3" in markdown and "- 2 of them scored from --earlier-runs" in markdown
+
+
+def test_earlier_runs_without_a_needed_column_are_refused_in_one_sentence(tmp_path, capsys):
+    earlier = tmp_path / "earlier.csv"
+    earlier.write_text(EARLIER_RUNS.replace("score_std,", "spread,"))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--games", "pong", "--study-dir", str(tmp_path / "study"), "--aggregate-only",
+              "--earlier-runs", str(earlier)])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == (f"atari100k: error: --earlier-runs {earlier} has no 'score_std' column; "
+                                       "give a runs.csv this script wrote\n")
