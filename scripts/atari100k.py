@@ -56,6 +56,7 @@ from memory import BACKBONES
 from scripts.compare_backbones import (
     GridRun,
     build_grid,
+    collect_records,
     describe_machine,
     execute,
     git_commit,
@@ -128,7 +129,7 @@ def load_record(run: GridRun) -> dict | None:
 
 def read_earlier_runs(path: Path) -> dict[tuple[str, str, str, int], dict]:
     """The records of a runs.csv written earlier (on another machine or before its run dirs were lost),
-    keyed by (game, agent, backbone, seed); one sentence for a missing file, column or bad value."""
+    keyed by (env, agent, backbone, seed); one sentence for a missing file, column or bad value."""
     try:
         with open(path, newline="") as handle:
             rows = list(csv.DictReader(handle))
@@ -146,21 +147,8 @@ def read_earlier_runs(path: Path) -> dict[tuple[str, str, str, int], dict]:
                              "needed; give a runs.csv this script wrote") from None
         if record["game"] not in games():
             raise UsageError(f"--earlier-runs {path} line {line} names the unknown game {record['game']!r}")
-        records[(record["game"], record["agent"], record["backbone"], record["seed"])] = scored_record(record)
+        records[(ENV_PREFIX + record["game"], record["agent"], record["backbone"], record["seed"])] = scored_record(record)
     return records
-
-
-def collect_records(runs: list[GridRun], earlier: dict[tuple[str, str, str, int], dict]) -> tuple[list[dict], int]:
-    """Each run's record from its finished run dir, else from the earlier runs; also how many came from there."""
-    records, from_earlier = [], 0
-    for run in runs:
-        record = load_record(run)
-        if record is None:
-            record = earlier.get((atari_game(run.env), run.agent, run.backbone, run.seed))
-            from_earlier += record is not None
-        if record is not None:
-            records.append(record)
-    return records, from_earlier
 
 
 def hns_matrix(records: list[dict]) -> tuple[np.ndarray, list[str]]:
@@ -277,7 +265,7 @@ def write_outputs(runs: list[GridRun], output_dir: Path, command: str,
                   earlier: dict[tuple[str, str, str, int], dict] | None = None) -> tuple[list[Path], str]:
     """Score the finished runs (and the earlier runs' records of the rest) into the output dir; returns
     the files written and the markdown."""
-    records, from_earlier = collect_records(runs, earlier or {})
+    records, from_earlier = collect_records(runs, earlier or {}, load_record)
     if not records:
         return [], ""
     rows = aggregate(records)

@@ -9,7 +9,10 @@ to `train.log` in the run dir), so a crash takes down one run only. Running the 
 again resumes the study: a run with `eval.json` is done and skipped, a run with a
 `checkpoint.pt` but no `eval.json` is continued with `--resume`, any other run starts afresh.
 Runs go to a local pool of `--workers` processes, or to a Ray cluster with `--ray-address`
-(every Ray node needs memrl installed and the study dir on a shared filesystem).
+(every Ray node needs memrl installed and the study dir on a shared filesystem). A study split
+across machines (or sessions whose run dirs are gone) is aggregated whole with `--earlier-runs
+<output dir>/runs.csv`: a run with no finished run dir here is taken from that file and the
+`curves.csv` beside it.
 
 Then, per env x agent x backbone, over the seeds: final eval success and return, sample
 efficiency (area under the training success-rate curve over [0, steps], divided by the
@@ -17,7 +20,7 @@ steps, so it lies in [0, 1]), POPGym's MMER (the best mean episodic return over 
 its normalised form, steps per second, trainable parameters and peak memory, each
 with its IQM and mean and 95% stratified-bootstrap intervals (`agents.scores`). Written to
 the output dir: `results.csv` (one row per env x agent x backbone), `runs.csv` (one row per
-run), `results.md` (a table per env and agent, with date, commit, command, machine and
+run), `curves.csv` (each run's training success per 1% of its steps), `results.md` (a table per env and agent, with date, commit, command, machine and
 budgets) and three plots: `learning_curves.png`, `final_success_heatmap.png` and
 `speed_vs_success.png`.
 """
@@ -39,6 +42,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import gymnasium
 import numpy as np
@@ -263,6 +267,82 @@ def load_run(run: GridRun) -> dict | None:
     }
 
 
+RUN_COLUMNS = {"env": str, "agent": str, "backbone": str, "seed": int, "run_dir": str, "success_rate": float,
+               "return_mean": float, "return_std": float, "auc": float, "mmer": float, "mmer_normalised": float,
+               "sps": float, "parameters": float, "peak_memory_mb": float, "global_step": int,
+               "train_wall_time_seconds": float, "eval_episodes": int, "preset": str, "num_envs": int}
+"""runs.csv's columns with their types (an empty cell is a NaN float)."""
+CURVE_COLUMNS = {"env": str, "agent": str, "backbone": str, "seed": int, "step": float, "success": float}
+"""curves.csv's columns: a run's training success rate averaged over each 1% of its steps, at the cell's centre."""
+
+
+def run_key(record: dict) -> tuple[str, str, str, int]:
+    return record["env"], record["agent"], record["backbone"], record["seed"]
+
+
+def _typed_rows(path: Path, columns: dict) -> list[dict]:
+    """The rows of a CSV this script wrote, typed by `columns`; one sentence for what is wrong."""
+    try:
+        with open(path, newline="") as handle:
+            rows = list(csv.DictReader(handle))
+    except OSError as error:
+        raise UsageError(f"--earlier-runs needs {path}, which cannot be read ({error.strerror}); give the runs.csv "
+                         "of an earlier compare-backbones output dir, with its curves.csv beside it") from None
+    typed = []
+    for line, row in enumerate(rows, start=2):
+        missing = [name for name in columns if row.get(name) is None]
+        if missing:
+            raise UsageError(f"{path} has no {missing[0]!r} column; give files compare-backbones wrote")
+        try:
+            typed.append({name: (float(row[name]) if row[name] else np.nan) if kind is float else kind(row[name])
+                          for name, kind in columns.items()})
+        except ValueError:
+            raise UsageError(f"{path} line {line} has a value that is not a number where one is needed; "
+                             "give files compare-backbones wrote") from None
+    return typed
+
+
+def read_earlier_runs(runs_path: Path) -> dict[tuple[str, str, str, int], dict]:
+    """The records of an earlier output dir's runs.csv, with their success curves from the curves.csv
+    beside it, keyed by (env, agent, backbone, seed)."""
+    records = {run_key(record): record for record in _typed_rows(runs_path, RUN_COLUMNS)}
+    curves: dict[tuple[str, str, str, int], list[tuple[float, float]]] = {key: [] for key in records}
+    for point in _typed_rows(runs_path.parent / "curves.csv", CURVE_COLUMNS):
+        curves.setdefault(run_key(point), []).append((point["step"], point["success"]))
+    for key, record in records.items():
+        points = np.array(curves[key], dtype=np.float64).reshape(-1, 2)
+        record["curve_steps"], record["curve_values"] = points[:, 0], points[:, 1]
+    return records
+
+
+def collect_records(runs: list[GridRun], earlier: dict[tuple[str, str, str, int], dict],
+                    load: Callable[[GridRun], dict | None] | None = None) -> tuple[list[dict], int]:
+    """Each run's record from its finished run dir (read by `load`, default load_run), else from the
+    earlier runs, keyed by (env, agent, backbone, seed); also how many came from there."""
+    records, from_earlier = [], 0
+    for run in runs:
+        record = (load or load_run)(run)
+        if record is None:
+            record = earlier.get((run.env, run.agent, run.backbone, run.seed))
+            from_earlier += record is not None
+        if record is not None:
+            records.append(record)
+    return records, from_earlier
+
+
+def curve_rows(records: list[dict]) -> list[dict]:
+    """curves.csv: per run, its training success averaged over each 1% of its steps (cells with data)."""
+    rows = []
+    for record in records:
+        grid = np.linspace(0, record["global_step"], CURVE_POINTS)
+        if record["curve_steps"].size == 0:
+            continue
+        for step, success in zip(*binned_means(record["curve_steps"], record["curve_values"], grid)):
+            rows.append({"env": record["env"], "agent": record["agent"], "backbone": record["backbone"],
+                         "seed": record["seed"], "step": float(step), "success": float(success)})
+    return rows
+
+
 def summarise_seeds(values: np.ndarray) -> dict[str, float]:
     """IQM and mean over the finite per-seed scores, each with its 95% stratified-bootstrap interval."""
     finite = values[np.isfinite(values)]
@@ -296,8 +376,9 @@ def aggregate(records: list[dict]) -> list[dict]:
 # -- outputs ---------------------------------------------------------------------------------
 
 
-def write_csv(path: Path, rows: list[dict]) -> None:
-    """Rows as CSV (whole floats as integers, others to 6 significant digits, NaN left empty), written atomically."""
+def write_csv(path: Path, rows: list[dict], columns: list[str] | None = None) -> None:
+    """Rows as CSV (whole floats as integers, others to 6 significant digits, NaN left empty), written
+    atomically; the columns are the first row's keys unless given."""
     def cell(value):
         if not isinstance(value, float):
             return value
@@ -306,7 +387,7 @@ def write_csv(path: Path, rows: list[dict]) -> None:
         return str(int(value)) if value.is_integer() else f"{value:.6g}"
 
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=columns or list(rows[0]), lineterminator="\n")
     writer.writeheader()
     writer.writerows({key: cell(value) for key, value in row.items()} for row in rows)
     write_atomically(path, buffer.getvalue().encode())
@@ -343,7 +424,8 @@ def _distinct(records: list[dict], column: str) -> str:
     return "/".join(f"{value:,}" if isinstance(value, int) else str(value) for value in values)
 
 
-def results_markdown(rows: list[dict], records: list[dict], runs: list[GridRun], command: str) -> str:
+def results_markdown(rows: list[dict], records: list[dict], runs: list[GridRun], command: str,
+                     from_earlier: int = 0) -> str:
     """results.md: provenance header, then one table per env and agent."""
     lines = [
         "# Backbone comparison",
@@ -352,6 +434,8 @@ def results_markdown(rows: list[dict], records: list[dict], runs: list[GridRun],
         f"- command: `{command}`",
         f"- machine (where this was written): {describe_machine()}",
         f"- runs finished: {len(records)} of {len(runs)}",
+        *([f"- {from_earlier} of them aggregated from --earlier-runs (trained on an earlier machine; their run "
+           "dirs are not here)"] if from_earlier else []),
     ]
     for env in dict.fromkeys(record["env"] for record in records):
         env_records = [record for record in records if record["env"] == env]
@@ -495,17 +579,20 @@ def plot_speed_vs_success(rows: list[dict], path: Path) -> None:
     _save_figure(figure, path)
 
 
-def write_outputs(runs: list[GridRun], output_dir: Path, command: str) -> list[Path]:
-    """Aggregate the finished runs of the grid into the output dir; returns the files written."""
-    records = [record for record in (load_run(run) for run in runs) if record is not None]
+def write_outputs(runs: list[GridRun], output_dir: Path, command: str,
+                  earlier: dict[tuple[str, str, str, int], dict] | None = None) -> list[Path]:
+    """Aggregate the finished runs of the grid (and the earlier runs' records of the rest) into the
+    output dir; returns the files written."""
+    records, from_earlier = collect_records(runs, earlier or {})
     if not records:
         return []
     rows = aggregate(records)
-    run_rows = [{key: value for key, value in record.items() if not key.startswith("curve_")} for record in records]
-    written = [output_dir / "results.csv", output_dir / "runs.csv", output_dir / "results.md"]
+    run_rows = [{name: record[name] for name in RUN_COLUMNS} for record in records]
+    written = [output_dir / "results.csv", output_dir / "runs.csv", output_dir / "curves.csv", output_dir / "results.md"]
     write_csv(written[0], rows)
     write_csv(written[1], run_rows)
-    write_atomically(written[2], results_markdown(rows, records, runs, command).encode())
+    write_csv(written[2], curve_rows(records), list(CURVE_COLUMNS))
+    write_atomically(written[3], results_markdown(rows, records, runs, command, from_earlier).encode())
     if importlib.util.find_spec("matplotlib") is not None:
         curves_path, heatmap_path, scatter_path = (output_dir / name for name in PLOT_NAMES)
         plot_learning_curves(rows, records, curves_path)
@@ -548,6 +635,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="any other train-agent setting for every run, e.g. num_envs=16 (repeatable)")
     parser.add_argument("--dry-run", action="store_true", help="print the grid with each run's status and exit")
     parser.add_argument("--aggregate-only", action="store_true", help="skip training; aggregate the finished runs")
+    parser.add_argument("--earlier-runs", type=Path, default=None,
+                        help="the runs.csv of an earlier output dir (its curves.csv beside it): a run with no "
+                             "finished run dir under --study-dir is aggregated from there (a study split across machines)")
     return parser
 
 
@@ -629,6 +719,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         train_args = train_arguments(args)
         validate_study(args, backbones, train_args)
+        earlier = read_earlier_runs(args.earlier_runs) if args.earlier_runs else {}
     except UsageError as error:
         parser.exit(2, f"compare-backbones: error: {error}\n")
     runs = build_grid(args.agents, backbones, args.envs, args.seeds, args.study_dir)
@@ -654,7 +745,7 @@ def main(argv: list[str] | None = None) -> int:
         print("compare-backbones: matplotlib is not installed, so no plots are drawn "
               "(pip install matplotlib, or memrl's plots extra)", file=sys.stderr)
     try:
-        written = write_outputs(runs, output_dir, shlex.join(["compare-backbones", *argv]))
+        written = write_outputs(runs, output_dir, shlex.join(["compare-backbones", *argv]), earlier)
     except ArtifactError as error:
         parser.exit(2, f"compare-backbones: error: {error}\n")
     if not written:

@@ -27,6 +27,14 @@ from scripts.compare_backbones import (
 SMOKE = ["--preset", "smoke", "--total-steps", "1024", "--eval-episodes", "8"]
 
 
+def is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def read_csv(path):
     with open(path, newline="") as handle:
         return list(csv.DictReader(handle))
@@ -201,3 +209,34 @@ def test_a_tiny_study_trains_aggregates_plots_and_resumes(tmp_path, capsys):
     assert (interrupted / "checkpoint.pt").read_bytes() == checkpoint  # finished training was not redone
     commands = [line for line in (interrupted / "train.log").read_text().splitlines() if line.startswith("$ ")]
     assert len(commands) == 2 and not commands[0].endswith("--resume") and commands[1].endswith("--resume")
+
+    elsewhere = tmp_path / "elsewhere"  # the study's outputs carried to a machine without its run dirs
+    elsewhere.mkdir()
+    for name in ("runs.csv", "curves.csv"):
+        (elsewhere / name).write_bytes((output / name).read_bytes())
+    curves = read_csv(output / "curves.csv")
+    assert {(row["backbone"], row["seed"]) for row in curves} == {("none", "1"), ("none", "2"), ("gru", "1"), ("gru", "2")}
+    assert all(0 < float(row["step"]) < 1024 and 0.0 <= float(row["success"]) <= 1.0 for row in curves)
+    merged = tmp_path / "merged"
+    assert main([*argv, "--study-dir", str(tmp_path / "empty"), "--output-dir", str(merged), "--aggregate-only",
+                 "--earlier-runs", str(elsewhere / "runs.csv")]) == 0
+    assert read_csv(merged / "runs.csv") == read_csv(output / "runs.csv")
+    assert read_csv(merged / "curves.csv") == curves
+    for original, again in zip(read_csv(output / "results.csv"), read_csv(merged / "results.csv"), strict=True):
+        assert again.keys() == original.keys()
+        numbers = [column for column, value in original.items() if is_number(value)]
+        assert {column: again[column] for column in original if column not in numbers} == {
+            column: value for column, value in original.items() if column not in numbers}
+        assert [float(again[column]) for column in numbers] == pytest.approx([float(original[column]) for column in numbers], rel=1e-5)
+    assert "- 4 of them aggregated from --earlier-runs" in (merged / "results.md").read_text()
+
+
+def test_earlier_runs_without_their_curves_are_refused_in_one_sentence(tmp_path, capsys):
+    (tmp_path / "runs.csv").write_text(",".join(compare_backbones.RUN_COLUMNS) + "\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--backbones", "gru", "--study-dir", str(tmp_path / "study"), "--aggregate-only",
+              "--earlier-runs", str(tmp_path / "runs.csv")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"--earlier-runs needs {tmp_path / 'curves.csv'}, which cannot be read" in err
+    assert len(err.strip().splitlines()) == 1
