@@ -1,0 +1,553 @@
+"""MIKASA-Robo's memory tasks (Cherepanov et al., arXiv 2502.10550) rebuilt on ManiSkill 3 from primitive shapes.
+
+The rules, timing, object placement, success tests, rewards and observations follow the task files
+of github.com/CognitiveAISystems/MIKASA-Robo (read for their numbers; the code here is memrl's own).
+What is the same in every task:
+
+- Scene: ManiSkill's table (`TableSceneBuilder`), a Panda arm at x = -0.615 starting from joint
+  angles (0, 0, 0, -2pi/3, 0, 2pi/3, pi/4, 0.04, 0.04) plus Gaussian noise of std 0.02 on the seven
+  arm joints (one draw shared by the envs reset together, as the original draws it).
+- Robot `panda_wristcam` (a camera on the hand) by default; `panda` (the same arm without the camera
+  mount) is accepted and is what a machine without a renderer uses.
+- Control `pd_joint_delta_pos`: 8 actions in [-1, 1] (seven arm joint deltas and the gripper), what
+  MIKASA-Robo's baselines train with.
+- Cameras: `base_camera` 128 x 128, field of view pi/2, at (0.3, 0, 0.6) looking at (-0.1, 0, 0.1),
+  and the wrist camera of `panda_wristcam` (`hand_camera`, 128 x 128).
+- Observation "state" (obs_mode="state"): the flat vector MIKASA-Robo calls state: joint positions
+  and velocities, TCP pose, then the task's extras including `oracle_info` (the answer): an MDP
+  made for debugging. The memory test is RGB + joints (see `envs.maniskill.adapter`).
+- Rewards: "normalized_dense" (the default; dense / its maximum, so in [0, 1]), "dense", "sparse"
+  (1 at the success step) and "none". ManiSkill ends an episode at its success step; there is
+  no failure state.
+- Objects are dynamic bodies. An object out of play is lifted 1000 m above its place (out of every
+  camera), as MIKASA-Robo does; unlike the original, its velocity is zeroed each step while it is
+  out of play and it is put back on the table when it returns (run on mani-skill 3.0.1, the
+  original's objects keep falling from 1000 m and never come back).
+
+Tasks (T = episode length):
+
+    RememberColor{3,5,9} (T 60): a cube of one of N colours stands at the centre for steps 0-4,
+        nothing is shown at steps 5-9, and from step 10 the N cubes stand at shuffled places; success
+        is the TCP within 5 cm of the cube of the shown colour with the arm static (joint speeds
+        <= 0.2). Touching another cube is not a failure; the episode just goes on.
+    RememberShape{3,5,9} (T 60): the same with N blue shapes (cube, sphere, cylinder, cross, torus,
+        star, pyramid, T, crescent: the first N).
+    RememberShapeAndColor{3x2,3x3,5x3} (T 60): the same with shape x colour pairs (shapes cube,
+        sphere, T, cross, torus; colours red, green, blue: the first S x C pairs).
+    ShellGame{Touch,Push,Pick} (T 90): a red ball lies at one of three places 20 cm apart for steps
+        0-4; from step 5 three upside-down cups stand on the three places (the ball is under one;
+        the cups never move by themselves). Touch: TCP within 8 cm of the ball's cup and the arm
+        static. Push: that cup within 8 cm of a goal 10 cm in front of the ball, arm static. Pick:
+        that cup within 8 cm of a goal 12.5 cm above the ball, arm static. Success counts from step
+        5 (Touch) or 6 (Push, Pick) on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import sapien
+import torch
+from mani_skill.agents.robots import Panda
+from mani_skill.envs.sapien_env import BaseEnv
+from mani_skill.sensors.camera import CameraConfig
+from mani_skill.utils import sapien_utils
+from mani_skill.utils.registration import register_env
+from mani_skill.utils.scene_builder.table import TableSceneBuilder
+from mani_skill.utils.structs.types import GPUMemoryConfig, SimConfig
+
+ROBOT_BASE = (-0.615, 0.0, 0.0)
+START_QPOS = (0.0, 0.0, 0.0, -np.pi * 2 / 3, 0.0, np.pi * 2 / 3, np.pi / 4, 0.04, 0.04)
+LIFT = 1000.0
+"""How far an object out of play is lifted (metres)."""
+STATIC_JOINT_SPEED = 0.2
+"""The arm is static when every arm joint moves slower than this (rad/s), ManiSkill's `is_static(0.2)`."""
+SHOW_STEPS = 5
+"""Steps the cue is shown (the object or colour to remember; the ball)."""
+
+
+def _quat_about_z(angle: float) -> list[float]:
+    return [float(np.cos(angle / 2)), 0.0, 0.0, float(np.sin(angle / 2))]
+
+
+UPRIGHT = [float(np.cos(np.pi / 4)), 0.0, float(np.sin(np.pi / 4)), 0.0]
+"""Turns ManiSkill's cylinders (axis x) upright (axis z)."""
+
+
+@dataclass(frozen=True)
+class Part:
+    """One primitive of an object: "box" (size = half sizes), "sphere" (size[0] = radius) or
+    "cylinder" (size = (radius, half length)), at `offset` turned by `quat` in the object's frame."""
+
+    kind: str
+    size: tuple[float, ...]
+    offset: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    quat: tuple[float, float, float, float] = (1.0, 0.0, 0.0, 0.0)
+
+
+def _ring(radius: float, count: int, make) -> list[Part]:
+    """`count` parts around a circle of `radius`, each from make(angle, chord)."""
+    chord = 2 * radius * np.sin(np.pi / count)
+    return [make(2 * np.pi * index / count, chord) for index in range(count)]
+
+
+def shape_parts(shape: str, scale: float = 0.02) -> list[Part]:
+    """The primitives of MIKASA-Robo's shapes at its sizes (scale 2 cm); their own drawings, same extents."""
+    if shape == "cube":
+        return [Part("box", (scale,) * 3)]
+    if shape == "sphere":
+        return [Part("sphere", (scale,))]
+    if shape == "cylinder":
+        return [Part("cylinder", (scale, scale), quat=tuple(UPRIGHT))]
+    if shape == "cross":
+        arm, half_width = 1.5 * scale, 0.375 * scale
+        return [Part("box", (arm, half_width, half_width)), Part("box", (half_width, arm, half_width))]
+    if shape == "torus":
+        tube = scale / 2
+        return _ring(scale, 8, lambda angle, chord: Part(
+            "box", (tube, chord / 2 + tube / 2, tube),
+            (scale * np.cos(angle), scale * np.sin(angle), 0.0), tuple(_quat_about_z(angle))))
+    if shape == "star":
+        radius, half_thickness = 1.5 * scale, 0.375 * scale
+        return [Part("box", (radius / 2, half_thickness, half_thickness),
+                     (radius / 2 * np.cos(angle), radius / 2 * np.sin(angle), 0.0), tuple(_quat_about_z(angle)))
+                for angle in 2 * np.pi * np.arange(5) / 5]
+    if shape == "pyramid":
+        layer = scale / 4
+        return [Part("box", (scale * shrink, scale * shrink, layer), (0.0, 0.0, height))
+                for shrink, height in ((1.0, 0.0), (0.7, scale / 2), (0.4, scale))]
+    if shape == "t_shape":
+        half_thickness = 0.375 * scale
+        return [Part("box", (scale, half_thickness, half_thickness), (0.0, scale - half_thickness, 0.0)),
+                Part("box", (half_thickness, scale, half_thickness), (0.0, -half_thickness, 0.0))]
+    if shape == "crescent":
+        radius, half_thickness = 0.75 * scale, scale / 4
+        angles = np.pi * (np.arange(6) + 0.5) / 6 - np.pi / 2
+        chord = 2 * radius * np.sin(np.pi / 12)
+        return [Part("box", (half_thickness, chord / 2 + half_thickness / 2, scale / 2),
+                     (radius * np.cos(angle), radius * np.sin(angle), 0.0), tuple(_quat_about_z(angle)))
+                for angle in angles]
+    raise ValueError(f"unknown shape {shape!r}")
+
+
+SHAPES = ("cube", "sphere", "cylinder", "cross", "torus", "star", "pyramid", "t_shape", "crescent")
+"""RememberShape's shapes in MIKASA-Robo's order; level N uses the first N."""
+COLORS = {
+    "red": (1.0, 0.0, 0.0), "lime": (0.0, 1.0, 0.0), "blue": (0.0, 0.0, 1.0), "yellow": (1.0, 1.0, 0.0),
+    "magenta": (1.0, 0.0, 1.0), "cyan": (0.0, 1.0, 1.0), "maroon": (128 / 255, 0.0, 0.0),
+    "orange": (1.0, 128 / 255, 0.0), "teal": (0.0, 128 / 255, 128 / 255),
+}
+"""RememberColor's colours in MIKASA-Robo's order (RGB 0..1); level N uses the first N."""
+PAIR_SHAPES = ("cube", "sphere", "t_shape", "cross", "torus")
+PAIR_COLORS = ("red", "lime", "blue")
+"""RememberShapeAndColor's objects: (shape, colour) in shape-major order, level S x C uses the first S * C."""
+CUP_PARTS = [
+    Part("cylinder", (0.045, 0.0025), (0.0, 0.0, 0.0375), tuple(UPRIGHT)),
+    *_ring(0.0425, 12, lambda angle, chord: Part(
+        "box", (0.0025, chord / 2 + 0.001, 0.04), (0.0425 * np.cos(angle), 0.0425 * np.sin(angle), 0.0),
+        tuple(_quat_about_z(angle)))),
+]
+"""An upside-down cup, 9 cm wide and 8 cm high, origin at its centre: ShellGame's stand-in for YCB's mug."""
+CUP_COLOR = (0.85, 0.85, 0.85)
+
+
+def build_object(scene, name: str, parts: list[Part], color: tuple[float, float, float], at: list[float]):
+    """A dynamic actor made of `parts` (collision always; visuals only where the scene can render)."""
+    builder = scene.create_actor_builder()
+    with_visuals = scene.can_render()
+    material = sapien.render.RenderMaterial(base_color=[*color, 1.0]) if with_visuals else None
+    for part in parts:
+        pose = sapien.Pose(p=list(part.offset), q=list(part.quat))
+        if part.kind == "box":
+            shape_args = {"half_size": list(part.size)}
+            add_collision, add_visual = builder.add_box_collision, builder.add_box_visual
+        elif part.kind == "sphere":
+            shape_args = {"radius": part.size[0]}
+            add_collision, add_visual = builder.add_sphere_collision, builder.add_sphere_visual
+        else:
+            shape_args = {"radius": part.size[0], "half_length": part.size[1]}
+            add_collision, add_visual = builder.add_cylinder_collision, builder.add_cylinder_visual
+        add_collision(pose=pose, **shape_args)
+        if with_visuals:
+            add_visual(pose=pose, material=material, **shape_args)
+    builder.initial_pose = sapien.Pose(p=at)
+    return builder.build(name=name)
+
+
+class MikasaTableEnv(BaseEnv):
+    """What every task shares (module docstring). A task builds `self.objects` in `_build_objects`,
+    draws its hidden per-env state in `_draw_episodes(env_idx)`, and says in `_phase()` where each
+    object is put at the current step: (positions [num_envs, n, 3], put bool [num_envs, n]); an
+    object not put this step moves freely. `evaluate()` puts the objects first, so the observation
+    and the success test of step t see the scene of step t, as in the original."""
+
+    SUPPORTED_ROBOTS = ("panda_wristcam", "panda")
+    SUPPORTED_REWARD_MODES = ("normalized_dense", "dense", "sparse", "none")
+    agent: Panda
+    objects: list
+
+    def __init__(self, *args, robot_uids="panda_wristcam", robot_init_qpos_noise=0.02,
+                 control_mode="pd_joint_delta_pos", **kwargs):
+        self.robot_init_qpos_noise = robot_init_qpos_noise
+        super().__init__(*args, robot_uids=robot_uids, control_mode=control_mode, **kwargs)
+
+    @property
+    def _default_sim_config(self):
+        memory = GPUMemoryConfig(found_lost_pairs_capacity=2**25, max_rigid_patch_count=2**21,
+                                 max_rigid_contact_count=2**22)
+        return SimConfig(gpu_memory_config=memory)
+
+    @property
+    def _default_sensor_configs(self):
+        pose = sapien_utils.look_at(eye=[0.3, 0.0, 0.6], target=[-0.1, 0.0, 0.1])
+        return [CameraConfig("base_camera", pose, 128, 128, np.pi / 2, 0.01, 100)]
+
+    @property
+    def _default_human_render_camera_configs(self):
+        pose = sapien_utils.look_at([0.5, 1.0, 1.0], [-0.3, 0.0, 0.0])
+        return CameraConfig("render_camera", pose, 512, 512, 1, 0.01, 100)
+
+    def _load_agent(self, options: dict):
+        super()._load_agent(options, sapien.Pose(p=list(ROBOT_BASE)))
+
+    def _load_scene(self, options: dict):
+        self.table_scene = TableSceneBuilder(self, robot_init_qpos_noise=self.robot_init_qpos_noise)
+        self.table_scene.build()
+        self.objects = []
+        self._build_objects()
+        self._allocate_state()
+
+    def _build_objects(self) -> None:
+        raise NotImplementedError
+
+    def _allocate_state(self) -> None:
+        raise NotImplementedError
+
+    def _draw_episodes(self, env_idx: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def _phase(self) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def _initialize_episode(self, env_idx: torch.Tensor, options: dict):
+        with torch.device(self.device):
+            self.table_scene.initialize(env_idx)
+            self._draw_episodes(env_idx)
+            qpos = torch.tensor(START_QPOS, dtype=torch.float32)
+            qpos[:7] += self.robot_init_qpos_noise * torch.randn(7)
+            self.agent.reset(qpos.expand(len(env_idx), -1).clone())
+            self.agent.robot.set_root_pose(sapien.Pose(p=list(ROBOT_BASE)))
+
+    def _put_objects(self) -> None:
+        positions, put = self._phase()
+        for index, actor in enumerate(self.objects):
+            state = actor.get_state()  # [num_envs, 13]: position, quaternion, linear and angular velocity
+            placed = torch.zeros_like(state)
+            placed[:, :3] = positions[:, index]
+            placed[:, 3] = 1.0
+            actor.set_state(torch.where(put[:, index, None], placed, state))
+
+    def evaluate(self):
+        self._put_objects()
+        return self._judge()
+
+    def _judge(self) -> dict:
+        raise NotImplementedError
+
+    def arm_speed(self) -> torch.Tensor:
+        """[num_envs]: the norm of the seven arm joint velocities."""
+        return torch.linalg.norm(self.agent.robot.get_qvel()[..., :-2], dim=-1)
+
+    def _oracle_info(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def compute_normalized_dense_reward(self, obs, action, info):
+        return self.compute_dense_reward(obs, action, info) / self.MAX_DENSE_REWARD
+
+
+# -- RememberColor, RememberShape, RememberShapeAndColor --------------------------------------
+
+
+def _arc_places(count: int, even_offset: bool) -> torch.Tensor:
+    """[count, 2] xy of MIKASA-Robo's choice places: a row at x = 0 for 3 objects, else an arc of
+    radius 0.3 around (-0.25, 0) over the half circle facing away from the robot."""
+    if count == 3 and not even_offset:
+        return torch.tensor([[0.0, -(key - 1) * 0.1] for key in range(3)])
+    places = []
+    for key in range(count):
+        if even_offset and count % 2 == 0:
+            angle = np.pi * (key + 0.5 - count / 2) / count
+        else:
+            angle = np.pi * (key - count // 2) / count
+        y = 0.3 * np.sin(angle)
+        if count in (5, 9):
+            y -= (key - count // 2) * 0.025
+        places.append([0.3 * np.cos(angle) - 0.25, y])
+    return torch.tensor(places, dtype=torch.float32)
+
+
+class RememberObjectEnv(MikasaTableEnv):
+    """Remember the object shown at the centre (steps 0-4), then, after 5 empty steps, reach it among
+    all N objects (steps 10 on). The objects differ by colour, shape or both (`kinds`)."""
+
+    GOAL_THRESH = 0.05
+    OBJECT_HEIGHT = 0.02
+    """Every object is put with its origin 2 cm above the table, as in the original."""
+    BLANK_STEPS = 5
+    MAX_DENSE_REWARD = 3.0
+    kinds: list[tuple[str, tuple[float, float, float]]]
+    """(shape, rgb) of each object."""
+    pair_layout = False
+    """RememberShapeAndColor lays out an even number of objects symmetrically (its own formula)."""
+
+    @property
+    def choice_start(self) -> int:
+        return SHOW_STEPS + self.BLANK_STEPS
+
+    def _build_objects(self):
+        for index, (shape, color) in enumerate(self.kinds):
+            self.objects.append(build_object(self.scene, f"object_{index}_{shape}", shape_parts(shape), color,
+                                             [0.0, 0.0, LIFT + 0.1 * index]))
+        self.places = _arc_places(len(self.kinds), self.pair_layout).to(self.device)
+
+    def _allocate_state(self):
+        count = len(self.kinds)
+        self.target = torch.zeros(self.num_envs, dtype=torch.long, device=self.device)
+        self.slots = torch.zeros(self.num_envs, count, 2, device=self.device)
+
+    def _draw_episodes(self, env_idx):
+        count, batch = len(self.kinds), len(env_idx)
+        self.target[env_idx] = torch.randint(count, (batch,), device=self.device)
+        # Jitter each place by N(0, 1 cm) per axis, keeping 6 cm between objects (50 tries, else
+        # the place unjittered), then shuffle which object goes where.
+        places = self.places.expand(batch, count, 2).clone()
+        for index in range(count):
+            settled = torch.zeros(batch, dtype=torch.bool, device=self.device)
+            for _ in range(50):
+                candidate = places[:, index] + torch.randn(batch, 2, device=self.device) * self.OBJECT_HEIGHT * 0.5
+                if index == 0:
+                    clear = torch.ones(batch, dtype=torch.bool, device=self.device)
+                else:
+                    gaps = torch.linalg.norm(candidate[:, None] - places[:, :index], dim=-1)
+                    clear = (gaps >= 3 * self.OBJECT_HEIGHT).all(-1)
+                take = clear & ~settled
+                places[take, index] = candidate[take]
+                settled |= clear
+                if bool(settled.all()):
+                    break
+        order = torch.rand(batch, count, device=self.device).argsort(-1)
+        self.slots[env_idx] = torch.gather(places, 1, order[..., None].expand(-1, -1, 2))
+
+    def _phase(self):
+        step = self.elapsed_steps.long()
+        count = len(self.kinds)
+        rows = torch.arange(self.num_envs, device=self.device)
+        height = torch.full((self.num_envs, count, 1), self.OBJECT_HEIGHT, device=self.device)
+        on_table = torch.cat([self.slots, height], dim=-1)
+        positions = on_table + torch.tensor([0.0, 0.0, LIFT], device=self.device)
+        showing = step < SHOW_STEPS
+        centre = torch.tensor([0.0, 0.0, self.OBJECT_HEIGHT], device=self.device)
+        positions[rows, self.target] = torch.where(showing[:, None], centre, positions[rows, self.target])
+        positions = torch.where((step >= self.choice_start)[:, None, None], on_table, positions)
+        put = (step <= self.choice_start)[:, None].expand(-1, count)
+        return positions, put
+
+    def _target_position(self) -> torch.Tensor:
+        positions = torch.stack([actor.pose.p for actor in self.objects], dim=1)
+        return positions[torch.arange(self.num_envs, device=self.device), self.target]
+
+    def _judge(self):
+        tcp_to_target = self._target_position() - self.agent.tcp.pose.p
+        is_obj_placed = torch.linalg.norm(tcp_to_target, dim=-1) <= self.GOAL_THRESH
+        is_robot_static = self.agent.is_static(STATIC_JOINT_SPEED)
+        return {"success": is_obj_placed & is_robot_static, "is_obj_placed": is_obj_placed,
+                "is_robot_static": is_robot_static, "tcp_to_target": tcp_to_target}
+
+    def _oracle_info(self):
+        return self.target.float()[:, None]
+
+    def _get_obs_extra(self, info):
+        extra = {"tcp_pose": self.agent.tcp.pose.raw_pose}
+        if self.obs_mode in ("state", "state_dict"):
+            extra["oracle_info"] = self._oracle_info()
+            for index, actor in enumerate(self.objects):
+                extra[f"goal_{index}_pose"] = actor.pose.p * (self.target == index)[:, None]
+        return extra
+
+    def compute_dense_reward(self, obs, action, info):
+        reaching = 1 - torch.tanh(10.0 * torch.linalg.norm(info["tcp_to_target"], dim=-1))
+        still = 1 - torch.tanh(5.0 * self.arm_speed())
+        reward = reaching + 0.5 * still + 0.5 * (info["is_robot_static"] & info["is_obj_placed"])
+        return torch.where(info["success"], self.MAX_DENSE_REWARD, reward)
+
+
+class RememberColorEnv(RememberObjectEnv):
+    def __init__(self, *args, num_colors: int = 3, **kwargs):
+        if num_colors not in (3, 5, 9):
+            raise ValueError(f"RememberColor has levels 3, 5 and 9 colours, got {num_colors}")
+        self.kinds = [("cube", rgb) for rgb in list(COLORS.values())[:num_colors]]
+        super().__init__(*args, **kwargs)
+
+
+class RememberShapeEnv(RememberObjectEnv):
+    def __init__(self, *args, num_shapes: int = 3, **kwargs):
+        if num_shapes not in (3, 5, 9):
+            raise ValueError(f"RememberShape has levels 3, 5 and 9 shapes, got {num_shapes}")
+        self.kinds = [(shape, COLORS["blue"]) for shape in SHAPES[:num_shapes]]
+        super().__init__(*args, **kwargs)
+
+
+class RememberShapeAndColorEnv(RememberObjectEnv):
+    pair_layout = True
+
+    def __init__(self, *args, num_shapes: int = 3, num_colors: int = 2, **kwargs):
+        if (num_shapes, num_colors) not in ((3, 2), (3, 3), (5, 3)):
+            raise ValueError(f"RememberShapeAndColor has levels 3x2, 3x3 and 5x3, got {num_shapes}x{num_colors}")
+        # The original enumerates shape-major over all 5 x 3 pairs and keeps the first S * C.
+        pairs = [(shape, color) for shape in PAIR_SHAPES for color in PAIR_COLORS][: num_shapes * num_colors]
+        self.pair_ids = torch.tensor([[PAIR_SHAPES.index(shape), PAIR_COLORS.index(color)] for shape, color in pairs])
+        self.kinds = [(shape, COLORS[color]) for shape, color in pairs]
+        super().__init__(*args, **kwargs)
+
+    def _oracle_info(self):
+        return self.pair_ids.to(self.device)[self.target].float()
+
+
+# -- ShellGame ----------------------------------------------------------------------------------
+
+
+class ShellGameEnv(MikasaTableEnv):
+    """A ball shown at one of three places; cups cover all three; act on the ball's cup (`mode`)."""
+
+    BALL_RADIUS = 0.02
+    CUP_SPACING = 0.2
+    CUP_CENTRE_HEIGHT = 0.04
+    GOAL_OFFSET = {"touch": None, "push": (0.1, 0.0, 0.025), "pick": (0.0, 0.0, 0.125)}
+    """Where the cup must go, from the ball (Push: 10 cm forward; Pick: 12.5 cm up)."""
+    MAX_DENSE_REWARD_OF = {"touch": 3.0, "push": 4.0, "pick": 75.0}
+
+    def __init__(self, *args, mode: str = "touch", **kwargs):
+        if mode not in self.GOAL_OFFSET:
+            raise ValueError(f"ShellGame mode must be one of {', '.join(self.GOAL_OFFSET)}, got {mode!r}")
+        self.mode = mode
+        self.MAX_DENSE_REWARD = self.MAX_DENSE_REWARD_OF[mode]
+        super().__init__(*args, **kwargs)
+
+    @property
+    def first_success_step(self) -> int:
+        return SHOW_STEPS if self.mode == "touch" else SHOW_STEPS + 1
+
+    def _build_objects(self):
+        self.ball = build_object(self.scene, "red_ball", [Part("sphere", (self.BALL_RADIUS,))], (1.0, 0.0, 0.0),
+                                 [0.0, 0.0, LIFT])
+        self.cups = [build_object(self.scene, f"cup_{index}", CUP_PARTS, CUP_COLOR, [0.0, 0.3 * index, LIFT + 0.5])
+                     for index in range(3)]
+        self.objects = [self.ball, *self.cups]
+
+    def _allocate_state(self):
+        self.target = torch.zeros(self.num_envs, dtype=torch.long, device=self.device)
+        self.centre = torch.zeros(self.num_envs, 2, device=self.device)
+
+    def _draw_episodes(self, env_idx):
+        batch = len(env_idx)
+        self.target[env_idx] = torch.randint(3, (batch,), device=self.device)
+        self.centre[env_idx] = torch.rand(batch, 2, device=self.device) * 0.2 - 0.1
+
+    def cup_places(self) -> torch.Tensor:
+        """[num_envs, 3, 3]: where each cup stands (left, centre, right: y - 20 cm, y, y + 20 cm)."""
+        offsets = torch.tensor([-self.CUP_SPACING, 0.0, self.CUP_SPACING], device=self.device)
+        xy = self.centre[:, None, :] + torch.stack([torch.zeros_like(offsets), offsets], dim=-1)
+        z = torch.full((self.num_envs, 3, 1), self.CUP_CENTRE_HEIGHT, device=self.device)
+        return torch.cat([xy, z], dim=-1)
+
+    def ball_place(self) -> torch.Tensor:
+        rows = torch.arange(self.num_envs, device=self.device)
+        place = self.cup_places()[rows, self.target].clone()
+        place[:, 2] = self.BALL_RADIUS
+        return place
+
+    def goal_position(self) -> torch.Tensor:
+        """[num_envs, 3]: where Push and Pick want the ball's cup."""
+        return self.ball_place() + torch.tensor(self.GOAL_OFFSET[self.mode], device=self.device)
+
+    def _phase(self):
+        step = self.elapsed_steps.long()
+        cups = self.cup_places()
+        cups = torch.where((step < SHOW_STEPS)[:, None, None], cups + torch.tensor([0.0, 0.0, LIFT], device=self.device),
+                           cups)
+        positions = torch.cat([self.ball_place()[:, None], cups], dim=1)
+        put = torch.cat([(step == 0)[:, None], (step <= SHOW_STEPS)[:, None].expand(-1, 3)], dim=1)
+        return positions, put
+
+    def target_cup_pose(self) -> torch.Tensor:
+        poses = torch.stack([cup.pose.raw_pose for cup in self.cups], dim=1)
+        return poses[torch.arange(self.num_envs, device=self.device), self.target]
+
+    def _judge(self):
+        cup = self.target_cup_pose()[:, :3]
+        tcp_to_cup = cup - self.agent.tcp.pose.p
+        if self.mode == "touch":
+            is_obj_placed = torch.linalg.norm(tcp_to_cup, dim=-1) <= 0.08
+        else:
+            is_obj_placed = torch.linalg.norm(self.goal_position() - cup, dim=-1) <= 0.08
+        is_robot_static = self.agent.is_static(STATIC_JOINT_SPEED)
+        counting = self.elapsed_steps >= self.first_success_step
+        info = {"success": is_obj_placed & is_robot_static & counting, "is_obj_placed": is_obj_placed,
+                "is_robot_static": is_robot_static, "tcp_to_cup": tcp_to_cup}
+        if self.mode == "pick":
+            grasping = torch.stack([self.agent.is_grasping(cup) for cup in self.cups], dim=1)
+            info["is_grasped"] = grasping[torch.arange(self.num_envs, device=self.device), self.target]
+        return info
+
+    def _oracle_info(self):
+        return self.target.float()[:, None]
+
+    def _get_obs_extra(self, info):
+        extra = {"tcp_pose": self.agent.tcp.pose.raw_pose}
+        if self.obs_mode in ("state", "state_dict"):
+            if self.mode != "touch":
+                extra["goal_pos"] = self.goal_position()
+            extra["obj_pose"] = self.target_cup_pose()
+            extra["ball_pose"] = self.ball.pose.raw_pose
+            extra["oracle_info"] = self._oracle_info()
+            if self.mode == "pick":
+                extra["is_grasped"] = info["is_grasped"].float()[:, None]
+        return extra
+
+    def compute_dense_reward(self, obs, action, info):
+        tcp_to_cup = torch.linalg.norm(info["tcp_to_cup"], dim=-1)
+        still = 1 - torch.tanh(5.0 * self.arm_speed())
+        placed, static = info["is_obj_placed"].float(), info["is_robot_static"].float()
+        if self.mode == "touch":
+            reward = (1 - torch.tanh(5.0 * tcp_to_cup)) + still * placed + static * placed
+        else:
+            cup_to_goal = torch.linalg.norm(self.goal_position() - self.target_cup_pose()[:, :3], dim=-1)
+            place = 1 - torch.tanh(5.0 * cup_to_goal)
+            reaching = 1 - torch.tanh(10.0 * tcp_to_cup)
+            if self.mode == "push":
+                reached = (tcp_to_cup <= 0.08).float()
+                reward = reaching + 2 * place * reached + 0.2 * still * placed + 0.2 * static * placed
+            else:
+                reached = (tcp_to_cup <= 0.04).float()
+                reward = (3 * reaching + 2 * reached + 30 * place * reached + 5 * still * placed * reached
+                          + 5 * static * placed * reached)
+        reward = torch.where(info["success"], self.MAX_DENSE_REWARD, reward)
+        return reward * (self.elapsed_steps >= SHOW_STEPS)
+
+
+# -- registration -------------------------------------------------------------------------------
+
+REMEMBER_STEPS, SHELL_GAME_STEPS = 60, 90
+
+for _count in (3, 5, 9):
+    register_env(f"memrl/RememberColor{_count}-v0", max_episode_steps=REMEMBER_STEPS,
+                 num_colors=_count)(RememberColorEnv)
+    register_env(f"memrl/RememberShape{_count}-v0", max_episode_steps=REMEMBER_STEPS,
+                 num_shapes=_count)(RememberShapeEnv)
+for _shapes, _colors in ((3, 2), (3, 3), (5, 3)):
+    register_env(f"memrl/RememberShapeAndColor{_shapes}x{_colors}-v0", max_episode_steps=REMEMBER_STEPS,
+                 num_shapes=_shapes, num_colors=_colors)(RememberShapeAndColorEnv)
+for _mode in ("touch", "push", "pick"):
+    register_env(f"memrl/ShellGame{_mode.capitalize()}-v0", max_episode_steps=SHELL_GAME_STEPS,
+                 mode=_mode)(ShellGameEnv)
