@@ -1,0 +1,214 @@
+"""MIKASA-Robo's tasks (envs.maniskill.mikasa) on the CPU simulation without a renderer (obs_mode="state",
+robot `panda`): spaces and lengths, the phases (what is on the table when), the success rule (a
+teleported object reaches it; the wrong object does not, and is no failure either), and the dense
+reward's bounds. The numbers the tests expect are MIKASA-Robo's (its task files)."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import gymnasium
+import pytest
+import torch
+
+pytestmark = [
+    pytest.mark.skipif(importlib.util.find_spec("mani_skill") is None,
+                       reason="needs mani-skill (pip install 'memrl[maniskill]')"),
+    pytest.mark.filterwarnings("ignore:__array_wrap__ must accept context:DeprecationWarning"),
+    pytest.mark.filterwarnings("ignore:Failed to find system libvulkan:UserWarning"),
+]
+
+ON_TABLE = 0.5
+"""An object whose centre is below this height (m) is in play; out of play is 1000 m up."""
+
+
+@pytest.fixture(scope="module")
+def make_env():
+    import envs.maniskill.mikasa  # noqa: F401
+
+    made = []
+
+    def make(env_id: str, **kwargs):
+        env = gymnasium.make(env_id, num_envs=1, obs_mode="state", render_backend="none", sim_backend="physx_cpu",
+                             robot_uids="panda", **kwargs)
+        made.append(env)
+        return env
+
+    yield make
+    for env in made:
+        env.close()
+
+
+def _hold(env, steps: int = 1):
+    """Zero joint deltas (the arm holds still) for `steps` steps -> the last step's results."""
+    for _ in range(steps):
+        result = env.step(torch.zeros(1, 8))
+    return result
+
+
+def _heights(base) -> list[float]:
+    return [float(actor.pose.p[0, 2]) for actor in base.objects]
+
+
+def _teleport(actor, position: torch.Tensor) -> None:
+    state = actor.get_state()
+    state[:, :3] = position
+    state[:, 3:7] = torch.tensor([1.0, 0.0, 0.0, 0.0])
+    state[:, 7:] = 0.0
+    actor.set_state(state)
+
+
+@pytest.mark.parametrize(("env_id", "length", "state_dim"), [
+    ("memrl/RememberColor3-v0", 60, 35), ("memrl/RememberColor5-v0", 60, 41), ("memrl/RememberColor9-v0", 60, 53),
+    ("memrl/RememberShape3-v0", 60, 35), ("memrl/RememberShape5-v0", 60, 41), ("memrl/RememberShape9-v0", 60, 53),
+    ("memrl/RememberShapeAndColor3x2-v0", 60, 45), ("memrl/RememberShapeAndColor3x3-v0", 60, 54),
+    ("memrl/RememberShapeAndColor5x3-v0", 60, 72),
+    ("memrl/ShellGameTouch-v0", 90, 40), ("memrl/ShellGamePush-v0", 90, 43), ("memrl/ShellGamePick-v0", 90, 44),
+])
+def test_lengths_spaces_and_defaults_are_mikasas(make_env, env_id, length, state_dim):
+    from mani_skill.utils.registration import REGISTERED_ENVS
+
+    env = make_env(env_id)
+    obs, _ = env.reset(seed=0)
+    base = env.unwrapped
+    assert REGISTERED_ENVS[env_id].max_episode_steps == length
+    assert base.control_mode == "pd_joint_delta_pos" and env.action_space.shape == (8,)
+    assert base.reward_mode == "normalized_dense"
+    # joint positions 9, velocities 9, TCP pose 7, then the task's objects and oracle_info, as MIKASA-Robo's state
+    assert obs.shape == (1, state_dim)
+
+
+@pytest.mark.parametrize("env_id", ["memrl/RememberColor3-v0", "memrl/RememberShape5-v0",
+                                    "memrl/RememberShapeAndColor3x2-v0"])
+def test_remember_shows_the_target_alone_then_nothing_then_everything(make_env, env_id):
+    env = make_env(env_id)
+    env.reset(seed=1)
+    base = env.unwrapped
+    target, count = int(base.target[0]), len(base.objects)
+    for step in range(13):
+        heights = _heights(base)
+        on_table = [index for index in range(count) if heights[index] < ON_TABLE]
+        if step < 5:
+            assert on_table == [target], f"step {step}"
+            assert base.objects[target].pose.p[0, :2].abs().max() < 1e-3  # at the centre
+        elif step < 10:
+            assert on_table == [], f"step {step}"
+        else:
+            assert on_table == list(range(count)), f"step {step}"
+        _hold(env)
+    places = torch.stack([actor.pose.p[0, :2] for actor in base.objects])
+    assert torch.cdist(places, places).add(torch.eye(count)).min() > 0.05  # apart from one another
+
+
+@pytest.mark.parametrize("right", [True, False], ids=["target", "distractor"])
+def test_remember_succeeds_near_the_shown_object_only(make_env, right):
+    env = make_env("memrl/RememberColor5-v0")
+    env.reset(seed=2)
+    base = env.unwrapped
+    _hold(env, 11)
+    target = int(base.target[0])
+    chosen = target if right else (target + 1) % 5
+    _teleport(base.objects[chosen], base.agent.tcp.pose.p - torch.tensor([0.0, 0.0, 0.03]))
+    _, reward, terminated, truncated, info = _hold(env)
+    assert bool(info["success"][0]) is right and bool(terminated[0]) is right and not truncated[0]
+    if right:
+        assert float(reward[0]) == 1.0  # success is the normalised maximum
+    else:
+        assert 0.0 <= float(reward[0]) < 0.7  # the wrong object is no failure: the episode goes on
+        _hold(env, 5)
+        assert int(base.elapsed_steps[0]) == 17
+
+
+def test_remember_needs_a_still_arm(make_env):
+    env = make_env("memrl/RememberColor3-v0")
+    env.reset(seed=3)
+    base = env.unwrapped
+    _hold(env, 11)
+    action = torch.zeros(1, 8)
+    action[0, 0] = 1.0  # the first joint turns at full speed
+    env.step(action)
+    target = base.objects[int(base.target[0])]
+    _teleport(target, base.agent.tcp.pose.p - torch.tensor([0.0, 0.0, 0.03]))
+    info = base.evaluate()
+    assert bool(info["is_obj_placed"][0]) and not info["is_robot_static"][0] and not info["success"][0]
+
+
+@pytest.mark.parametrize("env_id", ["memrl/RememberColor9-v0", "memrl/ShellGameTouch-v0", "memrl/ShellGamePush-v0",
+                                    "memrl/ShellGamePick-v0"])
+def test_the_normalised_dense_reward_stays_in_0_1(make_env, env_id):
+    env = make_env(env_id)
+    env.reset(seed=4)
+    generator = torch.Generator().manual_seed(0)
+    rewards = []
+    for _ in range(40):
+        _, reward, terminated, truncated, _ = env.step(torch.rand(1, 8, generator=generator) * 2 - 1)
+        rewards.append(float(reward[0]))
+        assert not terminated[0] and not truncated[0]
+    assert min(rewards) >= 0.0 and max(rewards) <= 1.0 and max(rewards) > 0.0
+
+
+def test_shell_game_shows_the_ball_then_covers_every_place_with_a_cup(make_env):
+    env = make_env("memrl/ShellGameTouch-v0")
+    env.reset(seed=5)
+    base = env.unwrapped
+    ball_xy = base.ball.pose.p[0, :2].clone()
+    for step in range(8):
+        cup_heights = [float(cup.pose.p[0, 2]) for cup in base.cups]
+        if step < 5:
+            assert min(cup_heights) > ON_TABLE, f"step {step}"
+        else:
+            assert max(cup_heights) < ON_TABLE, f"step {step}"
+        assert float(base.ball.pose.p[0, 2]) < ON_TABLE
+        _hold(env)
+    cups_xy = torch.stack([cup.pose.p[0, :2] for cup in base.cups])
+    assert torch.allclose(cups_xy[int(base.target[0])], ball_xy, atol=1e-3)  # the ball's cup covers it
+    gaps = cups_xy[1:] - cups_xy[:-1]
+    assert torch.allclose(gaps, torch.tensor([[0.0, 0.2], [0.0, 0.2]]), atol=1e-3)
+
+
+@pytest.mark.parametrize("right", [True, False], ids=["ball-cup", "empty-cup"])
+def test_shell_game_touch_succeeds_at_the_ball_cup_only(make_env, right):
+    env = make_env("memrl/ShellGameTouch-v0")
+    env.reset(seed=6)
+    base = env.unwrapped
+    _hold(env, 6)
+    target = int(base.target[0])
+    cup = base.cups[target if right else (target + 1) % 3]
+    _teleport(cup, base.agent.tcp.pose.p - torch.tensor([0.0, 0.0, 0.05]))
+    _, reward, terminated, _, info = _hold(env)
+    assert bool(info["success"][0]) is right and bool(terminated[0]) is right
+    assert (float(reward[0]) == 1.0) is right
+
+
+@pytest.mark.parametrize("mode", ["push", "pick"])
+def test_shell_game_push_and_pick_succeed_with_the_ball_cup_at_the_goal(make_env, mode):
+    env = make_env(f"memrl/ShellGame{mode.capitalize()}-v0")
+    env.reset(seed=7)
+    base = env.unwrapped
+    goal = base.goal_position()[0]
+    expected_offset = {"push": [0.1, 0.0, 0.025], "pick": [0.0, 0.0, 0.125]}[mode]
+    assert torch.allclose(goal - base.ball_place()[0], torch.tensor(expected_offset))
+    _hold(env, 6)
+    target = int(base.target[0])
+    wrong = base.cups[(target + 1) % 3]
+    _teleport(wrong, goal)
+    _, _, terminated, _, info = _hold(env)
+    assert not info["success"][0] and not terminated[0]
+    _teleport(wrong, goal + torch.tensor([0.0, 0.5, 0.0]))
+    _teleport(base.cups[target], goal)
+    _, reward, terminated, _, info = _hold(env)
+    assert info["success"][0] and terminated[0] and float(reward[0]) == 1.0
+
+
+def test_the_adapter_runs_a_mikasa_task_on_state_without_a_renderer():
+    from envs.maniskill import make_maniskill_env
+
+    env = make_maniskill_env("maniskill-shell-game-touch", num_envs=1, device="cpu", seed=0, observation="state")
+    obs, info = env.reset()
+    assert env.max_episode_steps == 90 and obs.shape == (1, 40) and env.single_action_space.shape == (8,)
+    assert env.base_env.robot_uids == "panda"
+    for step in range(90):
+        obs, reward, terminated, truncated, info = env.step(torch.zeros(1, 8))
+    assert truncated.tolist() == [True] and info["episode_length"].tolist() == [90]
+    assert 0.0 < float(info["episode_return"][0]) < 90.0
+    env.close()
