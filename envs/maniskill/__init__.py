@@ -23,6 +23,8 @@ MIKASA_TASKS = {
     **{f"maniskill-remember-shape-and-color-{level}": f"memrl/RememberShapeAndColor{level}-v0"
        for level in ("3x2", "3x3", "5x3")},
     **{f"maniskill-shell-game-{mode}": f"memrl/ShellGame{mode.capitalize()}-v0" for mode in ("touch", "push", "pick")},
+    **{f"maniskill-{family.lower()}-of-colors-{count}": f"memrl/{family}OfColors{count}-v0"
+       for family in ("Bunch", "Seq", "Chain") for count in (3, 5, 7)},
 }
 """MIKASA-Robo's tasks under their published names (envs.maniskill.mikasa)."""
 TOUCH_TASKS = {

@@ -40,6 +40,11 @@ Tasks (T = episode length):
         static. Push: that cup within 8 cm of a goal 10 cm in front of the ball, arm static. Pick:
         that cup within 8 cm of a goal 12.5 cm above the ball, arm static. Success counts from step
         5 (Touch) or 6 (Push, Pick) on.
+    BunchOfColors{3,5,7}, SeqOfColors{3,5,7}, ChainOfColors{3,5,7} (T 120): K of 9 coloured cubes are
+        shown, all at once for steps 0-4 (Bunch) or one at a time for 5 steps each (Seq, Chain);
+        then 5 empty steps; then all 9 cubes stand at shuffled places. Touch (TCP within 2 cm of the
+        point 2.5 cm above a cube, arm static) exactly the K shown cubes (Chain: in the order shown);
+        touches count for the whole episode and a wrong one makes success impossible, ending nothing.
 """
 
 from __future__ import annotations
@@ -287,6 +292,28 @@ def _arc_places(count: int, even_offset: bool) -> torch.Tensor:
     return torch.tensor(places, dtype=torch.float32)
 
 
+def _jittered_shuffled_places(places: torch.Tensor, batch: int, scale: float) -> torch.Tensor:
+    """[batch, count, 2]: each of `places` [count, 2] jittered by N(0, scale / 2) per axis, keeping
+    3 * scale between objects (50 tries, else the place unjittered), then shuffled among the objects."""
+    count, device = places.shape[0], places.device
+    places = places.expand(batch, count, 2).clone()
+    for index in range(count):
+        settled = torch.zeros(batch, dtype=torch.bool, device=device)
+        for _ in range(50):
+            candidate = places[:, index] + torch.randn(batch, 2, device=device) * scale * 0.5
+            if index == 0:
+                clear = torch.ones(batch, dtype=torch.bool, device=device)
+            else:
+                clear = (torch.linalg.norm(candidate[:, None] - places[:, :index], dim=-1) >= 3 * scale).all(-1)
+            take = clear & ~settled
+            places[take, index] = candidate[take]
+            settled |= clear
+            if bool(settled.all()):
+                break
+    order = torch.rand(batch, count, device=device).argsort(-1)
+    return torch.gather(places, 1, order[..., None].expand(-1, -1, 2))
+
+
 class RememberObjectEnv(MikasaTableEnv):
     """Remember the object shown at the centre (steps 0-4), then, after 5 empty steps, reach it among
     all N objects (steps 10 on). The objects differ by colour, shape or both (`kinds`)."""
@@ -319,25 +346,7 @@ class RememberObjectEnv(MikasaTableEnv):
     def _draw_episodes(self, env_idx):
         count, batch = len(self.kinds), len(env_idx)
         self.target[env_idx] = torch.randint(count, (batch,), device=self.device)
-        # Jitter each place by N(0, 1 cm) per axis, keeping 6 cm between objects (50 tries, else
-        # the place unjittered), then shuffle which object goes where.
-        places = self.places.expand(batch, count, 2).clone()
-        for index in range(count):
-            settled = torch.zeros(batch, dtype=torch.bool, device=self.device)
-            for _ in range(50):
-                candidate = places[:, index] + torch.randn(batch, 2, device=self.device) * self.OBJECT_HEIGHT * 0.5
-                if index == 0:
-                    clear = torch.ones(batch, dtype=torch.bool, device=self.device)
-                else:
-                    gaps = torch.linalg.norm(candidate[:, None] - places[:, :index], dim=-1)
-                    clear = (gaps >= 3 * self.OBJECT_HEIGHT).all(-1)
-                take = clear & ~settled
-                places[take, index] = candidate[take]
-                settled |= clear
-                if bool(settled.all()):
-                    break
-        order = torch.rand(batch, count, device=self.device).argsort(-1)
-        self.slots[env_idx] = torch.gather(places, 1, order[..., None].expand(-1, -1, 2))
+        self.slots[env_idx] = _jittered_shuffled_places(self.places, batch, self.OBJECT_HEIGHT)
 
     def _phase(self):
         step = self.elapsed_steps.long()
@@ -412,6 +421,156 @@ class RememberShapeAndColorEnv(RememberObjectEnv):
 
     def _oracle_info(self):
         return self.pair_ids.to(self.device)[self.target].float()
+
+
+# -- BunchOfColors, SeqOfColors, ChainOfColors -----------------------------------------------
+
+
+class ColorSetEnv(MikasaTableEnv):
+    """Remember K of the 9 coloured cubes, shown all at once (`presentation="bunch"`) or one after
+    another ("sequence"), then touch each of them among all 9 (`ordered`: in the order shown).
+
+    A touch: the TCP within 2 cm of the point 2.5 cm above a cube's centre, with the arm static, in
+    the choice phase; touches are remembered for the episode (the cube stays). Success: the touched
+    cubes are exactly the K shown ones (ChainOfColors: first touched in the order shown) and the arm
+    is static. A wrong touch makes success impossible but ends nothing."""
+
+    CUBE_HALFSIZE = 0.02
+    TOUCH_RADIUS = 0.02
+    TOUCH_HEIGHT = 0.025
+    NUM_COLORS = 9
+    MAX_DENSE_REWARD = 100.0
+
+    def __init__(self, *args, set_size: int = 3, presentation: str = "sequence", ordered: bool = False, **kwargs):
+        if set_size not in (3, 5, 7):
+            raise ValueError(f"the colour-set tasks have levels 3, 5 and 7 cubes, got {set_size}")
+        if presentation not in ("bunch", "sequence"):
+            raise ValueError(f"presentation must be 'bunch' or 'sequence', got {presentation!r}")
+        self.set_size, self.presentation, self.ordered = set_size, presentation, ordered
+        super().__init__(*args, **kwargs)
+
+    @property
+    def choice_start(self) -> int:
+        shown = SHOW_STEPS if self.presentation == "bunch" else SHOW_STEPS * self.set_size
+        return shown + SHOW_STEPS  # then 5 empty steps
+
+    def _build_objects(self):
+        for index, rgb in enumerate(COLORS.values()):
+            self.objects.append(build_object(self.scene, f"cube_{index}", shape_parts("cube"), rgb,
+                                             [0.0, 0.0, LIFT + 0.1 * index]))
+        self.places = _arc_places(self.NUM_COLORS, False).to(self.device)
+        keys = torch.arange(self.NUM_COLORS, dtype=torch.float32)
+        angles = torch.pi * (keys - self.NUM_COLORS // 2) / self.NUM_COLORS
+        bunch = torch.stack([0.22 * torch.cos(angles), 0.22 * torch.sin(angles) - (keys - self.NUM_COLORS // 2) * 0.015],
+                            dim=-1)
+        self.bunch_places = bunch.to(self.device)
+        """Where BunchOfColors shows each colour (an arc of radius 22 cm around the table's centre)."""
+
+    def _allocate_state(self):
+        self.sequence = torch.zeros(self.num_envs, self.set_size, dtype=torch.long, device=self.device)
+        self.slots = torch.zeros(self.num_envs, self.NUM_COLORS, 2, device=self.device)
+        self.touched = torch.zeros(self.num_envs, self.NUM_COLORS, dtype=torch.bool, device=self.device)
+        self.touch_order = torch.full((self.num_envs, self.set_size), -1, dtype=torch.long, device=self.device)
+        """The first `set_size` cubes touched, in order (-1: none yet); what ChainOfColors judges."""
+
+    def _draw_episodes(self, env_idx):
+        batch = len(env_idx)
+        self.sequence[env_idx] = torch.rand(batch, self.NUM_COLORS, device=self.device).argsort(-1)[:, : self.set_size]
+        self.slots[env_idx] = _jittered_shuffled_places(self.places, batch, self.CUBE_HALFSIZE)
+        self.touched[env_idx] = False
+        self.touch_order[env_idx] = -1
+
+    def in_set(self) -> torch.Tensor:
+        """bool [num_envs, 9]: the cube's colour was shown."""
+        return torch.zeros_like(self.touched).scatter_(1, self.sequence, True)
+
+    def _phase(self):
+        step = self.elapsed_steps.long()
+        rows = torch.arange(self.num_envs, device=self.device)
+        height = torch.full((self.num_envs, self.NUM_COLORS, 1), self.CUBE_HALFSIZE, device=self.device)
+        on_table = torch.cat([self.slots, height], dim=-1)
+        positions = on_table + torch.tensor([0.0, 0.0, LIFT], device=self.device)
+        if self.presentation == "bunch":
+            shown = torch.cat([self.bunch_places, torch.full((self.NUM_COLORS, 1), self.CUBE_HALFSIZE,
+                                                             device=self.device)], dim=-1).expand_as(positions)
+            showing = (step < SHOW_STEPS)[:, None] & self.in_set()
+            positions = torch.where(showing[..., None], shown, positions)
+        else:
+            current = self.sequence[rows, (step // SHOW_STEPS).clamp(max=self.set_size - 1)]
+            centre = torch.tensor([0.0, 0.0, self.CUBE_HALFSIZE], device=self.device)
+            showing = step < SHOW_STEPS * self.set_size
+            positions[rows, current] = torch.where(showing[:, None], centre, positions[rows, current])
+        positions = torch.where((step >= self.choice_start)[:, None, None], on_table, positions)
+        put = (step <= self.choice_start)[:, None].expand(-1, self.NUM_COLORS)
+        return positions, put
+
+    def _touch_points(self) -> torch.Tensor:
+        positions = torch.stack([actor.pose.p for actor in self.objects], dim=1)
+        return positions + torch.tensor([0.0, 0.0, self.TOUCH_HEIGHT], device=self.device)
+
+    def _judge(self):
+        choosing = self.elapsed_steps >= self.choice_start
+        is_robot_static = self.agent.is_static(STATIC_JOINT_SPEED)
+        touch_points = self._touch_points()
+        near = torch.linalg.norm(touch_points - self.agent.tcp.pose.p[:, None], dim=-1) < self.TOUCH_RADIUS
+        touching = near & (choosing & is_robot_static)[:, None]
+        for cube in range(self.NUM_COLORS):  # new touches of one step are recorded in colour order, as the original
+            new = touching[:, cube] & ~self.touched[:, cube]
+            free = self.touch_order == -1
+            slot = free.float().argmax(-1)
+            record = new & free.any(-1)
+            self.touch_order[record, slot[record]] = cube
+            self.touched[:, cube] |= touching[:, cube]
+        in_set = self.in_set()
+        rows = torch.arange(self.num_envs, device=self.device)
+        right_set = (self.touched == in_set).all(-1)
+        in_order = (self.touch_order == self.sequence).all(-1)
+        success = right_set & is_robot_static & choosing
+        if self.ordered:
+            success &= in_order
+        if self.ordered:
+            position = torch.where(self.touch_order != self.sequence, torch.arange(self.set_size, device=self.device),
+                                   self.set_size).min(-1).values.clamp(max=self.set_size - 1)
+            next_cube = self.sequence[rows, position]
+            aiming = choosing
+        else:
+            untouched = in_set & ~self.touched
+            next_cube = untouched.float().argmax(-1)  # the lowest colour index left
+            aiming = choosing & untouched.any(-1)
+        tcp_to_next = (touch_points[rows, next_cube] - self.agent.tcp.pose.p) * aiming[:, None]
+        return {"success": success, "is_robot_static": is_robot_static, "tcp_to_next": tcp_to_next,
+                "next_cube": torch.where(aiming, next_cube, -1)}
+
+    def _oracle_info(self):
+        return self.sequence.float()
+
+    def _get_obs_extra(self, info):
+        extra = {"tcp_pose": self.agent.tcp.pose.raw_pose}
+        if self.obs_mode in ("state", "state_dict"):
+            extra["obj_to_goal_pos"] = info["tcp_to_next"]
+            extra["oracle_info"] = self._oracle_info()
+            in_set = self.in_set()
+            for index, actor in enumerate(self.objects):
+                extra[f"cube_{index}_pose"] = actor.pose.p
+                extra[f"touched_{index}"] = self.touched[:, index, None].float()
+                extra[f"cube_{index}_in_seq"] = in_set[:, index, None].float()
+                extra[f"next_target_{index}"] = (info["next_cube"] == index)[:, None].float()
+        return extra
+
+    def compute_dense_reward(self, obs, action, info):
+        reaching = 1 - torch.tanh(10.0 * torch.linalg.norm(info["tcp_to_next"], dim=-1))
+        still = 1 - torch.tanh(5.0 * self.arm_speed())
+        if self.ordered:
+            matches = self.touch_order == self.sequence
+            correct = matches.sum(-1)
+            wrong = ((self.touch_order != -1) & ~matches).sum(-1)
+        else:
+            in_set = self.in_set()
+            correct = (self.touched & in_set).sum(-1)
+            wrong = (self.touched & ~in_set).sum(-1)
+        reward = reaching + 0.5 * still + 90.0 * correct / self.set_size - 10.0 * wrong
+        reward = reward * (self.elapsed_steps >= self.choice_start)
+        return torch.where(info["success"], self.MAX_DENSE_REWARD, reward)
 
 
 # -- ShellGame ----------------------------------------------------------------------------------
@@ -538,7 +697,7 @@ class ShellGameEnv(MikasaTableEnv):
 
 # -- registration -------------------------------------------------------------------------------
 
-REMEMBER_STEPS, SHELL_GAME_STEPS = 60, 90
+REMEMBER_STEPS, SHELL_GAME_STEPS, COLOR_SET_STEPS = 60, 90, 120
 
 for _count in (3, 5, 9):
     register_env(f"memrl/RememberColor{_count}-v0", max_episode_steps=REMEMBER_STEPS,
@@ -551,3 +710,9 @@ for _shapes, _colors in ((3, 2), (3, 3), (5, 3)):
 for _mode in ("touch", "push", "pick"):
     register_env(f"memrl/ShellGame{_mode.capitalize()}-v0", max_episode_steps=SHELL_GAME_STEPS,
                  mode=_mode)(ShellGameEnv)
+for _count in (3, 5, 7):
+    register_env(f"memrl/BunchOfColors{_count}-v0", max_episode_steps=COLOR_SET_STEPS, set_size=_count,
+                 presentation="bunch")(ColorSetEnv)
+    register_env(f"memrl/SeqOfColors{_count}-v0", max_episode_steps=COLOR_SET_STEPS, set_size=_count)(ColorSetEnv)
+    register_env(f"memrl/ChainOfColors{_count}-v0", max_episode_steps=COLOR_SET_STEPS, set_size=_count,
+                 ordered=True)(ColorSetEnv)

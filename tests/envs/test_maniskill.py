@@ -57,6 +57,7 @@ def test_every_family_and_level_has_a_short_name():
         [f"maniskill-remember-{family}-{n}" for family in ("color", "shape") for n in (3, 5, 9)]
         + [f"maniskill-remember-shape-and-color-{level}" for level in ("3x2", "3x3", "5x3")]
         + [f"maniskill-shell-game-{mode}" for mode in ("touch", "push", "pick")]
+        + [f"maniskill-{family}-of-colors-{n}" for family in ("bunch", "seq", "chain") for n in (3, 5, 7)]
         + [f"maniskill-touch-remember-color-{n}" for n in (3, 5, 9)] + ["maniskill-touch-shell-game-swap"]
         + [f"maniskill-touch-{family}-of-colors-{n}" for family in ("seq", "chain") for n in (3, 5, 7)]
     )

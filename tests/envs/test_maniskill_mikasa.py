@@ -64,6 +64,7 @@ def _teleport(actor, position: torch.Tensor) -> None:
     ("memrl/RememberShapeAndColor3x2-v0", 60, 45), ("memrl/RememberShapeAndColor3x3-v0", 60, 54),
     ("memrl/RememberShapeAndColor5x3-v0", 60, 72),
     ("memrl/ShellGameTouch-v0", 90, 40), ("memrl/ShellGamePush-v0", 90, 43), ("memrl/ShellGamePick-v0", 90, 44),
+    ("memrl/BunchOfColors3-v0", 120, 85), ("memrl/SeqOfColors5-v0", 120, 87), ("memrl/ChainOfColors7-v0", 120, 89),
 ])
 def test_lengths_spaces_and_defaults_are_mikasas(make_env, env_id, length, state_dim):
     from mani_skill.utils.registration import REGISTERED_ENVS
@@ -198,6 +199,66 @@ def test_shell_game_push_and_pick_succeed_with_the_ball_cup_at_the_goal(make_env
     _teleport(base.cups[target], goal)
     _, reward, terminated, _, info = _hold(env)
     assert info["success"][0] and terminated[0] and float(reward[0]) == 1.0
+
+
+
+@pytest.mark.parametrize(("env_id", "choice_start"), [("memrl/BunchOfColors5-v0", 10), ("memrl/SeqOfColors3-v0", 20),
+                                                      ("memrl/ChainOfColors7-v0", 40)])
+def test_colour_sets_show_their_colours_then_nothing_then_all_nine(make_env, env_id, choice_start):
+    env = make_env(env_id)
+    env.reset(seed=8)
+    base = env.unwrapped
+    sequence = base.sequence[0].tolist()
+    bunch = "Bunch" in env_id
+    for step in range(choice_start + 2):
+        heights = _heights(base)
+        on_table = sorted(index for index in range(9) if heights[index] < ON_TABLE)
+        if step < (5 if bunch else 5 * len(sequence)):
+            assert on_table == (sorted(sequence) if bunch else [sequence[step // 5]]), f"step {step}"
+        elif step < choice_start:
+            assert on_table == [], f"step {step}"
+        else:
+            assert on_table == list(range(9)), f"step {step}"
+        _hold(env)
+
+
+def _touch_in_turn(env, cubes: list[int]):
+    """Bring each cube in turn under the TCP for one step (a touch), then back to the table; -> last step's results."""
+    base = env.unwrapped
+    for cube in cubes:
+        actor = base.objects[cube]
+        place = actor.pose.p.clone()
+        _teleport(actor, base.agent.tcp.pose.p - torch.tensor([0.0, 0.0, base.TOUCH_HEIGHT]))
+        result = _hold(env)
+        assert bool(base.touched[0, cube]), f"cube {cube} was not touched"
+        _teleport(actor, place)
+        if result[2][0]:
+            return result
+    return result
+
+
+@pytest.mark.parametrize(("env_id", "order", "succeeds"), [
+    ("memrl/SeqOfColors3-v0", "reversed", True), ("memrl/BunchOfColors3-v0", "shown", True),
+    ("memrl/ChainOfColors3-v0", "shown", True), ("memrl/ChainOfColors3-v0", "reversed", False),
+    ("memrl/SeqOfColors3-v0", "with-a-distractor", False),
+])
+def test_colour_sets_succeed_on_exactly_the_shown_cubes(make_env, env_id, order, succeeds):
+    env = make_env(env_id)
+    env.reset(seed=9)
+    base = env.unwrapped
+    _hold(env, base.choice_start + 1)
+    sequence = base.sequence[0].tolist()
+    distractor = next(cube for cube in range(9) if cube not in sequence)
+    cubes = {"shown": sequence, "reversed": sequence[::-1], "with-a-distractor": [distractor, *sequence]}[order]
+    _, reward, terminated, truncated, info = _touch_in_turn(env, cubes)
+    assert bool(info["success"][0]) is succeeds and bool(terminated[0]) is succeeds and not truncated[0]
+    if succeeds:
+        assert float(reward[0]) == 1.0
+    else:
+        # (90 x right touches / 3 - 10 x wrong touches) / 100, plus at most 1.5 / 100 for reaching and a still arm.
+        # ChainOfColors reversed: only the middle cube is in its place (1 right, 2 wrong); the distractor: 3 right, 1 wrong.
+        touch_part = {"reversed": 0.1, "with-a-distractor": 0.8}[order]
+        assert touch_part <= float(reward[0]) <= touch_part + 0.015
 
 
 def test_the_adapter_runs_a_mikasa_task_on_state_without_a_renderer():
