@@ -25,6 +25,8 @@ MIKASA_TASKS = {
     **{f"maniskill-shell-game-{mode}": f"memrl/ShellGame{mode.capitalize()}-v0" for mode in ("touch", "push", "pick")},
     **{f"maniskill-{family.lower()}-of-colors-{count}": f"memrl/{family}OfColors{count}-v0"
        for family in ("Bunch", "Seq", "Chain") for count in (3, 5, 7)},
+    **{f"maniskill-intercept{grab}-{speed}": f"memrl/Intercept{grab.strip('-').capitalize()}{speed.capitalize()}-v0"
+       for grab in ("", "-grab") for speed in ("slow", "medium", "fast")},
 }
 """MIKASA-Robo's tasks under their published names (envs.maniskill.mikasa)."""
 TOUCH_TASKS = {

@@ -45,6 +45,9 @@ Tasks (T = episode length):
         then 5 empty steps; then all 9 cubes stand at shuffled places. Touch (TCP within 2 cm of the
         point 2.5 cm above a cube, arm static) exactly the K shown cubes (Chain: in the order shown);
         touches count for the whole episode and a wrong one makes success impossible, ending nothing.
+    Intercept{Slow,Medium,Fast} (T 90): a ball starts rolling along +y at 0.25-0.5, 0.5-0.75 or
+        0.75-1 m/s; success is the ball within 10 cm (xy) of a target disc 20 cm further in x.
+    InterceptGrab{Slow,Medium,Fast} (T 90): the same ball; success is grasping it with the arm static.
 """
 
 from __future__ import annotations
@@ -58,9 +61,12 @@ from mani_skill.agents.robots import Panda
 from mani_skill.envs.sapien_env import BaseEnv
 from mani_skill.sensors.camera import CameraConfig
 from mani_skill.utils import sapien_utils
+from mani_skill.utils.building import actors
 from mani_skill.utils.registration import register_env
 from mani_skill.utils.scene_builder.table import TableSceneBuilder
+from mani_skill.utils.structs.pose import Pose
 from mani_skill.utils.structs.types import GPUMemoryConfig, SimConfig
+from transforms3d.euler import euler2quat
 
 ROBOT_BASE = (-0.615, 0.0, 0.0)
 START_QPOS = (0.0, 0.0, 0.0, -np.pi * 2 / 3, 0.0, np.pi * 2 / 3, np.pi / 4, 0.04, 0.04)
@@ -191,6 +197,8 @@ class MikasaTableEnv(BaseEnv):
     SUPPORTED_REWARD_MODES = ("normalized_dense", "dense", "sparse", "none")
     agent: Panda
     objects: list
+    objects_have_phases = True
+    """False for tasks whose objects only move by physics (Intercept, Rotate, TakeItBack)."""
 
     def __init__(self, *args, robot_uids="panda_wristcam", robot_init_qpos_noise=0.02,
                  control_mode="pd_joint_delta_pos", **kwargs):
@@ -245,6 +253,8 @@ class MikasaTableEnv(BaseEnv):
             self.agent.robot.set_root_pose(sapien.Pose(p=list(ROBOT_BASE)))
 
     def _put_objects(self) -> None:
+        if not self.objects_have_phases:
+            return
         positions, put = self._phase()
         for index, actor in enumerate(self.objects):
             state = actor.get_state()  # [num_envs, 13]: position, quaternion, linear and angular velocity
@@ -695,9 +705,126 @@ class ShellGameEnv(MikasaTableEnv):
         return reward * (self.elapsed_steps >= SHOW_STEPS)
 
 
+# -- Intercept, InterceptGrab -------------------------------------------------------------------
+
+
+class InterceptEnv(MikasaTableEnv):
+    """A ball rolls across the table (towards +y, at a speed of the level's range); Intercept: knock
+    it so that it stops within 10 cm (in xy) of a target disc; InterceptGrab: grasp it with the arm
+    static. Nothing is hidden: a single image shows where the ball is, not how fast it rolls."""
+
+    BALL_RADIUS = 0.02
+    GOAL_RADIUS = 0.1
+    SPEEDS = {"slow": (0.25, 0.5), "medium": (0.5, 0.75), "fast": (0.75, 1.0)}
+    objects_have_phases = False
+
+    def __init__(self, *args, speed: str = "slow", grab: bool = False, **kwargs):
+        if speed not in self.SPEEDS:
+            raise ValueError(f"speed must be one of {', '.join(self.SPEEDS)}, got {speed!r}")
+        self.speed_range, self.grab = self.SPEEDS[speed], grab
+        self.MAX_DENSE_REWARD = 300.0 if grab else 30.0
+        super().__init__(*args, **kwargs)
+
+    def _build_objects(self):
+        self.ball = build_object(self.scene, "ball", [Part("sphere", (self.BALL_RADIUS,))], (1.0, 0.0, 0.0),
+                                 [0.0, 0.0, self.BALL_RADIUS])
+        self.objects = [self.ball]
+        self.goal_marker = None
+        if not self.grab and self.scene.can_render():  # the target disc is a picture: no collision, none without a renderer
+            self.goal_marker = actors.build_red_white_target(
+                self.scene, radius=self.GOAL_RADIUS, thickness=1e-5, name="goal_region", add_collision=False,
+                body_type="kinematic", initial_pose=sapien.Pose(p=[0.0, 0.0, 0.1]))
+
+    def _allocate_state(self):
+        self.initial_velocity = torch.zeros(self.num_envs, 3, device=self.device)
+        self.goal = torch.zeros(self.num_envs, 3, device=self.device)
+        self.reached = torch.zeros(self.num_envs, dtype=torch.bool, device=self.device)
+        """Intercept's dense reward: the TCP has been at the hitting point (latched for the episode)."""
+
+    def _draw_episodes(self, env_idx):
+        batch = len(env_idx)
+        uniform = lambda: torch.rand(batch, device=self.device)  # noqa: E731
+        start = torch.stack([(uniform() * 2 - 1) * 0.15 - 0.2, uniform() * 0.25 - 0.9,
+                             torch.full((batch,), (1 if self.grab else 2) * self.BALL_RADIUS, device=self.device)], -1)
+        low, high = self.speed_range
+        velocity = torch.stack([uniform() * 0.05, uniform() * (high - low) + low, torch.zeros(batch, device=self.device)],
+                               -1)
+        self.ball.set_pose(Pose.create_from_pq(p=start))
+        self.ball.set_linear_velocity(velocity)
+        self.ball.set_angular_velocity(torch.zeros(batch, 3, device=self.device))
+        self.initial_velocity[env_idx] = velocity
+        self.goal[env_idx] = torch.stack([start[:, 0] + 0.2, uniform() * 0.4 - 0.2,
+                                          torch.full((batch,), 1e-3, device=self.device)], -1)
+        if self.goal_marker is not None:
+            self.goal_marker.set_pose(Pose.create_from_pq(p=self.goal[env_idx], q=euler2quat(0, np.pi / 2, 0)))
+        self.reached[env_idx] = False
+
+    def _judge(self):
+        if self.grab:
+            is_ball_grasped = self.agent.is_grasping(self.ball)
+            is_robot_static = self.agent.is_static(STATIC_JOINT_SPEED)
+            return {"success": is_ball_grasped & is_robot_static, "is_ball_grasped": is_ball_grasped,
+                    "is_robot_static": is_robot_static}
+        ball_to_goal = torch.linalg.norm(self.ball.pose.p[:, :2] - self.goal[:, :2], dim=-1)
+        return {"success": ball_to_goal < self.GOAL_RADIUS}
+
+    def _oracle_info(self):
+        return self.initial_velocity
+
+    def _get_obs_extra(self, info):
+        extra = {"tcp_pose": self.agent.tcp.pose.raw_pose}
+        if self.obs_mode in ("state", "state_dict"):
+            ball = self.ball.pose
+            if not self.grab:
+                extra["goal_pos"] = self.goal
+            extra["ball_pose"] = ball.raw_pose
+            extra["oracle_info"] = self._oracle_info()
+            if self.grab:
+                extra["is_ball_grasped"] = info["is_ball_grasped"].float()[:, None]
+            extra["ball_linear_vel"] = self.ball.linear_velocity
+            extra["ball_angular_vel"] = self.ball.angular_velocity
+            extra["tcp_to_ball_pos"] = ball.p - self.agent.tcp.pose.p
+            if self.grab:
+                extra["gripper_width"] = self.agent.robot.get_qpos()[:, -2:].sum(-1, keepdim=True)
+                extra["relative_velocity"] = self.ball.linear_velocity - self.agent.tcp.linear_velocity
+            else:
+                extra["ball_to_goal_pos"] = self.goal - ball.p
+        return extra
+
+    def compute_dense_reward(self, obs, action, info):
+        ball, tcp = self.ball.pose.p, self.agent.tcp.pose.p
+        if self.grab:
+            return self._grab_reward(ball, tcp, info)
+        away_from_goal = torch.nn.functional.normalize(ball - self.goal, dim=-1)
+        hitting_point = ball + away_from_goal * (self.BALL_RADIUS + 0.05)
+        tcp_to_hitting_point = torch.linalg.norm(hitting_point - tcp, dim=-1)
+        self.reached |= tcp_to_hitting_point < 0.04
+        reaching = 1 - torch.tanh(2 * tcp_to_hitting_point)
+        place = 1 - torch.tanh(torch.linalg.norm(ball[:, :2] - self.goal[:, :2], dim=-1))
+        reward = torch.where(self.reached, 5.0 * place, 2.0 * reaching)
+        return torch.where(info["success"], self.MAX_DENSE_REWARD, reward)
+
+    def _grab_reward(self, ball, tcp, info):
+        tcp_to_ball = torch.linalg.norm(ball - tcp, dim=-1)
+        reward = 10 * (1 - torch.tanh(3 * tcp_to_ball))
+        width = self.agent.robot.get_qpos()[:, -2:].sum(-1)
+        offset = (tcp - ball).abs()
+        radius = self.BALL_RADIUS
+        in_gripper = ((offset[:, 0] <= 2 * radius) & (offset[:, 1] <= 2 * radius) & (offset[:, 2] <= 1.5 * radius)
+                      & (tcp_to_ball <= 2 * radius) & (width >= 2 * radius))
+        reward = reward + 10.0 * in_gripper
+        very_close = tcp_to_ball <= 1.25 * radius
+        reward = reward + very_close * 30.0 * (1 - tcp_to_ball / (3 * radius))
+        width_error = ((width - 2 * radius).abs() - 0.02).clamp(min=0.0)
+        reward = reward + in_gripper * 90.0 * torch.exp(-5.0 * width_error)
+        reward = reward + 45.0 * (in_gripper & (width <= 2 * radius + 0.02))
+        reward = reward + 100.0 * info["is_ball_grasped"]
+        return torch.where(info["success"], self.MAX_DENSE_REWARD, reward)
+
+
 # -- registration -------------------------------------------------------------------------------
 
-REMEMBER_STEPS, SHELL_GAME_STEPS, COLOR_SET_STEPS = 60, 90, 120
+REMEMBER_STEPS, SHELL_GAME_STEPS, COLOR_SET_STEPS, INTERCEPT_STEPS = 60, 90, 120, 90
 
 for _count in (3, 5, 9):
     register_env(f"memrl/RememberColor{_count}-v0", max_episode_steps=REMEMBER_STEPS,
@@ -716,3 +843,7 @@ for _count in (3, 5, 7):
     register_env(f"memrl/SeqOfColors{_count}-v0", max_episode_steps=COLOR_SET_STEPS, set_size=_count)(ColorSetEnv)
     register_env(f"memrl/ChainOfColors{_count}-v0", max_episode_steps=COLOR_SET_STEPS, set_size=_count,
                  ordered=True)(ColorSetEnv)
+for _speed in InterceptEnv.SPEEDS:
+    register_env(f"memrl/Intercept{_speed.capitalize()}-v0", max_episode_steps=INTERCEPT_STEPS, speed=_speed)(InterceptEnv)
+    register_env(f"memrl/InterceptGrab{_speed.capitalize()}-v0", max_episode_steps=INTERCEPT_STEPS, speed=_speed,
+                 grab=True)(InterceptEnv)

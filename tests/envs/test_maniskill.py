@@ -58,11 +58,14 @@ def test_every_family_and_level_has_a_short_name():
         + [f"maniskill-remember-shape-and-color-{level}" for level in ("3x2", "3x3", "5x3")]
         + [f"maniskill-shell-game-{mode}" for mode in ("touch", "push", "pick")]
         + [f"maniskill-{family}-of-colors-{n}" for family in ("bunch", "seq", "chain") for n in (3, 5, 7)]
+        + [f"maniskill-intercept{grab}-{speed}" for grab in ("", "-grab") for speed in ("slow", "medium", "fast")]
         + [f"maniskill-touch-remember-color-{n}" for n in (3, 5, 9)] + ["maniskill-touch-shell-game-swap"]
         + [f"maniskill-touch-{family}-of-colors-{n}" for family in ("seq", "chain") for n in (3, 5, 7)]
     )
     assert maniskill_env_id("maniskill-remember-color-5") == "memrl/RememberColor5-v0"
     assert maniskill_env_id("maniskill-touch-remember-color-5") == "memrl/TouchRememberColor5-v0"
+    assert maniskill_env_id("maniskill-intercept-grab-fast") == "memrl/InterceptGrabFast-v0"
+    assert maniskill_env_id("maniskill-intercept-slow") == "memrl/InterceptSlow-v0"
 
 
 def test_an_unknown_task_is_refused_in_one_sentence_naming_the_choices(tmp_path, capsys):

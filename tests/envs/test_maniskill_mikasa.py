@@ -65,6 +65,7 @@ def _teleport(actor, position: torch.Tensor) -> None:
     ("memrl/RememberShapeAndColor5x3-v0", 60, 72),
     ("memrl/ShellGameTouch-v0", 90, 40), ("memrl/ShellGamePush-v0", 90, 43), ("memrl/ShellGamePick-v0", 90, 44),
     ("memrl/BunchOfColors3-v0", 120, 85), ("memrl/SeqOfColors5-v0", 120, 87), ("memrl/ChainOfColors7-v0", 120, 89),
+    ("memrl/InterceptSlow-v0", 90, 50), ("memrl/InterceptGrabMedium-v0", 90, 49),
 ])
 def test_lengths_spaces_and_defaults_are_mikasas(make_env, env_id, length, state_dim):
     from mani_skill.utils.registration import REGISTERED_ENVS
@@ -135,7 +136,7 @@ def test_remember_needs_a_still_arm(make_env):
 
 
 @pytest.mark.parametrize("env_id", ["memrl/RememberColor9-v0", "memrl/ShellGameTouch-v0", "memrl/ShellGamePush-v0",
-                                    "memrl/ShellGamePick-v0"])
+                                    "memrl/ShellGamePick-v0", "memrl/InterceptFast-v0", "memrl/InterceptGrabSlow-v0"])
 def test_the_normalised_dense_reward_stays_in_0_1(make_env, env_id):
     env = make_env(env_id)
     env.reset(seed=4)
@@ -259,6 +260,54 @@ def test_colour_sets_succeed_on_exactly_the_shown_cubes(make_env, env_id, order,
         # ChainOfColors reversed: only the middle cube is in its place (1 right, 2 wrong); the distractor: 3 right, 1 wrong.
         touch_part = {"reversed": 0.1, "with-a-distractor": 0.8}[order]
         assert touch_part <= float(reward[0]) <= touch_part + 0.015
+
+
+@pytest.mark.parametrize(("speed", "low", "high"), [("Slow", 0.25, 0.5), ("Medium", 0.5, 0.75), ("Fast", 0.75, 1.0)])
+def test_intercept_rolls_the_ball_at_the_levels_speed(make_env, speed, low, high):
+    env = make_env(f"memrl/Intercept{speed}-v0")
+    env.reset(seed=10)
+    base = env.unwrapped
+    velocity = base.initial_velocity[0]
+    assert low <= float(velocity[1]) <= high and 0.0 <= float(velocity[0]) <= 0.05
+    start = base.ball.pose.p[0].clone()
+    assert -0.35 <= float(start[0]) <= -0.05 and -0.9 <= float(start[1]) <= -0.65
+    goal = base.goal[0]
+    assert torch.isclose(goal[0], start[0] + 0.2) and -0.2 <= float(goal[1]) <= 0.2
+    _hold(env, 4)
+    travelled = float(base.ball.pose.p[0, 1] - start[1])
+    assert 0.5 * low * 0.2 < travelled < high * 0.2  # 4 steps of 0.05 s, rolling friction slows it down
+
+
+@pytest.mark.parametrize("inside", [True, False], ids=["in-the-target", "beside-it"])
+def test_intercept_succeeds_when_the_ball_is_in_the_target(make_env, inside):
+    env = make_env("memrl/InterceptMedium-v0")
+    env.reset(seed=11)
+    base = env.unwrapped
+    _hold(env, 2)
+    place = base.goal[0] + torch.tensor([0.06 if inside else 0.14, 0.0, 0.02])
+    _teleport(base.ball, place)
+    _, reward, terminated, _, info = _hold(env)
+    assert bool(info["success"][0]) is inside and bool(terminated[0]) is inside
+    assert (float(reward[0]) == 1.0) is inside
+
+
+def test_intercept_grab_needs_the_ball_grasped_with_a_still_arm(make_env):
+    env = make_env("memrl/InterceptGrabSlow-v0")
+    env.reset(seed=12)
+    base = env.unwrapped
+    _hold(env, 2)
+    _teleport(base.ball, base.agent.tcp.pose.p)  # between the open fingers: not grasped
+    _, _, terminated, _, info = _hold(env)
+    assert not info["is_ball_grasped"][0] and not info["success"][0] and not terminated[0]
+    close = torch.zeros(1, 8)
+    close[0, 7] = -1.0
+    for step in range(14):
+        if step < 4:  # hold the ball still between the fingers while they close on it
+            _teleport(base.ball, base.agent.tcp.pose.p)
+        _, reward, terminated, _, info = env.step(close)
+        if terminated[0]:
+            break
+    assert info["is_ball_grasped"][0] and info["success"][0] and terminated[0] and float(reward[0]) == 1.0
 
 
 def test_the_adapter_runs_a_mikasa_task_on_state_without_a_renderer():
