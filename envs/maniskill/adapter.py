@@ -22,7 +22,8 @@ never set together with `terminated` (success or failure).
   `hand_camera`, 128 x 128; memrl's touch tasks: `base_camera`, 64 x 64) and `joints`, float32
   [25]: TCP pose (7), joint positions (9) and velocities (9), in MIKASA-Robo's order. MIKASA-Robo
   stacks the two images on the channel axis; memrl keeps one key per camera, so a dict encoder runs
-  a CNN per camera (`agents.networks.DictEncoder`).
+  a CNN per camera (`agents.networks.DictEncoder`). Tasks with an instruction (Rotate: the target
+  angle) add it as `prompt`, float32 [1], as MIKASA-Robo does.
 - "rgb": the base camera's image alone, uint8 [H, W, 3] (the arm is in view).
 - "state": the task's flat state vector, float32: for the MIKASA-Robo tasks MIKASA-Robo's state
   (proprioception plus object poses and `oracle_info`, the answer: an MDP, for debugging); for
@@ -131,7 +132,8 @@ class ManiSkillBatchedEnv:
             return raw["sensor_data"]["base_camera"]["rgb"]
         images = {camera: data["rgb"] for camera, data in raw["sensor_data"].items()}
         joints = torch.cat([raw["extra"]["tcp_pose"], raw["agent"]["qpos"], raw["agent"]["qvel"]], dim=-1)
-        return {**images, "joints": joints.float()}
+        prompt = {"prompt": raw["extra"]["prompt"].float()} if "prompt" in raw["extra"] else {}
+        return {**images, "joints": joints.float(), **prompt}
 
     def reset(self, seed: int | None = None):
         """Start a new episode in every env -> (obs, info with is_first all True)."""

@@ -48,6 +48,11 @@ Tasks (T = episode length):
     Intercept{Slow,Medium,Fast} (T 90): a ball starts rolling along +y at 0.25-0.5, 0.5-0.75 or
         0.75-1 m/s; success is the ball within 10 cm (xy) of a target disc 20 cm further in x.
     InterceptGrab{Slow,Medium,Fast} (T 90): the same ball; success is grasping it with the arm static.
+    Rotate{Lenient,Strict}{Pos,PosNeg} (T 90): turn a symmetric peg by a target angle (in the
+        observation as `prompt`: [0.1, pi/2], or +-[0.1, pi/4]) from its start heading, to within
+        0.1 rad, arm static, from step 6 on; Strict: its centre within 5 cm of its start in x and y.
+    TakeItBack (T 180): push a cube from its start (marked for the human view only) into a target
+        8 cm in radius, which then changes colour, and back to within 8 cm of its start.
 """
 
 from __future__ import annotations
@@ -64,6 +69,7 @@ from mani_skill.utils import sapien_utils
 from mani_skill.utils.building import actors
 from mani_skill.utils.registration import register_env
 from mani_skill.utils.scene_builder.table import TableSceneBuilder
+from mani_skill.utils.geometry.rotation_conversions import matrix_to_euler_angles, quaternion_to_matrix
 from mani_skill.utils.structs.pose import Pose
 from mani_skill.utils.structs.types import GPUMemoryConfig, SimConfig
 from transforms3d.euler import euler2quat
@@ -822,9 +828,207 @@ class InterceptEnv(MikasaTableEnv):
         return torch.where(info["success"], self.MAX_DENSE_REWARD, reward)
 
 
+# -- RotateLenient, RotateStrict ----------------------------------------------------------------
+
+
+def build_target_marker(scene, name: str, radius: float, color: tuple[float, float, float]):
+    """A flat target of rings (`color`, white, `color`) for the cameras only: no collision, kinematic;
+    None where the scene cannot render (it would be invisible and untouchable anyway)."""
+    if not scene.can_render():
+        return None
+    builder = scene.create_actor_builder()
+    for index, (scale, rgb) in enumerate(((1.0, color), (0.8, (1.0, 1.0, 1.0)), (0.6, color), (0.4, (1.0, 1.0, 1.0)),
+                                          (0.2, color))):
+        material = sapien.render.RenderMaterial(base_color=[*rgb, 1.0])
+        builder.add_cylinder_visual(radius=radius * scale, half_length=5e-6 + index * 1e-5, material=material)
+    builder.initial_pose = sapien.Pose(p=[0.0, 0.0, LIFT])
+    return builder.build_kinematic(name=name)
+
+
+class RotateEnv(MikasaTableEnv):
+    """A symmetric blue peg (24 x 5 x 5 cm) lies on the table at a random place and heading; turn it by
+    the target angle (given in the observation as `prompt`) relative to its starting heading, to
+    within 0.1 rad, with the arm static. The peg looks the same at every heading, so the agent must
+    remember where it started. Lenient: the peg may move; Strict: its centre must stay within 5 cm
+    (in x and in y) of where it started. Pos: targets in [0.1, pi/2]; PosNeg: +-[0.1, pi/4]."""
+
+    PEG_HALF_LENGTH, PEG_HALF_WIDTH = 0.12, 0.025
+    ANGLE_THRESHOLD = 0.1
+    POSITION_THRESHOLD = 0.05
+    PEG_COLOR = (12 / 255, 42 / 255, 160 / 255)
+    objects_have_phases = False
+
+    def __init__(self, *args, strict: bool = False, negative_targets: bool = False, **kwargs):
+        self.strict, self.negative_targets = strict, negative_targets
+        self.MAX_DENSE_REWARD = 100.0 if strict else 25.0
+        super().__init__(*args, **kwargs)
+
+    def _build_objects(self):
+        half = (self.PEG_HALF_LENGTH / 2, self.PEG_HALF_WIDTH, self.PEG_HALF_WIDTH)
+        parts = [Part("box", half, (-self.PEG_HALF_LENGTH / 2, 0.0, 0.0)),
+                 Part("box", half, (self.PEG_HALF_LENGTH / 2, 0.0, 0.0))]
+        self.peg = build_object(self.scene, "peg", parts, self.PEG_COLOR, [0.0, 0.0, self.PEG_HALF_WIDTH])
+        self.objects = [self.peg]
+
+    def _allocate_state(self):
+        self.target_angle = torch.zeros(self.num_envs, device=self.device)
+        self.initial_heading = torch.zeros(self.num_envs, device=self.device)
+        self.initial_position = torch.zeros(self.num_envs, 3, device=self.device)
+
+    def _draw_episodes(self, env_idx):
+        batch = len(env_idx)
+        draw = torch.rand(batch, device=self.device)
+        if self.negative_targets:
+            # As the original: one draw gives both the sign (> 0.5: positive) and the magnitude.
+            magnitude = self.ANGLE_THRESHOLD + draw * (0.25 * np.pi - self.ANGLE_THRESHOLD)
+            target = torch.where(draw > 0.5, magnitude, -magnitude)
+        else:
+            target = self.ANGLE_THRESHOLD + draw * (0.5 * np.pi - self.ANGLE_THRESHOLD)
+        self.target_angle[env_idx] = target.half().float()  # the original keeps it in float16
+        heading = torch.rand(batch, device=self.device) * 2 * np.pi
+        position = torch.cat([torch.rand(batch, 2, device=self.device) * 0.2 - 0.1,
+                              torch.full((batch, 1), self.PEG_HALF_WIDTH, device=self.device)], dim=-1)
+        quaternion = torch.stack([torch.cos(heading / 2), torch.zeros_like(heading), torch.zeros_like(heading),
+                                  torch.sin(heading / 2)], dim=-1)
+        self.peg.set_pose(Pose.create_from_pq(p=position, q=quaternion))
+        self.initial_heading[env_idx] = heading
+        self.initial_position[env_idx] = position
+
+    def _judge(self):
+        heading = matrix_to_euler_angles(quaternion_to_matrix(self.peg.pose.q), "XYZ")[:, 2]
+        relative_angle = _wrap_angle(heading - self.initial_heading)
+        angle_error = _wrap_angle(self.target_angle - relative_angle)
+        correct_angle = angle_error.abs() < self.ANGLE_THRESHOLD
+        is_robot_static = self.agent.is_static(STATIC_JOINT_SPEED)
+        position_error = self.peg.pose.p[:, :2] - self.initial_position[:, :2]
+        position_ok = (position_error.abs() < self.POSITION_THRESHOLD).all(-1)
+        success = correct_angle & is_robot_static & (self.elapsed_steps > SHOW_STEPS)
+        if self.strict:
+            success &= position_ok
+        return {"success": success, "angle_error": angle_error, "relative_angle": relative_angle,
+                "correct_angle": correct_angle, "is_robot_static": is_robot_static,
+                "position_error": position_error, "position_ok": position_ok}
+
+    def _get_obs_extra(self, info):
+        extra = {"tcp_pose": self.agent.tcp.pose.raw_pose}
+        if self.obs_mode in ("state", "state_dict"):
+            extra["oracle_info"] = info["angle_error"][:, None]
+            extra["peg_pose"] = self.peg.pose.raw_pose
+        extra["prompt"] = self.target_angle[:, None]
+        return extra
+
+    def compute_dense_reward(self, obs, action, info):
+        tcp_to_peg = torch.linalg.norm(self.peg.pose.p - self.agent.tcp.pose.p, dim=-1)
+        correct, static = info["correct_angle"], info["is_robot_static"]
+        if not self.strict:
+            reached = tcp_to_peg < 0.1
+            reward = (torch.exp(-5.0 * tcp_to_peg) + reached * 15.0 * torch.exp(-1.5 * info["angle_error"].abs())
+                      + 5.0 * correct + 2.0 * (correct & static))
+        else:
+            reached = tcp_to_peg < 0.04
+            position_reward = torch.exp(-5.0 * info["position_error"].abs()).sum(-1)
+            turning = reached & info["position_ok"]
+            reward = (0.5 * torch.exp(-3.0 * tcp_to_peg) + reached * 5.0 * position_reward
+                      + turning * 35.0 * torch.exp(-1.0 * info["angle_error"].abs())
+                      + 10.0 * (correct & turning) + 5.0 * (correct & static & turning))
+        return torch.where(info["success"], self.MAX_DENSE_REWARD, reward)
+
+
+def _wrap_angle(angle: torch.Tensor) -> torch.Tensor:
+    """Angles into [-pi, pi)."""
+    return (angle + np.pi) % (2 * np.pi) - np.pi
+
+
+# -- TakeItBack ---------------------------------------------------------------------------------
+
+
+class TakeItBackEnv(MikasaTableEnv):
+    """Push a green cube from where it starts into a red target (8 cm radius); once it has been
+    there the target turns purple; then bring the cube back to where it started (within 8 cm, in
+    xy). The starting region is marked only for the human-view camera, never for the agent's."""
+
+    CUBE_HALFSIZE = 0.02
+    GOAL_RADIUS = 0.08
+    MAX_DENSE_REWARD = 30.0
+    objects_have_phases = False
+
+    def _build_objects(self):
+        self.cube = build_object(self.scene, "cube", shape_parts("cube"), (0.0, 1.0, 0.0),
+                                 [0.0, 0.0, self.CUBE_HALFSIZE])
+        self.objects = [self.cube]
+        self.start_marker = build_target_marker(self.scene, "initial_region", self.GOAL_RADIUS, (0.0, 0.0, 1.0))
+        self.goal_marker = build_target_marker(self.scene, "goal_region", self.GOAL_RADIUS,
+                                               (194 / 255, 19 / 255, 22 / 255))
+        self.reached_marker = build_target_marker(self.scene, "changed_goal_region", self.GOAL_RADIUS,
+                                                  (147 / 255, 0.0, 211 / 255))
+        if self.start_marker is not None:
+            self._hidden_objects.append(self.start_marker)
+
+    def _allocate_state(self):
+        self.start = torch.zeros(self.num_envs, 3, device=self.device)
+        self.goal = torch.zeros(self.num_envs, 3, device=self.device)
+        self.goal_reached = torch.zeros(self.num_envs, dtype=torch.bool, device=self.device)
+        """The cube has been in the goal this episode (latched)."""
+
+    def _draw_episodes(self, env_idx):
+        batch = len(env_idx)
+        uniform = lambda: torch.rand(batch, device=self.device)  # noqa: E731
+        lane = torch.randint(-1, 2, (batch,), device=self.device).float()
+        flat = torch.full((batch,), 1e-3, device=self.device)
+        start = torch.stack([(uniform() - 0.5) * 0.1, lane * 0.1 + uniform() * 0.05, flat], -1)
+        goal = torch.stack([uniform() * 0.05 + 0.2, (uniform() - 0.5) * 0.05, flat], -1)
+        self.start[env_idx], self.goal[env_idx] = start, goal
+        self.goal_reached[env_idx] = False
+        self.cube.set_pose(Pose.create_from_pq(p=start + torch.tensor([0.0, 0.0, self.CUBE_HALFSIZE - 1e-3],
+                                                                      device=self.device)))
+        flat_turn = euler2quat(0, np.pi / 2, 0)
+        lifted = torch.tensor([0.0, 0.0, LIFT], device=self.device)
+        for marker, place in ((self.start_marker, start), (self.goal_marker, goal), (self.reached_marker, goal + lifted)):
+            if marker is not None:
+                marker.set_pose(Pose.create_from_pq(p=place, q=flat_turn))
+
+    def _judge(self):
+        if self.reached_marker is not None:  # the target turns purple the step after the cube first got there
+            lifted = torch.tensor([0.0, 0.0, LIFT], device=self.device)
+            flat_turn = torch.tensor(euler2quat(0, np.pi / 2, 0), dtype=torch.float32, device=self.device)
+            reached = self.goal_reached[:, None]
+            self.goal_marker.set_pose(Pose.create_from_pq(p=torch.where(reached, self.goal + lifted, self.goal),
+                                                          q=flat_turn.expand(self.num_envs, 4)))
+            self.reached_marker.set_pose(Pose.create_from_pq(p=torch.where(reached, self.goal, self.goal + lifted),
+                                                             q=flat_turn.expand(self.num_envs, 4)))
+        cube_xy = self.cube.pose.p[:, :2]
+        in_goal = torch.linalg.norm(cube_xy - self.goal[:, :2], dim=-1) < self.GOAL_RADIUS
+        self.goal_reached |= in_goal
+        returned = torch.linalg.norm(cube_xy - self.start[:, :2], dim=-1) < self.GOAL_RADIUS
+        return {"success": returned & self.goal_reached, "goal_achieved": in_goal,
+                "goal_reached_status": self.goal_reached.clone()}
+
+    def _get_obs_extra(self, info):
+        extra = {"tcp_pose": self.agent.tcp.pose.raw_pose}
+        if self.obs_mode in ("state", "state_dict"):
+            extra["goal_pos"] = self.goal
+            extra["cube_pose"] = self.cube.pose.raw_pose
+            extra["oracle_info"] = self.start
+            extra["goal_reached_status"] = info["goal_reached_status"].float()[:, None]
+        return extra
+
+    def compute_dense_reward(self, obs, action, info):
+        cube, tcp = self.cube.pose.p, self.agent.tcp.pose.p
+        push_point = cube + torch.tensor([-self.CUBE_HALFSIZE - 0.005, 0.0, 0.0], device=self.device)
+        pull_point = cube + torch.tensor([self.CUBE_HALFSIZE + 0.01, 0.0, 0.0], device=self.device)
+        to_push, to_pull = torch.linalg.norm(push_point - tcp, dim=-1), torch.linalg.norm(pull_point - tcp, dim=-1)
+        into_goal = 1 - torch.tanh(5.0 * torch.linalg.norm(cube[:, :2] - self.goal[:, :2], dim=-1))
+        back_home = 1 - torch.tanh(5.0 * torch.linalg.norm(cube[:, :2] - self.start[:, :2], dim=-1))
+        before = 2.0 * (1 - torch.tanh(5.0 * to_push)) + (to_push < 0.01) * 5.0 * into_goal
+        after = 10.0 * (1 - torch.tanh(5.0 * to_pull)) + (to_pull < 0.01) * 15.0 * back_home
+        reward = torch.where(info["goal_reached_status"], after, before)
+        return torch.where(info["success"], self.MAX_DENSE_REWARD, reward)
+
+
 # -- registration -------------------------------------------------------------------------------
 
-REMEMBER_STEPS, SHELL_GAME_STEPS, COLOR_SET_STEPS, INTERCEPT_STEPS = 60, 90, 120, 90
+REMEMBER_STEPS, SHELL_GAME_STEPS, COLOR_SET_STEPS, INTERCEPT_STEPS, ROTATE_STEPS, TAKE_IT_BACK_STEPS = (
+    60, 90, 120, 90, 90, 180)
 
 for _count in (3, 5, 9):
     register_env(f"memrl/RememberColor{_count}-v0", max_episode_steps=REMEMBER_STEPS,
@@ -843,6 +1047,11 @@ for _count in (3, 5, 7):
     register_env(f"memrl/SeqOfColors{_count}-v0", max_episode_steps=COLOR_SET_STEPS, set_size=_count)(ColorSetEnv)
     register_env(f"memrl/ChainOfColors{_count}-v0", max_episode_steps=COLOR_SET_STEPS, set_size=_count,
                  ordered=True)(ColorSetEnv)
+for _strict in (False, True):
+    for _negative in (False, True):
+        register_env(f"memrl/Rotate{'Strict' if _strict else 'Lenient'}Pos{'Neg' if _negative else ''}-v0",
+                     max_episode_steps=ROTATE_STEPS, strict=_strict, negative_targets=_negative)(RotateEnv)
+register_env("memrl/TakeItBack-v0", max_episode_steps=TAKE_IT_BACK_STEPS)(TakeItBackEnv)
 for _speed in InterceptEnv.SPEEDS:
     register_env(f"memrl/Intercept{_speed.capitalize()}-v0", max_episode_steps=INTERCEPT_STEPS, speed=_speed)(InterceptEnv)
     register_env(f"memrl/InterceptGrab{_speed.capitalize()}-v0", max_episode_steps=INTERCEPT_STEPS, speed=_speed,

@@ -59,6 +59,8 @@ def test_every_family_and_level_has_a_short_name():
         + [f"maniskill-shell-game-{mode}" for mode in ("touch", "push", "pick")]
         + [f"maniskill-{family}-of-colors-{n}" for family in ("bunch", "seq", "chain") for n in (3, 5, 7)]
         + [f"maniskill-intercept{grab}-{speed}" for grab in ("", "-grab") for speed in ("slow", "medium", "fast")]
+        + [f"maniskill-rotate-{rule}-{targets}" for rule in ("lenient", "strict") for targets in ("pos", "pos-neg")]
+        + ["maniskill-take-it-back"]
         + [f"maniskill-touch-remember-color-{n}" for n in (3, 5, 9)] + ["maniskill-touch-shell-game-swap"]
         + [f"maniskill-touch-{family}-of-colors-{n}" for family in ("seq", "chain") for n in (3, 5, 7)]
     )
@@ -66,6 +68,9 @@ def test_every_family_and_level_has_a_short_name():
     assert maniskill_env_id("maniskill-touch-remember-color-5") == "memrl/TouchRememberColor5-v0"
     assert maniskill_env_id("maniskill-intercept-grab-fast") == "memrl/InterceptGrabFast-v0"
     assert maniskill_env_id("maniskill-intercept-slow") == "memrl/InterceptSlow-v0"
+    assert maniskill_env_id("maniskill-rotate-strict-pos-neg") == "memrl/RotateStrictPosNeg-v0"
+    assert maniskill_env_id("maniskill-rotate-lenient-pos") == "memrl/RotateLenientPos-v0"
+    assert len(envs.maniskill.MIKASA_TASKS) == 32  # every MIKASA-Robo task at every published level
 
 
 def test_an_unknown_task_is_refused_in_one_sentence_naming_the_choices(tmp_path, capsys):

@@ -6,6 +6,7 @@ reward's bounds. The numbers the tests expect are MIKASA-Robo's (its task files)
 from __future__ import annotations
 
 import importlib.util
+import math
 
 import gymnasium
 import pytest
@@ -50,10 +51,11 @@ def _heights(base) -> list[float]:
     return [float(actor.pose.p[0, 2]) for actor in base.objects]
 
 
-def _teleport(actor, position: torch.Tensor) -> None:
+def _teleport(actor, position: torch.Tensor, heading: float = 0.0) -> None:
+    """Put `actor` at `position`, turned by `heading` about z, at rest."""
     state = actor.get_state()
     state[:, :3] = position
-    state[:, 3:7] = torch.tensor([1.0, 0.0, 0.0, 0.0])
+    state[:, 3:7] = torch.tensor([math.cos(heading / 2), 0.0, 0.0, math.sin(heading / 2)])
     state[:, 7:] = 0.0
     actor.set_state(state)
 
@@ -66,6 +68,7 @@ def _teleport(actor, position: torch.Tensor) -> None:
     ("memrl/ShellGameTouch-v0", 90, 40), ("memrl/ShellGamePush-v0", 90, 43), ("memrl/ShellGamePick-v0", 90, 44),
     ("memrl/BunchOfColors3-v0", 120, 85), ("memrl/SeqOfColors5-v0", 120, 87), ("memrl/ChainOfColors7-v0", 120, 89),
     ("memrl/InterceptSlow-v0", 90, 50), ("memrl/InterceptGrabMedium-v0", 90, 49),
+    ("memrl/RotateLenientPos-v0", 90, 34), ("memrl/RotateStrictPosNeg-v0", 90, 34), ("memrl/TakeItBack-v0", 180, 39),
 ])
 def test_lengths_spaces_and_defaults_are_mikasas(make_env, env_id, length, state_dim):
     from mani_skill.utils.registration import REGISTERED_ENVS
@@ -136,7 +139,8 @@ def test_remember_needs_a_still_arm(make_env):
 
 
 @pytest.mark.parametrize("env_id", ["memrl/RememberColor9-v0", "memrl/ShellGameTouch-v0", "memrl/ShellGamePush-v0",
-                                    "memrl/ShellGamePick-v0", "memrl/InterceptFast-v0", "memrl/InterceptGrabSlow-v0"])
+                                    "memrl/ShellGamePick-v0", "memrl/InterceptFast-v0", "memrl/InterceptGrabSlow-v0",
+                                    "memrl/RotateLenientPosNeg-v0", "memrl/RotateStrictPos-v0", "memrl/TakeItBack-v0"])
 def test_the_normalised_dense_reward_stays_in_0_1(make_env, env_id):
     env = make_env(env_id)
     env.reset(seed=4)
@@ -308,6 +312,57 @@ def test_intercept_grab_needs_the_ball_grasped_with_a_still_arm(make_env):
         if terminated[0]:
             break
     assert info["is_ball_grasped"][0] and info["success"][0] and terminated[0] and float(reward[0]) == 1.0
+
+
+@pytest.mark.parametrize("negative", [False, True], ids=["Pos", "PosNeg"])
+def test_rotate_targets_follow_the_levels_ranges_and_are_in_the_observation(make_env, negative):
+    env = make_env(f"memrl/RotateLenientPos{'Neg' if negative else ''}-v0")
+    targets = []
+    for seed in range(12):
+        obs, _ = env.reset(seed=seed)
+        target = float(env.unwrapped.target_angle[0])
+        assert float(obs[0, -1]) == target  # the prompt closes the state vector
+        targets.append(target)
+    magnitudes = [abs(target) for target in targets]
+    assert min(magnitudes) >= 0.1 and max(magnitudes) <= (math.pi / 4 if negative else math.pi / 2)
+    if negative:
+        # one draw gives sign and size: positive targets are the larger half of the range
+        split = 0.1 + 0.5 * (math.pi / 4 - 0.1)
+        assert all((target > 0) == (abs(target) > split) for target in targets)
+        assert min(targets) < 0 < max(targets)
+
+
+@pytest.mark.parametrize(("strict", "turn_error", "shift", "succeeds"), [
+    (False, 0.0, 0.0, True), (False, 0.15, 0.0, False), (False, 0.0, 0.08, True),
+    (True, 0.0, 0.0, True), (True, 0.0, 0.08, False),
+], ids=["lenient-turned", "lenient-turned-too-little", "lenient-moved", "strict-turned", "strict-moved"])
+def test_rotate_succeeds_when_the_peg_is_turned_by_the_target(make_env, strict, turn_error, shift, succeeds):
+    env = make_env(f"memrl/Rotate{'Strict' if strict else 'Lenient'}Pos-v0")
+    env.reset(seed=13)
+    base = env.unwrapped
+    _hold(env, 6)
+    heading = float(base.initial_heading[0] + base.target_angle[0]) - turn_error
+    _teleport(base.peg, base.initial_position[0] + torch.tensor([shift, 0.0, 0.0]), heading)
+    _, reward, terminated, _, info = _hold(env)
+    assert bool(info["success"][0]) is succeeds and bool(terminated[0]) is succeeds
+    assert (float(reward[0]) == 1.0) is succeeds
+
+
+def test_take_it_back_needs_the_goal_visited_before_the_way_back(make_env):
+    env = make_env("memrl/TakeItBack-v0")
+    env.reset(seed=14)
+    base = env.unwrapped
+    start, goal = base.start[0].clone(), base.goal[0].clone()
+    assert -0.05 <= float(start[0]) <= 0.05 and 0.2 <= float(goal[0]) <= 0.25
+    assert any(lane - 1e-6 <= float(start[1]) <= lane + 0.05 for lane in (-0.1, 0.0, 0.1))
+    _, _, terminated, _, info = _hold(env, 2)
+    assert not info["success"][0]  # on its start, but the goal was never visited
+    _teleport(base.cube, goal + torch.tensor([0.0, 0.0, 0.02]))
+    _, _, terminated, _, info = _hold(env)
+    assert info["goal_reached_status"][0] and not info["success"][0] and not terminated[0]
+    _teleport(base.cube, start + torch.tensor([0.03, 0.0, 0.02]))
+    _, reward, terminated, _, info = _hold(env)
+    assert info["success"][0] and terminated[0] and float(reward[0]) == 1.0
 
 
 def test_the_adapter_runs_a_mikasa_task_on_state_without_a_renderer():
