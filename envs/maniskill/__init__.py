@@ -27,8 +27,8 @@ MIKASA_TASKS = {
        for family in ("Bunch", "Seq", "Chain") for count in (3, 5, 7)},
     **{f"maniskill-intercept{grab}-{speed}": f"memrl/Intercept{grab.strip('-').capitalize()}{speed.capitalize()}-v0"
        for grab in ("", "-grab") for speed in ("slow", "medium", "fast")},
-    **{f"maniskill-rotate-{rule}-{targets}": f"memrl/Rotate{rule.capitalize()}{targets.replace('-n', 'N').capitalize()}-v0"
-       for rule in ("lenient", "strict") for targets in ("pos", "pos-neg")},
+    **{f"maniskill-rotate-{rule}-{targets}": f"memrl/Rotate{rule.capitalize()}{level}-v0"
+       for rule in ("lenient", "strict") for targets, level in (("pos", "Pos"), ("pos-neg", "PosNeg"))},
     "maniskill-take-it-back": "memrl/TakeItBack-v0",
 }
 """MIKASA-Robo's tasks under their published names (envs.maniskill.mikasa)."""
