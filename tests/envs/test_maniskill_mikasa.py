@@ -377,3 +377,68 @@ def test_the_adapter_runs_a_mikasa_task_on_state_without_a_renderer():
     assert truncated.tolist() == [True] and info["episode_length"].tolist() == [90]
     assert 0.0 < float(info["episode_return"][0]) < 90.0
     env.close()
+
+
+# -- with a renderer (a Vulkan-capable GPU): the memory-test observation ------------------------
+
+
+def _renderer():
+    from envs.maniskill.adapter import renderer_available
+
+    if not renderer_available():
+        pytest.skip("needs a Vulkan-capable GPU (ManiSkill renderer)")
+
+
+def test_rgb_joints_gives_both_cameras_and_the_joints_and_hides_the_answer():
+    _renderer()
+    from envs.maniskill import make_maniskill_env
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    env = make_maniskill_env("maniskill-remember-color-3", num_envs=1, device=device, seed=0)
+    obs, _ = env.reset()
+    assert sorted(obs) == ["base_camera", "hand_camera", "joints"]
+    assert obs["base_camera"].shape == (1, 128, 128, 3) and obs["hand_camera"].shape == (1, 128, 128, 3)
+    assert obs["base_camera"].dtype == torch.uint8 and obs["joints"].shape == (1, 25)
+    base = env.base_env
+    shown = obs["base_camera"].clone()
+    for _ in range(base.choice_start + 1):
+        obs, *_ = env.step(torch.zeros(1, 8, device=env.device))
+    assert not torch.equal(shown, obs["base_camera"])  # the cue is gone, the choice is on the table
+    base.target[:] = (base.target + 1) % 3
+    again = env._observation(base.get_obs())
+    assert torch.equal(again["base_camera"], obs["base_camera"])  # the choice looks the same whatever the answer
+    env.close()
+
+
+def test_rotate_gives_its_target_angle_as_prompt():
+    _renderer()
+    from envs.maniskill import make_maniskill_env
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    env = make_maniskill_env("maniskill-rotate-lenient-pos", num_envs=1, device=device, seed=0)
+    obs, _ = env.reset()
+    assert sorted(obs) == ["base_camera", "hand_camera", "joints", "prompt"]
+    assert float(obs["prompt"][0, 0]) == float(env.base_env.target_angle[0])
+    env.close()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("name", ["maniskill-remember-shape-and-color-5x3", "maniskill-shell-game-pick",
+                                  "maniskill-chain-of-colors-7", "maniskill-intercept-grab-fast",
+                                  "maniskill-rotate-strict-pos-neg", "maniskill-take-it-back"])
+def test_every_mikasa_family_runs_on_the_gpu(name):
+    _renderer()
+    from envs.maniskill import make_maniskill_env
+
+    env = make_maniskill_env(name, num_envs=8, device="cuda", seed=0)
+    obs, info = env.reset()
+    assert obs["base_camera"].shape == (8, 128, 128, 3) and obs["base_camera"].is_cuda and info["is_first"].all()
+    ended = torch.zeros(8, dtype=torch.bool, device=env.device)
+    for _ in range(env.max_episode_steps):
+        obs, reward, _, _, info = env.step(torch.rand(8, 8, device=env.device) * 2 - 1)
+        assert obs["joints"].is_cuda and reward.is_cuda and info["final_obs"]["hand_camera"].is_cuda
+        assert ((reward >= -1.0) & (reward <= 1.0)).all()
+        ended |= info["episode_done"]
+    assert ended.all() and obs["hand_camera"].float().std() > 0
+    env.close()
