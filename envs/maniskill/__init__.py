@@ -5,8 +5,8 @@ their published names (`envs.maniskill.mikasa`) and memrl's own touch variants (
     train-agent --env maniskill-remember-color-3 --num-envs 256
 
 Importing this package does not import mani-skill (an optional dependency: `pip install
-'memrl[maniskill]'`); building an env does. The tasks render RGB observations, so they need a
-Vulkan-capable GPU; without one, building an env raises `ManiSkillUnavailable` with one sentence.
+'memrl[maniskill]'`); building an env does. RGB observations (the default) need a Vulkan-capable
+GPU; without one, building an env with them raises `ManiSkillUnavailable` with one sentence.
 """
 
 from __future__ import annotations
