@@ -325,7 +325,8 @@ def check_spaces(env, agent: str) -> None:
     if agent != "ppo" and isinstance(obs_space, gymnasium.spaces.Dict):
         raise UsageError(
             f"the {agent} agent takes one Box observation, and this env gives a Dict ({', '.join(obs_space.keys())}); "
-            "use --agent ppo, or env options that give one tensor (ManiSkill: --env-options '{\"observation\": \"rgb\"}')"
+            "use --agent ppo, or env options that give one tensor "
+            "(ManiSkill: --env-options '{\"observation\": \"rgb\"}')"
         )
     obs_ok = is_supported_observation_space(obs_space)
     action_ok = isinstance(action_space, gymnasium.spaces.Discrete) or (

@@ -67,9 +67,9 @@ from mani_skill.envs.sapien_env import BaseEnv
 from mani_skill.sensors.camera import CameraConfig
 from mani_skill.utils import sapien_utils
 from mani_skill.utils.building import actors
+from mani_skill.utils.geometry.rotation_conversions import matrix_to_euler_angles, quaternion_to_matrix
 from mani_skill.utils.registration import register_env
 from mani_skill.utils.scene_builder.table import TableSceneBuilder
-from mani_skill.utils.geometry.rotation_conversions import matrix_to_euler_angles, quaternion_to_matrix
 from mani_skill.utils.structs.pose import Pose
 from mani_skill.utils.structs.types import GPUMemoryConfig, SimConfig
 from transforms3d.euler import euler2quat
@@ -110,7 +110,7 @@ def _ring(radius: float, count: int, make) -> list[Part]:
 
 
 def shape_parts(shape: str, scale: float = 0.02) -> list[Part]:
-    """The primitives of MIKASA-Robo's shapes at its sizes (scale 2 cm); their own drawings, same extents."""
+    """The primitives of MIKASA-Robo's shapes at its sizes (scale 2 cm): memrl's own drawings, same extents."""
     if shape == "cube":
         return [Part("box", (scale,) * 3)]
     if shape == "sphere":
@@ -205,6 +205,8 @@ class MikasaTableEnv(BaseEnv):
     objects: list
     objects_have_phases = True
     """False for tasks whose objects only move by physics (Intercept, Rotate, TakeItBack)."""
+    MAX_DENSE_REWARD: float
+    """The dense reward of a success step, MIKASA-Robo's divisor for normalized_dense."""
 
     def __init__(self, *args, robot_uids="panda_wristcam", robot_init_qpos_noise=0.02,
                  control_mode="pd_joint_delta_pos", **kwargs):
@@ -279,9 +281,6 @@ class MikasaTableEnv(BaseEnv):
     def arm_speed(self) -> torch.Tensor:
         """[num_envs]: the norm of the seven arm joint velocities."""
         return torch.linalg.norm(self.agent.robot.get_qvel()[..., :-2], dim=-1)
-
-    def _oracle_info(self) -> torch.Tensor:
-        raise NotImplementedError
 
     def compute_normalized_dense_reward(self, obs, action, info):
         return self.compute_dense_reward(obs, action, info) / self.MAX_DENSE_REWARD
@@ -477,8 +476,8 @@ class ColorSetEnv(MikasaTableEnv):
         self.places = _arc_places(self.NUM_COLORS, False).to(self.device)
         keys = torch.arange(self.NUM_COLORS, dtype=torch.float32)
         angles = torch.pi * (keys - self.NUM_COLORS // 2) / self.NUM_COLORS
-        bunch = torch.stack([0.22 * torch.cos(angles), 0.22 * torch.sin(angles) - (keys - self.NUM_COLORS // 2) * 0.015],
-                            dim=-1)
+        shift = (keys - self.NUM_COLORS // 2) * 0.015
+        bunch = torch.stack([0.22 * torch.cos(angles), 0.22 * torch.sin(angles) - shift], dim=-1)
         self.bunch_places = bunch.to(self.device)
         """Where BunchOfColors shows each colour (an arc of radius 22 cm around the table's centre)."""
 
@@ -649,8 +648,8 @@ class ShellGameEnv(MikasaTableEnv):
     def _phase(self):
         step = self.elapsed_steps.long()
         cups = self.cup_places()
-        cups = torch.where((step < SHOW_STEPS)[:, None, None], cups + torch.tensor([0.0, 0.0, LIFT], device=self.device),
-                           cups)
+        lifted = cups + torch.tensor([0.0, 0.0, LIFT], device=self.device)
+        cups = torch.where((step < SHOW_STEPS)[:, None, None], lifted, cups)
         positions = torch.cat([self.ball_place()[:, None], cups], dim=1)
         put = torch.cat([(step == 0)[:, None], (step <= SHOW_STEPS)[:, None].expand(-1, 3)], dim=1)
         return positions, put
@@ -736,7 +735,8 @@ class InterceptEnv(MikasaTableEnv):
                                  [0.0, 0.0, self.BALL_RADIUS])
         self.objects = [self.ball]
         self.goal_marker = None
-        if not self.grab and self.scene.can_render():  # the target disc is a picture: no collision, none without a renderer
+        # The target disc is a picture (no collision), so there is none without a renderer.
+        if not self.grab and self.scene.can_render():
             self.goal_marker = actors.build_red_white_target(
                 self.scene, radius=self.GOAL_RADIUS, thickness=1e-5, name="goal_region", add_collision=False,
                 body_type="kinematic", initial_pose=sapien.Pose(p=[0.0, 0.0, 0.1]))
@@ -753,8 +753,8 @@ class InterceptEnv(MikasaTableEnv):
         start = torch.stack([(uniform() * 2 - 1) * 0.15 - 0.2, uniform() * 0.25 - 0.9,
                              torch.full((batch,), (1 if self.grab else 2) * self.BALL_RADIUS, device=self.device)], -1)
         low, high = self.speed_range
-        velocity = torch.stack([uniform() * 0.05, uniform() * (high - low) + low, torch.zeros(batch, device=self.device)],
-                               -1)
+        velocity = torch.stack([uniform() * 0.05, uniform() * (high - low) + low,
+                                torch.zeros(batch, device=self.device)], -1)
         self.ball.set_pose(Pose.create_from_pq(p=start))
         self.ball.set_linear_velocity(velocity)
         self.ball.set_angular_velocity(torch.zeros(batch, 3, device=self.device))
@@ -983,7 +983,8 @@ class TakeItBackEnv(MikasaTableEnv):
                                                                       device=self.device)))
         flat_turn = euler2quat(0, np.pi / 2, 0)
         lifted = torch.tensor([0.0, 0.0, LIFT], device=self.device)
-        for marker, place in ((self.start_marker, start), (self.goal_marker, goal), (self.reached_marker, goal + lifted)):
+        markers = ((self.start_marker, start), (self.goal_marker, goal), (self.reached_marker, goal + lifted))
+        for marker, place in markers:
             if marker is not None:
                 marker.set_pose(Pose.create_from_pq(p=place, q=flat_turn))
 
@@ -1053,6 +1054,7 @@ for _strict in (False, True):
                      max_episode_steps=ROTATE_STEPS, strict=_strict, negative_targets=_negative)(RotateEnv)
 register_env("memrl/TakeItBack-v0", max_episode_steps=TAKE_IT_BACK_STEPS)(TakeItBackEnv)
 for _speed in InterceptEnv.SPEEDS:
-    register_env(f"memrl/Intercept{_speed.capitalize()}-v0", max_episode_steps=INTERCEPT_STEPS, speed=_speed)(InterceptEnv)
+    register_env(f"memrl/Intercept{_speed.capitalize()}-v0", max_episode_steps=INTERCEPT_STEPS,
+                 speed=_speed)(InterceptEnv)
     register_env(f"memrl/InterceptGrab{_speed.capitalize()}-v0", max_episode_steps=INTERCEPT_STEPS, speed=_speed,
                  grab=True)(InterceptEnv)

@@ -165,7 +165,8 @@ def test_ppo_trains_on_dict_observations_with_a_cnn_per_camera_and_an_mlp_for_jo
     metrics = trainer.train()
     assert all(math.isfinite(value) for value in metrics.values())
     changed = {name for name, value in parameters(trainer).items() if not torch.equal(value, before[name])}
-    for part in ("encoder.image_encoders.base_camera.convs.0.weight", "encoder.image_encoders.hand_camera.convs.0.weight",
+    for part in ("encoder.image_encoders.base_camera.convs.0.weight",
+                 "encoder.image_encoders.hand_camera.convs.0.weight",
                  "encoder.vector_encoder.net.0.weight", "encoder.project.0.weight"):
         assert part in changed
     payload = load_checkpoint(tmp_path)

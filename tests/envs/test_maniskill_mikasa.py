@@ -25,18 +25,20 @@ ON_TABLE = 0.5
 
 @pytest.fixture(scope="module")
 def make_env():
+    """gymnasium.make on the CPU simulation without a renderer; one env per id for the whole module
+    (each test resets it with its own seed), since building and closing one takes about half a second."""
     import envs.maniskill.mikasa  # noqa: F401
 
-    made = []
+    made = {}
 
-    def make(env_id: str, **kwargs):
-        env = gymnasium.make(env_id, num_envs=1, obs_mode="state", render_backend="none", sim_backend="physx_cpu",
-                             robot_uids="panda", **kwargs)
-        made.append(env)
-        return env
+    def make(env_id: str):
+        if env_id not in made:
+            made[env_id] = gymnasium.make(env_id, num_envs=1, obs_mode="state", render_backend="none",
+                                          sim_backend="physx_cpu", robot_uids="panda")
+        return made[env_id]
 
     yield make
-    for env in made:
+    for env in made.values():
         env.close()
 
 
@@ -66,9 +68,9 @@ def _teleport(actor, position: torch.Tensor, heading: float = 0.0) -> None:
     ("memrl/RememberShapeAndColor3x2-v0", 60, 45), ("memrl/RememberShapeAndColor3x3-v0", 60, 54),
     ("memrl/RememberShapeAndColor5x3-v0", 60, 72),
     ("memrl/ShellGameTouch-v0", 90, 40), ("memrl/ShellGamePush-v0", 90, 43), ("memrl/ShellGamePick-v0", 90, 44),
-    ("memrl/BunchOfColors3-v0", 120, 85), ("memrl/SeqOfColors5-v0", 120, 87), ("memrl/ChainOfColors7-v0", 120, 89),
-    ("memrl/InterceptSlow-v0", 90, 50), ("memrl/InterceptGrabMedium-v0", 90, 49),
-    ("memrl/RotateLenientPos-v0", 90, 34), ("memrl/RotateStrictPosNeg-v0", 90, 34), ("memrl/TakeItBack-v0", 180, 39),
+    ("memrl/BunchOfColors3-v0", 120, 85), ("memrl/SeqOfColors3-v0", 120, 85), ("memrl/ChainOfColors7-v0", 120, 89),
+    ("memrl/InterceptSlow-v0", 90, 50), ("memrl/InterceptGrabSlow-v0", 90, 49),
+    ("memrl/RotateLenientPos-v0", 90, 34), ("memrl/RotateStrictPos-v0", 90, 34), ("memrl/TakeItBack-v0", 180, 39),
 ])
 def test_lengths_spaces_and_defaults_are_mikasas(make_env, env_id, length, state_dim):
     from mani_skill.utils.registration import REGISTERED_ENVS
@@ -139,8 +141,8 @@ def test_remember_needs_a_still_arm(make_env):
 
 
 @pytest.mark.parametrize("env_id", ["memrl/RememberColor9-v0", "memrl/ShellGameTouch-v0", "memrl/ShellGamePush-v0",
-                                    "memrl/ShellGamePick-v0", "memrl/InterceptFast-v0", "memrl/InterceptGrabSlow-v0",
-                                    "memrl/RotateLenientPosNeg-v0", "memrl/RotateStrictPos-v0", "memrl/TakeItBack-v0"])
+                                    "memrl/ShellGamePick-v0", "memrl/InterceptSlow-v0", "memrl/InterceptGrabSlow-v0",
+                                    "memrl/RotateLenientPos-v0", "memrl/RotateStrictPos-v0", "memrl/TakeItBack-v0"])
 def test_the_normalised_dense_reward_stays_in_0_1(make_env, env_id):
     env = make_env(env_id)
     env.reset(seed=4)
@@ -207,7 +209,7 @@ def test_shell_game_push_and_pick_succeed_with_the_ball_cup_at_the_goal(make_env
 
 
 
-@pytest.mark.parametrize(("env_id", "choice_start"), [("memrl/BunchOfColors5-v0", 10), ("memrl/SeqOfColors3-v0", 20),
+@pytest.mark.parametrize(("env_id", "choice_start"), [("memrl/BunchOfColors3-v0", 10), ("memrl/SeqOfColors3-v0", 20),
                                                       ("memrl/ChainOfColors7-v0", 40)])
 def test_colour_sets_show_their_colours_then_nothing_then_all_nine(make_env, env_id, choice_start):
     env = make_env(env_id)
@@ -244,7 +246,7 @@ def _touch_in_turn(env, cubes: list[int]):
 
 @pytest.mark.parametrize(("env_id", "order", "succeeds"), [
     ("memrl/SeqOfColors3-v0", "reversed", True), ("memrl/BunchOfColors3-v0", "shown", True),
-    ("memrl/ChainOfColors3-v0", "shown", True), ("memrl/ChainOfColors3-v0", "reversed", False),
+    ("memrl/ChainOfColors7-v0", "shown", True), ("memrl/ChainOfColors7-v0", "reversed", False),
     ("memrl/SeqOfColors3-v0", "with-a-distractor", False),
 ])
 def test_colour_sets_succeed_on_exactly_the_shown_cubes(make_env, env_id, order, succeeds):
@@ -260,9 +262,13 @@ def test_colour_sets_succeed_on_exactly_the_shown_cubes(make_env, env_id, order,
     if succeeds:
         assert float(reward[0]) == 1.0
     else:
-        # (90 x right touches / 3 - 10 x wrong touches) / 100, plus at most 1.5 / 100 for reaching and a still arm.
-        # ChainOfColors reversed: only the middle cube is in its place (1 right, 2 wrong); the distractor: 3 right, 1 wrong.
-        touch_part = {"reversed": 0.1, "with-a-distractor": 0.8}[order]
+        # (90 x right touches / K - 10 x wrong touches) / 100, plus at most 1.5 / 100 for reaching and a still arm.
+        # ChainOfColors reversed: only the middle cube is in its place; SeqOfColors: the distractor is wrong.
+        if "Chain" in env_id:
+            right = sum(cube == shown for cube, shown in zip(cubes, sequence))
+        else:
+            right = sum(cube in sequence for cube in cubes)
+        touch_part = (90 * right / len(sequence) - 10 * (len(cubes) - right)) / 100
         assert touch_part <= float(reward[0]) <= touch_part + 0.015
 
 
