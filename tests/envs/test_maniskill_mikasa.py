@@ -448,3 +448,13 @@ def test_every_mikasa_family_runs_on_the_gpu(name):
         ended |= info["episode_done"]
     assert ended.all() and obs["hand_camera"].float().std() > 0
     env.close()
+
+
+def test_the_side_by_side_script_refuses_a_folder_that_is_not_mikasa_robo(tmp_path, capsys):
+    from scripts.compare_mikasa import main as compare_main
+
+    with pytest.raises(SystemExit) as exit_info:
+        compare_main(["--mikasa", str(tmp_path)])
+    assert exit_info.value.code == 2
+    stderr = capsys.readouterr().err
+    assert "is not a MIKASA-Robo checkout" in stderr and len(stderr.strip().splitlines()) == 1
