@@ -458,3 +458,26 @@ def test_the_side_by_side_script_refuses_a_folder_that_is_not_mikasa_robo(tmp_pa
     assert exit_info.value.code == 2
     stderr = capsys.readouterr().err
     assert "is not a MIKASA-Robo checkout" in stderr and len(stderr.strip().splitlines()) == 1
+
+
+def test_the_adapter_auto_resets_dict_observations_key_by_key():
+    """The rgb+joints path without a renderer: the state vector split into a dict stands in for the images."""
+    from envs.maniskill.adapter import ManiSkillBatchedEnv
+
+    class SplitState(ManiSkillBatchedEnv):
+        def _observation(self, raw):
+            return {"joints": raw[:, :25], "task": raw[:, 25:]}
+
+    env = SplitState("memrl/RememberColor3-v0", num_envs=1, device="cpu", seed=0, observation="state")
+    assert list(env.single_observation_space) == ["joints", "task"]
+    assert env.single_observation_space["task"].shape == (10,)
+    obs, info = env.reset()
+    first_task = obs["task"].clone()
+    for _ in range(60):
+        obs, _, _, truncated, info = env.step(torch.zeros(1, 8))
+    assert truncated.tolist() == [True] and info["is_first"].tolist() == [True]
+    assert sorted(info["final_obs"]) == ["joints", "task"]
+    assert not torch.equal(info["final_obs"]["joints"], obs["joints"])  # the new episode's arm, not the old one's
+    assert obs["task"][0, 0] == float(env.base_env.target[0])  # oracle_info of the new episode
+    assert first_task.shape == obs["task"].shape
+    env.close()
