@@ -341,7 +341,8 @@ class RememberObjectEnv(MikasaTableEnv):
     kinds: list[tuple[str, tuple[float, float, float]]]
     """(shape, rgb) of each object."""
     pair_layout = False
-    """RememberShapeAndColor lays out an even number of objects symmetrically (its own formula)."""
+    """RememberShapeAndColor's own layout: an even number of objects placed symmetrically, and the
+    jitter drawn for all objects at once."""
 
     @property
     def choice_start(self) -> int:
@@ -361,7 +362,8 @@ class RememberObjectEnv(MikasaTableEnv):
     def _draw_episodes(self, env_idx):
         count, batch = len(self.kinds), len(env_idx)
         self.target[env_idx] = torch.randint(count, (batch,), device=self.device)
-        self.slots[env_idx] = _jittered_shuffled_places(self.places, batch, self.OBJECT_HEIGHT)
+        jitter = _jointly_jittered_shuffled_places if self.pair_layout else _jittered_shuffled_places
+        self.slots[env_idx] = jitter(self.places, batch, self.OBJECT_HEIGHT)
 
     def _phase(self):
         step = self.elapsed_steps.long()
@@ -436,6 +438,28 @@ class RememberShapeAndColorEnv(RememberObjectEnv):
 
     def _oracle_info(self):
         return self.pair_ids.to(self.device)[self.target].float()
+
+
+def _jointly_jittered_shuffled_places(places: torch.Tensor, batch: int, scale: float) -> torch.Tensor:
+    """RememberShapeAndColor's variant: all `places` [count, 2] jittered together by N(0, scale / 2)
+    per axis, up to 20 tries, keeping the try whose closest pair is farthest apart (stopping at one
+    with 3 * scale between every pair; the unjittered places if no try beats a closest pair of 0),
+    then shuffled. -> [batch, count, 2]"""
+    count, device = places.shape[0], places.device
+    best = places.expand(batch, count, 2).clone()
+    best_gap = torch.zeros(batch, device=device)
+    done = torch.zeros(batch, dtype=torch.bool, device=device)
+    same_object = torch.eye(count, device=device, dtype=torch.bool)
+    for _ in range(20):
+        candidate = places + torch.randn(batch, count, 2, device=device) * scale * 0.5
+        gaps = torch.cdist(candidate, candidate).masked_fill(same_object, float("inf")).amin(dim=(-2, -1))
+        better = (gaps > best_gap) & ~done
+        best[better], best_gap[better] = candidate[better], gaps[better]
+        done |= better & (gaps >= 3 * scale)
+        if bool(done.all()):
+            break
+    order = torch.rand(batch, count, device=device).argsort(-1)
+    return torch.gather(best, 1, order[..., None].expand(-1, -1, 2))
 
 
 # -- BunchOfColors, SeqOfColors, ChainOfColors -----------------------------------------------
