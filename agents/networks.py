@@ -66,17 +66,53 @@ class CNNEncoder(nn.Module):
         return self.project(self.convs(images)).reshape(*leading, self.output_dim)
 
 
-def make_encoder(observation_space: gymnasium.Space, output_dim: int) -> nn.Module:
-    """An MLP for flat Box observations, a CNN for images [H, W, C]; anything else is refused."""
+class DictEncoder(nn.Module):
+    """Dict observations (e.g. ManiSkill's cameras and joints) -> features [..., output_dim].
+
+    A `CNNEncoder` per image key ([H, W, C]), one `MLPEncoder` over the vector keys concatenated in
+    key order, then their features concatenated and projected by a linear layer + ReLU."""
+
+    def __init__(self, observation_space: gymnasium.spaces.Dict, output_dim: int):
+        super().__init__()
+        self.output_dim = output_dim
+        self.image_keys = [key for key, space in observation_space.items() if len(space.shape) == 3]
+        self.vector_keys = [key for key, space in observation_space.items() if len(space.shape) == 1]
+        self.image_encoders = nn.ModuleDict(
+            {key: CNNEncoder(observation_space[key].shape, output_dim) for key in self.image_keys})
+        vector_dim = sum(observation_space[key].shape[0] for key in self.vector_keys)
+        self.vector_encoder = MLPEncoder(vector_dim, output_dim) if self.vector_keys else None
+        parts = len(self.image_keys) + (1 if self.vector_keys else 0)
+        self.project = nn.Sequential(orthogonal_init(nn.Linear(parts * output_dim, output_dim)), nn.ReLU())
+
+    def forward(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
+        features = [self.image_encoders[key](obs[key]) for key in self.image_keys]
+        if self.vector_encoder is not None:
+            features.append(self.vector_encoder(torch.cat([obs[key].float() for key in self.vector_keys], dim=-1)))
+        return self.project(torch.cat(features, dim=-1))
+
+
+def is_supported_observation_space(observation_space: gymnasium.Space, allow_dict: bool = True) -> bool:
+    """A flat Box, an image Box [H, W, C], or (if `allow_dict`) a Dict of those."""
     if isinstance(observation_space, gymnasium.spaces.Box):
-        if len(observation_space.shape) == 1:
-            return MLPEncoder(observation_space.shape[0], output_dim)
-        if len(observation_space.shape) == 3:
-            return CNNEncoder(observation_space.shape, output_dim)
-    raise ValueError(
-        f"observation space {observation_space} is not supported; memrl agents take a flat Box "
-        "(vector) or a Box of shape [H, W, C] (image)"
-    )
+        return len(observation_space.shape) in (1, 3)
+    if allow_dict and isinstance(observation_space, gymnasium.spaces.Dict) and len(observation_space.spaces) > 0:
+        return all(is_supported_observation_space(space, allow_dict=False) for space in observation_space.values())
+    return False
+
+
+def make_encoder(observation_space: gymnasium.Space, output_dim: int) -> nn.Module:
+    """An MLP for flat Box observations, a CNN for images [H, W, C], a `DictEncoder` for a Dict of
+    those; anything else is refused."""
+    if not is_supported_observation_space(observation_space):
+        raise ValueError(
+            f"observation space {observation_space} is not supported; memrl agents take a flat Box "
+            "(vector), a Box of shape [H, W, C] (image) or a Dict of those"
+        )
+    if isinstance(observation_space, gymnasium.spaces.Dict):
+        return DictEncoder(observation_space, output_dim)
+    if len(observation_space.shape) == 1:
+        return MLPEncoder(observation_space.shape[0], output_dim)
+    return CNNEncoder(observation_space.shape, output_dim)
 
 
 class ActionHead(nn.Module):
@@ -125,3 +161,23 @@ def action_shape(action_space: gymnasium.Space) -> tuple[int, ...]:
 
 def observation_dtype(observation_space: gymnasium.Space) -> torch.dtype:
     return torch.uint8 if observation_space.dtype == np.uint8 else torch.float32
+
+
+Observation = torch.Tensor | dict[str, torch.Tensor]
+"""A batch of observations: one tensor, or a dict of tensors (Dict spaces) with the same leading dims."""
+
+
+def empty_observations(observation_space: gymnasium.Space, leading_shape: tuple[int, ...],
+                       device: torch.device) -> Observation:
+    """Zeros for `leading_shape` observations of `observation_space` (a Box, or a Dict of Boxes)."""
+    if isinstance(observation_space, gymnasium.spaces.Dict):
+        return {key: empty_observations(space, leading_shape, device) for key, space in observation_space.items()}
+    return torch.zeros((*leading_shape, *observation_space.shape), dtype=observation_dtype(observation_space),
+                       device=device)
+
+
+def map_observations(function, *observations: Observation) -> Observation:
+    """`function` applied to tensor observations, or key by key to dict observations."""
+    if isinstance(observations[0], dict):
+        return {key: function(*(observation[key] for observation in observations)) for key in observations[0]}
+    return function(*observations)

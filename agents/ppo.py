@@ -37,7 +37,8 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from agents.networks import ActionHead, action_dtype, action_shape, make_encoder, observation_dtype, orthogonal_init
+from agents.networks import (ActionHead, Observation, action_dtype, action_shape, empty_observations, make_encoder,
+                             map_observations, orthogonal_init)
 from agents.run import (
     Distributed,
     check_finite_parameters,
@@ -91,22 +92,22 @@ class RecurrentActorCritic(nn.Module):
     def initial_state(self, batch_size: int, device: torch.device | None = None) -> State:
         return self.backbone.initial_state(batch_size, device)
 
-    def step(self, obs: torch.Tensor, state: State, is_first: torch.Tensor):
+    def step(self, obs: Observation, state: State, is_first: torch.Tensor):
         """obs [B, ...], is_first [B] -> (action distribution, value [B], next state)."""
         features, state = self.backbone.step(self.encoder(obs), state, is_first)
         return self.actor(features), self.critic(features).squeeze(-1), state
 
-    def act(self, obs: torch.Tensor, state: State, is_first: torch.Tensor, deterministic: bool = False):
+    def act(self, obs: Observation, state: State, is_first: torch.Tensor, deterministic: bool = False):
         """The policy interface `evaluate` uses: obs [B, ...], is_first [B] -> (action [B, ...], next state)."""
         distribution, _, state = self.step(obs, state, is_first)
         action = self.actor.mode(distribution) if deterministic else distribution.sample()
         return action, state
 
-    def value(self, obs: torch.Tensor, state: State, is_first: torch.Tensor) -> torch.Tensor:
+    def value(self, obs: Observation, state: State, is_first: torch.Tensor) -> torch.Tensor:
         features, _ = self.backbone.step(self.encoder(obs), state, is_first)
         return self.critic(features).squeeze(-1)
 
-    def forward(self, obs: torch.Tensor, state: State, is_first: torch.Tensor):
+    def forward(self, obs: Observation, state: State, is_first: torch.Tensor):
         """obs [B, T, ...], is_first [B, T] -> (action distribution over [B, T], values [B, T])."""
         features, _ = self.backbone(self.encoder(obs), state, is_first)
         return self.actor(features), self.critic(features).squeeze(-1)
@@ -140,7 +141,7 @@ def compute_gae(rewards: torch.Tensor, values: torch.Tensor, terminated: torch.T
 class Rollout:
     """One rollout window [num_envs, num_steps] plus the backbone state at its start."""
 
-    obs: torch.Tensor
+    obs: Observation
     is_first: torch.Tensor
     actions: torch.Tensor
     log_probs: torch.Tensor
@@ -158,7 +159,7 @@ class Rollout:
         floats = partial(torch.zeros, shape, device=device)
         flags = partial(torch.zeros, shape, dtype=torch.bool, device=device)
         return cls(
-            obs=torch.zeros((*shape, *obs_space.shape), dtype=observation_dtype(obs_space), device=device),
+            obs=empty_observations(obs_space, shape, device),
             is_first=flags(),
             actions=torch.zeros((*shape, *action_shape(act_space)), dtype=action_dtype(act_space), device=device),
             log_probs=floats(), values=floats(), rewards=floats(),
@@ -255,7 +256,7 @@ class PPOTrainer:
         if own["env"] is not None and hasattr(self.env, "load_state_dict"):
             self.env.load_state_dict(own["env"])
             carry = own["carry"]
-            self.next_obs = carry["obs"].to(self.device)
+            self.next_obs = map_observations(lambda obs: obs.to(self.device), carry["obs"])
             self.next_is_first = carry["is_first"].to(self.device)
             self.state = {key: value.to(self.device) for key, value in carry["state"].items()}
 
@@ -272,7 +273,8 @@ class PPOTrainer:
             self.next_obs, reward, terminated, truncated, info = self.env.step(action)
             self.next_is_first = info["is_first"]
             self.global_step += self.env.num_envs * self.distributed.world_size
-            rollout.obs[:, t], rollout.is_first[:, t], rollout.actions[:, t] = obs, is_first, action
+            map_observations(lambda buffer, value: buffer[:, t].copy_(value), rollout.obs, obs)
+            rollout.is_first[:, t], rollout.actions[:, t] = is_first, action
             rollout.log_probs[:, t] = self.agent.actor.log_prob(distribution, action)
             rollout.values[:, t], rollout.rewards[:, t] = value, reward
             rollout.terminated[:, t], rollout.truncated[:, t] = terminated, truncated
@@ -298,7 +300,8 @@ class PPOTrainer:
             for start in range(0, self.env.num_envs, envs_per_minibatch):
                 envs = order[start:start + envs_per_minibatch]
                 start_state = {key: value[envs] for key, value in rollout.start_state.items()}
-                distribution, new_values = self.learner(rollout.obs[envs], start_state, rollout.is_first[envs])
+                obs = map_observations(lambda buffer: buffer[envs], rollout.obs)
+                distribution, new_values = self.learner(obs, start_state, rollout.is_first[envs])
                 new_log_probs = self.agent.actor.log_prob(distribution, rollout.actions[envs])
                 entropy = self.agent.actor.entropy(distribution)
                 log_ratio = new_log_probs - rollout.log_probs[envs]

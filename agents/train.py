@@ -39,6 +39,7 @@ import gymnasium
 import torch
 
 from agents.dreamer import DreamerConfig, DreamerTrainer
+from agents.networks import is_supported_observation_space
 from agents.ppo import PPOConfig, PPOTrainer
 from agents.run import (
     ArtifactError,
@@ -318,17 +319,23 @@ def default_run_dir(run: RunConfig) -> Path:
     return Path("runs") / f"{env}__{run.agent}__{run.backbone}__{run.seed}__{int(time.time())}"
 
 
-def check_spaces(env) -> None:
-    """Refuse, in one sentence, an env whose spaces the agents cannot handle."""
+def check_spaces(env, agent: str) -> None:
+    """Refuse, in one sentence, an env whose spaces the agent cannot handle (Dict observations: PPO only)."""
     obs_space, action_space = env.single_observation_space, env.single_action_space
-    obs_ok = isinstance(obs_space, gymnasium.spaces.Box) and len(obs_space.shape) in (1, 3)
+    if agent != "ppo" and isinstance(obs_space, gymnasium.spaces.Dict):
+        raise UsageError(
+            f"the {agent} agent takes one Box observation, and this env gives a Dict ({', '.join(obs_space.keys())}); "
+            "use --agent ppo, or env options that give one tensor "
+            "(ManiSkill: --env-options '{\"observation\": \"rgb\"}')"
+        )
+    obs_ok = is_supported_observation_space(obs_space)
     action_ok = isinstance(action_space, gymnasium.spaces.Discrete) or (
         isinstance(action_space, gymnasium.spaces.Box) and len(action_space.shape) == 1
     )
     if not (obs_ok and action_ok):
         raise UsageError(
             f"env spaces {obs_space} -> {action_space} are not supported; memrl agents take Box observations "
-            "(flat vectors or [H, W, C] images) and Discrete or flat Box actions"
+            "(flat vectors or [H, W, C] images, or PPO a Dict of those) and Discrete or flat Box actions"
         )
 
 
@@ -466,7 +473,7 @@ def run_training(args: argparse.Namespace, distributed: Distributed = Distribute
         env = make_training_env(run.env, run.num_envs // distributed.world_size, device, seed, run.env_options)
     except (TypeError, ValueError, ManiSkillUnavailable) as error:
         raise UsageError(f"cannot build the env {run.env!r}: {error}") from None
-    check_spaces(env)
+    check_spaces(env, run.agent)
     config = {"run": dataclasses.asdict(run), run.agent: dataclasses.asdict(agent_config), "preset": preset}
     trainer_class = AGENTS[run.agent][1]
     data_parallel = {"distributed": distributed} if distributed.torchrun else {}

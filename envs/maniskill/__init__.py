@@ -1,11 +1,12 @@
-"""ManiSkill 3 memory-manipulation tasks (`envs.maniskill.tasks`) behind memrl's batched interface.
+"""ManiSkill 3 memory-manipulation tasks behind memrl's batched interface: MIKASA-Robo's tasks under
+their published names (`envs.maniskill.mikasa`) and memrl's own touch variants (`envs.maniskill.tasks`).
 
     env = make_maniskill_env("maniskill-remember-color-3", num_envs=256, device="cuda", seed=1)
     train-agent --env maniskill-remember-color-3 --num-envs 256
 
 Importing this package does not import mani-skill (an optional dependency: `pip install
-'memrl[maniskill]'`); building an env does. The tasks render RGB observations, so they need a
-Vulkan-capable GPU; without one, building an env raises `ManiSkillUnavailable` with one sentence.
+'memrl[maniskill]'`); building an env does. RGB observations (the default) need a Vulkan-capable
+GPU; without one, building an env with them raises `ManiSkillUnavailable` with one sentence.
 """
 
 from __future__ import annotations
@@ -16,13 +17,30 @@ import torch
 
 ENV_PREFIX = "maniskill-"
 
-TASKS = {
+MIKASA_TASKS = {
     **{f"maniskill-remember-color-{count}": f"memrl/RememberColor{count}-v0" for count in (3, 5, 9)},
-    "maniskill-shell-game-touch": "memrl/ShellGameTouch-v0",
-    **{f"maniskill-seq-of-colors-{count}": f"memrl/SeqOfColors{count}-v0" for count in (3, 5, 7)},
-    **{f"maniskill-chain-of-colors-{count}": f"memrl/ChainOfColors{count}-v0" for count in (3, 5, 7)},
+    **{f"maniskill-remember-shape-{count}": f"memrl/RememberShape{count}-v0" for count in (3, 5, 9)},
+    **{f"maniskill-remember-shape-and-color-{level}": f"memrl/RememberShapeAndColor{level}-v0"
+       for level in ("3x2", "3x3", "5x3")},
+    **{f"maniskill-shell-game-{mode}": f"memrl/ShellGame{mode.capitalize()}-v0" for mode in ("touch", "push", "pick")},
+    **{f"maniskill-{family.lower()}-of-colors-{count}": f"memrl/{family}OfColors{count}-v0"
+       for family in ("Bunch", "Seq", "Chain") for count in (3, 5, 7)},
+    **{f"maniskill-intercept{grab}-{speed}": f"memrl/Intercept{grab.strip('-').capitalize()}{speed.capitalize()}-v0"
+       for grab in ("", "-grab") for speed in ("slow", "medium", "fast")},
+    **{f"maniskill-rotate-{rule}-{targets}": f"memrl/Rotate{rule.capitalize()}{level}-v0"
+       for rule in ("lenient", "strict") for targets, level in (("pos", "Pos"), ("pos-neg", "PosNeg"))},
+    "maniskill-take-it-back": "memrl/TakeItBack-v0",
 }
-"""memrl short name -> ManiSkill env id (registered with ManiSkill and gymnasium by envs.maniskill.tasks)."""
+"""MIKASA-Robo's tasks under their published names (envs.maniskill.mikasa)."""
+TOUCH_TASKS = {
+    **{f"maniskill-touch-remember-color-{count}": f"memrl/TouchRememberColor{count}-v0" for count in (3, 5, 9)},
+    "maniskill-touch-shell-game-swap": "memrl/TouchShellGameSwap-v0",
+    **{f"maniskill-touch-seq-of-colors-{count}": f"memrl/TouchSeqOfColors{count}-v0" for count in (3, 5, 7)},
+    **{f"maniskill-touch-chain-of-colors-{count}": f"memrl/TouchChainOfColors{count}-v0" for count in (3, 5, 7)},
+}
+"""memrl's own touch variants (envs.maniskill.tasks)."""
+TASKS = {**MIKASA_TASKS, **TOUCH_TASKS}
+"""memrl short name -> ManiSkill env id (registered with ManiSkill and gymnasium on importing the adapter)."""
 
 MISSING_DEPENDENCY = "ManiSkill tasks need mani-skill: pip install 'memrl[maniskill]'"
 VULKAN_REQUIRED = "ManiSkill tasks need a Vulkan-capable GPU (ManiSkill renderer), and this machine has none"

@@ -1,8 +1,8 @@
 """A GPU-parallel ManiSkill env behind memrl's batched interface, with every tensor kept on its device.
 
     env = ManiSkillBatchedEnv("memrl/RememberColor3-v0", num_envs=256, device="cuda", seed=1)
-    obs, info = env.reset()                     # obs uint8 [256, 64, 64, 3] on cuda
-    obs, reward, terminated, truncated, info = env.step(action)   # action float32 [256, 4] on cuda
+    obs, info = env.reset()   # obs: base_camera, hand_camera uint8 [256, 128, 128, 3], joints [256, 25]
+    obs, reward, terminated, truncated, info = env.step(action)   # action float32 [256, 8] on cuda
 
 On a CUDA device the simulation is ManiSkill's GPU PhysX (`sim_backend="physx_cuda"`), one scene
 per env, and observations, rewards and flags come back as CUDA tensors: nothing is copied to the
@@ -16,11 +16,20 @@ holds the observation it ended on, and `episode_done`, `success`, `episode_retur
 `episode_length` describe the finished episode (zero elsewhere). `truncated` (the time limit) is
 never set together with `terminated` (success or failure).
 
-`observation="rgb"` (the default) gives the camera image, uint8 [H, W, 3]: the memory tasks show
-their cue in it, and memrl's agents take one tensor, so the image is the observation (the arm is
-in view). `observation="state"` gives the robot's proprioception (joint positions, velocities, TCP
-pose), float32 [25]; it shows nothing of the task and needs no renderer, for tests and benchmarks
-of the simulation alone.
+`observation` picks what the agent sees:
+- "rgb+joints" (the default; MIKASA-Robo's memory-test mode): a dict of tensors, one uint8
+  [H, W, 3] image per camera of the task (the MIKASA-Robo tasks: `base_camera` and the wrist's
+  `hand_camera`, 128 x 128; memrl's touch tasks: `base_camera`, 64 x 64) and `joints`, float32
+  [25]: TCP pose (7), joint positions (9) and velocities (9), in MIKASA-Robo's order. MIKASA-Robo
+  stacks the two images on the channel axis; memrl keeps one key per camera, so a dict encoder runs
+  a CNN per camera (`agents.networks.DictEncoder`). Tasks with an instruction (Rotate: the target
+  angle) add it as `prompt`, float32 [1], as MIKASA-Robo does.
+- "rgb": the base camera's image alone, uint8 [H, W, 3] (the arm is in view).
+- "state": the task's flat state vector, float32: for the MIKASA-Robo tasks MIKASA-Robo's state
+  (proprioception plus object poses and `oracle_info`, the answer: an MDP, for debugging); for
+  memrl's touch tasks the proprioception alone [25]. It needs no renderer; without one, the
+  MIKASA-Robo tasks use the `panda` robot (the same arm without the wrist camera's mount), since
+  the `panda_wristcam` model needs a renderer to load.
 """
 
 from __future__ import annotations
@@ -39,10 +48,11 @@ with warnings.catch_warnings():
 
 from mani_skill.utils.registration import REGISTERED_ENVS
 
-import envs.maniskill.tasks  # noqa: F401  (registers the ManiSkill env ids)
+import envs.maniskill.mikasa  # noqa: F401  (registers the ManiSkill env ids)
+import envs.maniskill.tasks  # noqa: F401
 from envs.maniskill import VULKAN_REQUIRED, ManiSkillUnavailable
 
-OBSERVATIONS = ("rgb", "state")
+OBSERVATIONS = ("rgb+joints", "rgb", "state")
 
 
 @functools.cache
@@ -56,23 +66,43 @@ def renderer_available() -> bool:
     return True
 
 
+def _map(function, *observations):
+    """`function` applied to a tensor observation, or key by key to dict observations."""
+    if isinstance(observations[0], dict):
+        return {key: function(*(observation[key] for observation in observations)) for key in observations[0]}
+    return function(*observations)
+
+
+def _space_of(observation) -> gymnasium.Space:
+    """The single-env space of a batched observation: images uint8 0..255, anything else float32."""
+    if isinstance(observation, dict):
+        return gymnasium.spaces.Dict({key: _space_of(value) for key, value in observation.items()})
+    if observation.dtype == torch.uint8:
+        return gymnasium.spaces.Box(0, 255, tuple(observation.shape[1:]), np.uint8)
+    return gymnasium.spaces.Box(-np.inf, np.inf, tuple(observation.shape[1:]), np.float32)
+
+
 class ManiSkillBatchedEnv:
     """`num_envs` parallel episodes of the ManiSkill env `env_id`; see the module docstring.
 
-    `make_kwargs` go to `gymnasium.make` (e.g. `reward_mode="dense"`, `sensor_configs={"width": 128,
-    "height": 128}`); the tasks default to sparse rewards and end-effector position control."""
+    `make_kwargs` go to `gymnasium.make` (e.g. `reward_mode="sparse"`, `sensor_configs={"width": 64,
+    "height": 64}`); each task keeps its own defaults (MIKASA-Robo tasks: normalized dense reward,
+    joint-delta control; memrl's touch tasks: sparse reward, end-effector control)."""
 
     reports_success = True
     """ManiSkill's evaluate() defines success for every memrl task."""
 
     def __init__(self, env_id: str, num_envs: int, device: torch.device | str = "cuda", seed: int | None = None,
-                 observation: str = "rgb", **make_kwargs):
+                 observation: str = "rgb+joints", **make_kwargs):
         if not isinstance(num_envs, int) or num_envs <= 0:
             raise ValueError(f"num_envs must be a positive integer, got {num_envs!r}")
         if observation not in OBSERVATIONS:
             raise ValueError(f"observation must be one of {', '.join(OBSERVATIONS)}, got {observation!r}")
-        if observation == "rgb" and not renderer_available():
+        rendering = observation != "state"
+        if rendering and not renderer_available():
             raise ManiSkillUnavailable(VULKAN_REQUIRED)
+        if not rendering and "robot_uids" not in make_kwargs and not renderer_available():
+            make_kwargs["robot_uids"] = "panda"  # panda_wristcam's model cannot load without a renderer
         device = torch.device(device)
         if device.type != "cuda" and num_envs != 1:
             raise ValueError(f"ManiSkill simulates one env per process on the CPU, so {num_envs} parallel envs "
@@ -81,23 +111,29 @@ class ManiSkillBatchedEnv:
         self.num_envs = num_envs
         self.observation = observation
         sim_backend = "physx_cuda" if device.type == "cuda" else "physx_cpu"
-        render_backend = "none" if observation == "state" else ("gpu" if device.type == "cuda" else "cpu")
-        self.env = gymnasium.make(env_id, num_envs=num_envs, obs_mode=observation, sim_backend=sim_backend,
+        render_backend = "none" if not rendering else ("gpu" if device.type == "cuda" else "cpu")
+        obs_mode = "rgb" if rendering else "state"
+        self.env = gymnasium.make(env_id, num_envs=num_envs, obs_mode=obs_mode, sim_backend=sim_backend,
                                   render_backend=render_backend, **make_kwargs)
         self.base_env = self.env.unwrapped
         self.max_episode_steps = make_kwargs.get("max_episode_steps", REGISTERED_ENVS[env_id].max_episode_steps)
         self._seed = seed
         first_obs = self._observation(self.base_env.get_obs())
-        self.device = first_obs.device  # with its index ("cuda:0"), which ManiSkill's own device leaves out
-        low, high, dtype = (0, 255, np.uint8) if observation == "rgb" else (-np.inf, np.inf, np.float32)
-        self.single_observation_space = gymnasium.spaces.Box(low, high, tuple(first_obs.shape[1:]), dtype)
+        # The device with its index ("cuda:0"), which ManiSkill's own device leaves out.
+        self.device = next(iter(first_obs.values())).device if isinstance(first_obs, dict) else first_obs.device
+        self.single_observation_space = _space_of(first_obs)
         self.single_action_space = self.base_env.single_action_space
         self.episode_return = torch.zeros(num_envs, dtype=torch.float32, device=self.device)
 
-    def _observation(self, raw) -> torch.Tensor:
+    def _observation(self, raw) -> torch.Tensor | dict[str, torch.Tensor]:
+        if self.observation == "state":
+            return raw
         if self.observation == "rgb":
             return raw["sensor_data"]["base_camera"]["rgb"]
-        return raw
+        images = {camera: data["rgb"] for camera, data in raw["sensor_data"].items()}
+        joints = torch.cat([raw["extra"]["tcp_pose"], raw["agent"]["qpos"], raw["agent"]["qvel"]], dim=-1)
+        prompt = {"prompt": raw["extra"]["prompt"].float()} if "prompt" in raw["extra"] else {}
+        return {**images, "joints": joints.float(), **prompt}
 
     def reset(self, seed: int | None = None):
         """Start a new episode in every env -> (obs, info with is_first all True)."""
@@ -126,11 +162,11 @@ class ManiSkillBatchedEnv:
             "episode_length": torch.where(done, self.base_env.elapsed_steps.long(), 0),
         }
         if bool(done.any()):
-            # The renderer reuses its buffers, so the final image is copied before the reset renders.
-            step_info["final_obs"] = obs.clone()
+            # The renderer reuses its buffers, so the final images are copied before the reset renders.
+            step_info["final_obs"] = _map(torch.clone, obs)
             raw, _ = self.env.reset(options={"env_idx": done.nonzero()[:, 0]})
-            mask = done.view(-1, *([1] * (obs.dim() - 1)))
-            obs = torch.where(mask, self._observation(raw), step_info["final_obs"])
+            obs = _map(lambda new, old: torch.where(done.view(-1, *([1] * (old.dim() - 1))), new, old),
+                       self._observation(raw), step_info["final_obs"])
             self.episode_return.masked_fill_(done, 0.0)
         return obs, reward, terminated, truncated, step_info
 

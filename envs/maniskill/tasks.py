@@ -1,4 +1,8 @@
-"""ManiSkill 3 memory-manipulation tasks built from primitive shapes (nothing is downloaded).
+"""memrl's own ManiSkill 3 touch tasks: variants of MIKASA-Robo's colour and shell-game tasks, built
+from primitive shapes (nothing is downloaded). They differ from MIKASA-Robo (whose tasks are in
+`envs.maniskill.mikasa`) on purpose: end-effector control, one 64 x 64 camera, a touch decides at
+once (a wrong one fails), sparse +-1 rewards, and the shell game swaps its cups; hence their own
+names (memrl/Touch...-v0, short names maniskill-touch-...).
 
 A Panda arm (end-effector position control, `pd_ee_delta_pos`: 4 actions in [-1, 1]) stands on a
 checkered floor in front of a 3 x 3 grid of slots 10 cm apart. Every task shows something, hides
@@ -8,14 +12,14 @@ an object is hidden by parking it under the floor, where the camera cannot see i
 gripper's tool centre point (TCP) inside an object's box widened by `TOUCH_MARGIN`, counted in the
 choice phase only.
 
-    RememberColor-N (N = 3, 5, 9; 60 steps): a cube of one of N colours is shown for 5 steps,
+    TouchRememberColor-N (N = 3, 5, 9; 60 steps): a cube of one of N colours is shown for 5 steps,
         then nothing for 5 steps, then all N colours appear at random grid slots; touching the
         shown colour is a success, touching another one a failure. Chance 1/N.
-    ShellGameTouch (90 steps): a red ball lies on one of three slots for 5 steps; three identical
+    TouchShellGameSwap (90 steps): a red ball lies on one of three slots for 5 steps; three identical
         cups then cover the slots (the ball is hidden) for 5 steps and swap places twice in view
         (5 steps a swap); touching the cup with the ball is a success, another cup a failure.
         Chance 1/3 (an agent can also keep the answer with its gripper, by following the cup).
-    SeqOfColors-K / ChainOfColors-K (K = 3, 5, 7; 120 steps): K distinct colours of 9 are shown
+    TouchSeqOfColors-K / TouchChainOfColors-K (K = 3, 5, 7; 120 steps): K distinct colours of 9 are shown
         one after another (5 steps each), then nothing for 5 steps, then all 9 colours appear at
         random grid slots. Touch every shown colour (SeqOfColors: in any order; ChainOfColors: in
         the order shown); a touched cube disappears; touching any other cube is a failure.
@@ -413,11 +417,11 @@ class ColorSequenceEnv(MemoryTouchEnv):
 REMEMBER_COLOR_STEPS, SHELL_GAME_STEPS, COLOR_SEQUENCE_STEPS = 60, 90, 120
 
 for _count in (3, 5, 9):
-    register_env(f"memrl/RememberColor{_count}-v0", max_episode_steps=REMEMBER_COLOR_STEPS,
+    register_env(f"memrl/TouchRememberColor{_count}-v0", max_episode_steps=REMEMBER_COLOR_STEPS,
                  num_colors=_count)(RememberColorEnv)
-register_env("memrl/ShellGameTouch-v0", max_episode_steps=SHELL_GAME_STEPS)(ShellGameTouchEnv)
+register_env("memrl/TouchShellGameSwap-v0", max_episode_steps=SHELL_GAME_STEPS)(ShellGameTouchEnv)
 for _count in (3, 5, 7):
-    register_env(f"memrl/SeqOfColors{_count}-v0", max_episode_steps=COLOR_SEQUENCE_STEPS,
+    register_env(f"memrl/TouchSeqOfColors{_count}-v0", max_episode_steps=COLOR_SEQUENCE_STEPS,
                  sequence_length=_count)(ColorSequenceEnv)
-    register_env(f"memrl/ChainOfColors{_count}-v0", max_episode_steps=COLOR_SEQUENCE_STEPS,
+    register_env(f"memrl/TouchChainOfColors{_count}-v0", max_episode_steps=COLOR_SEQUENCE_STEPS,
                  sequence_length=_count, ordered=True)(ColorSequenceEnv)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import gymnasium
+import numpy as np
 import pytest
 import torch
 
@@ -116,3 +118,67 @@ def test_ppo_trains_on_a_native_env_with_continuous_actions():
     assert rollout.actions.std() > 0.5  # a Gaussian of standard deviation near 1, not one fixed torque
     result = evaluate(trainer.agent, make_env("popgym-position-only-pendulum-hard", num_envs=4, seed=6))
     assert result["episodes"] == 4 and result["length_mean"] == 100 and -1.0 <= result["return_mean"] <= 1.0
+
+
+class CameraAndJointsEnv:
+    """A native env whose observation is a dict like ManiSkill's rgb+joints: the vector as `joints`, and
+    the same numbers drawn as the brightness of two 36 x 36 RGB images (`base_camera`, `hand_camera`)."""
+
+    def __init__(self, env):
+        self.env = env
+        size = (36, 36, 3)
+        self.single_observation_space = gymnasium.spaces.Dict({
+            "base_camera": gymnasium.spaces.Box(0, 255, size, np.uint8),
+            "hand_camera": gymnasium.spaces.Box(0, 255, size, np.uint8),
+            "joints": env.single_observation_space,
+        })
+
+    def __getattr__(self, name):
+        return getattr(self.env, name)
+
+    def _observation(self, vector: torch.Tensor) -> dict[str, torch.Tensor]:
+        brightness = (vector[:, :3].clamp(0, 1) * 255).to(torch.uint8)  # [N, 3] -> one colour per image
+        image = brightness[:, None, None, :].expand(-1, 36, 36, -1).contiguous()
+        return {"base_camera": image, "hand_camera": 255 - image, "joints": vector}
+
+    def reset(self, *args, **kwargs):
+        obs, info = self.env.reset(*args, **kwargs)
+        return self._observation(obs), info
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        info = {**info, "final_obs": self._observation(info["final_obs"])}
+        return self._observation(obs), reward, terminated, truncated, info
+
+
+def test_ppo_trains_on_dict_observations_with_a_cnn_per_camera_and_an_mlp_for_joints(tmp_path):
+    seed_everything(3)
+    env = CameraAndJointsEnv(make_env("tmaze", num_envs=8, seed=3))
+    trainer = PPOTrainer(SMALL, env, 8 * 16 * 2, torch.device("cpu"), "gru", run_dir=tmp_path, progress=False)
+    encoder = trainer.agent.encoder
+    assert sorted(encoder.image_encoders) == ["base_camera", "hand_camera"] and encoder.vector_keys == ["joints"]
+    rollout = trainer.collect(writer=None)
+    assert rollout.obs["base_camera"].shape == (8, 16, 36, 36, 3) and rollout.obs["base_camera"].dtype == torch.uint8
+    assert rollout.obs["joints"].shape == (8, 16, env.single_observation_space["joints"].shape[0])
+    assert rollout.obs["base_camera"].float().std() > 0  # the images were written, not left as zeros
+    before = parameters(trainer)
+    metrics = trainer.train()
+    assert all(math.isfinite(value) for value in metrics.values())
+    changed = {name for name, value in parameters(trainer).items() if not torch.equal(value, before[name])}
+    for part in ("encoder.image_encoders.base_camera.convs.0.weight",
+                 "encoder.image_encoders.hand_camera.convs.0.weight",
+                 "encoder.vector_encoder.net.0.weight", "encoder.project.0.weight"):
+        assert part in changed
+    payload = load_checkpoint(tmp_path)
+    assert payload["carry"]["obs"]["hand_camera"].shape == (8, 36, 36, 3)
+
+
+def test_only_ppo_takes_dict_observations():
+    from agents.train import UsageError, check_spaces
+
+    env = CameraAndJointsEnv(make_env("tmaze", num_envs=2, seed=3))
+    check_spaces(env, "ppo")
+    with pytest.raises(UsageError, match="the dreamer agent takes one Box observation, and this env gives a Dict "
+                                         r"\(base_camera, hand_camera, joints\); use --agent ppo") as error:
+        check_spaces(env, "dreamer")
+    assert "\n" not in str(error.value)

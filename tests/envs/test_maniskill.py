@@ -54,10 +54,23 @@ def no_renderer():
 
 def test_every_family_and_level_has_a_short_name():
     assert maniskill_names() == sorted(
-        [f"maniskill-remember-color-{n}" for n in (3, 5, 9)] + ["maniskill-shell-game-touch"]
-        + [f"maniskill-{family}-of-colors-{n}" for family in ("seq", "chain") for n in (3, 5, 7)]
+        [f"maniskill-remember-{family}-{n}" for family in ("color", "shape") for n in (3, 5, 9)]
+        + [f"maniskill-remember-shape-and-color-{level}" for level in ("3x2", "3x3", "5x3")]
+        + [f"maniskill-shell-game-{mode}" for mode in ("touch", "push", "pick")]
+        + [f"maniskill-{family}-of-colors-{n}" for family in ("bunch", "seq", "chain") for n in (3, 5, 7)]
+        + [f"maniskill-intercept{grab}-{speed}" for grab in ("", "-grab") for speed in ("slow", "medium", "fast")]
+        + [f"maniskill-rotate-{rule}-{targets}" for rule in ("lenient", "strict") for targets in ("pos", "pos-neg")]
+        + ["maniskill-take-it-back"]
+        + [f"maniskill-touch-remember-color-{n}" for n in (3, 5, 9)] + ["maniskill-touch-shell-game-swap"]
+        + [f"maniskill-touch-{family}-of-colors-{n}" for family in ("seq", "chain") for n in (3, 5, 7)]
     )
     assert maniskill_env_id("maniskill-remember-color-5") == "memrl/RememberColor5-v0"
+    assert maniskill_env_id("maniskill-touch-remember-color-5") == "memrl/TouchRememberColor5-v0"
+    assert maniskill_env_id("maniskill-intercept-grab-fast") == "memrl/InterceptGrabFast-v0"
+    assert maniskill_env_id("maniskill-intercept-slow") == "memrl/InterceptSlow-v0"
+    assert maniskill_env_id("maniskill-rotate-strict-pos-neg") == "memrl/RotateStrictPosNeg-v0"
+    assert maniskill_env_id("maniskill-rotate-lenient-pos") == "memrl/RotateLenientPos-v0"
+    assert len(envs.maniskill.MIKASA_TASKS) == 32  # every MIKASA-Robo task at every published level
 
 
 def test_an_unknown_task_is_refused_in_one_sentence_naming_the_choices(tmp_path, capsys):
@@ -69,7 +82,7 @@ def test_an_unknown_task_is_refused_in_one_sentence_naming_the_choices(tmp_path,
         train_main(["--env", "maniskill-shell-game", "--run-dir", str(tmp_path / "run"), "--quiet"])
     assert exit_info.value.code == 2
     stderr = capsys.readouterr().err
-    assert "unknown ManiSkill task 'maniskill-shell-game'" in stderr and "maniskill-seq-of-colors-7" in stderr
+    assert "unknown ManiSkill task 'maniskill-shell-game'" in stderr and "maniskill-touch-seq-of-colors-7" in stderr
     assert len(stderr.strip().splitlines()) == 1
 
 
@@ -96,12 +109,14 @@ def test_the_benchmark_refuses_without_a_gpu_in_one_sentence(capsys):
 def test_every_task_is_registered_with_maniskill_and_gymnasium():
     from mani_skill.utils.registration import REGISTERED_ENVS
 
-    import envs.maniskill.tasks  # noqa: F401
+    import envs.maniskill.adapter  # noqa: F401
 
     for env_id in TASKS.values():
         assert env_id in REGISTERED_ENVS and env_id in gymnasium.registry
+    assert REGISTERED_ENVS["memrl/TouchRememberColor9-v0"].max_episode_steps == 60
     assert REGISTERED_ENVS["memrl/RememberColor9-v0"].max_episode_steps == 60
-    assert REGISTERED_ENVS["memrl/ChainOfColors7-v0"].default_kwargs == {"sequence_length": 7, "ordered": True}
+    assert REGISTERED_ENVS["memrl/ShellGamePick-v0"].max_episode_steps == 90
+    assert REGISTERED_ENVS["memrl/TouchChainOfColors7-v0"].default_kwargs == {"sequence_length": 7, "ordered": True}
 
 
 @needs_maniskill
@@ -110,10 +125,10 @@ def test_without_a_vulkan_gpu_building_a_task_is_refused_in_one_sentence(no_rend
         make_maniskill_env("maniskill-remember-color-3", num_envs=1, device="cpu")
     assert str(error.value) == VULKAN_REQUIRED and "Vulkan-capable GPU" in VULKAN_REQUIRED
     with pytest.raises(SystemExit) as exit_info:
-        train_main(["--env", "maniskill-chain-of-colors-3", "--run-dir", str(tmp_path / "run"), "--quiet"])
+        train_main(["--env", "maniskill-touch-chain-of-colors-3", "--run-dir", str(tmp_path / "run"), "--quiet"])
     assert exit_info.value.code == 2
     stderr = capsys.readouterr().err
-    assert stderr == f"train-agent: error: cannot build the env 'maniskill-chain-of-colors-3': {VULKAN_REQUIRED}\n"
+    assert stderr == f"train-agent: error: cannot build the env 'maniskill-touch-chain-of-colors-3': {VULKAN_REQUIRED}\n"
     assert not (tmp_path / "run").exists()
 
 
@@ -184,7 +199,7 @@ def _touch(env, object_index: int, max_steps: int = 60):
 
 @needs_maniskill
 def test_remember_color_observation_holds_no_answer(make_state_env):
-    env = make_state_env("memrl/RememberColor5-v0")
+    env = make_state_env("memrl/TouchRememberColor5-v0")
     env.reset(seed=0)
     base = env.unwrapped
     for _ in range(base._choice_start + 1):
@@ -198,7 +213,7 @@ def test_remember_color_observation_holds_no_answer(make_state_env):
 @needs_maniskill
 @pytest.mark.parametrize("right", [True, False], ids=["target", "distractor"])
 def test_remember_color_succeeds_on_the_shown_colour_only(make_state_env, right):
-    env = make_state_env("memrl/RememberColor3-v0")
+    env = make_state_env("memrl/TouchRememberColor3-v0")
     env.reset(seed=1)
     base = env.unwrapped
     positions = base._object_positions(torch.zeros(1, dtype=torch.long), torch.arange(1))[0]
@@ -213,7 +228,7 @@ def test_remember_color_succeeds_on_the_shown_colour_only(make_state_env, right)
 
 @needs_maniskill
 def test_the_dense_reward_pulls_towards_the_answer_in_the_choice_phase_only(make_state_env):
-    env = make_state_env("memrl/RememberColor3-v0", reward_mode="dense")
+    env = make_state_env("memrl/TouchRememberColor3-v0", reward_mode="dense")
     env.reset(seed=6)
     base = env.unwrapped
     rewards = [float(env.step(torch.zeros(1, 4))[1][0]) for _ in range(base._choice_start)]
@@ -224,7 +239,7 @@ def test_the_dense_reward_pulls_towards_the_answer_in_the_choice_phase_only(make
 
 @needs_maniskill
 def test_remember_color_touches_before_the_choice_phase_do_not_count(make_state_env):
-    env = make_state_env("memrl/RememberColor3-v0")
+    env = make_state_env("memrl/TouchRememberColor3-v0")
     env.reset(seed=2)
     base = env.unwrapped
     for _ in range(base._choice_start - 1):  # press on the shown cube while it is shown
@@ -235,7 +250,7 @@ def test_remember_color_touches_before_the_choice_phase_do_not_count(make_state_
 
 @needs_maniskill
 def test_remember_color_reset_draws_new_colours_and_places(make_state_env):
-    env = make_state_env("memrl/RememberColor9-v0")
+    env = make_state_env("memrl/TouchRememberColor9-v0")
     base = env.unwrapped
     targets, layouts = set(), set()
     for seed in range(12):
@@ -249,7 +264,7 @@ def test_remember_color_reset_draws_new_colours_and_places(make_state_env):
 @needs_maniskill
 @pytest.mark.parametrize("right", [True, False], ids=["ball-cup", "empty-cup"])
 def test_shell_game_succeeds_on_the_cup_that_hides_the_ball(make_state_env, right):
-    env = make_state_env("memrl/ShellGameTouch-v0")
+    env = make_state_env("memrl/TouchShellGameSwap-v0")
     env.reset(seed=3)
     base = env.unwrapped
     ball_cup = int(base.target[0])
@@ -267,7 +282,7 @@ def test_shell_game_succeeds_on_the_cup_that_hides_the_ball(make_state_env, righ
 
 @needs_maniskill
 def test_shell_game_swaps_move_the_cups(make_state_env):
-    env = make_state_env("memrl/ShellGameTouch-v0")
+    env = make_state_env("memrl/TouchShellGameSwap-v0")
     base = env.unwrapped
     moved = 0
     for seed in range(10):
@@ -286,10 +301,10 @@ def test_shell_game_swaps_move_the_cups(make_state_env):
 @pytest.mark.parametrize(
     ("env_id", "order", "success"),
     [
-        ("memrl/SeqOfColors3-v0", "reversed", True),
-        ("memrl/ChainOfColors3-v0", "shown", True),
-        ("memrl/ChainOfColors3-v0", "reversed", False),
-        ("memrl/SeqOfColors3-v0", "distractor", False),
+        ("memrl/TouchSeqOfColors3-v0", "reversed", True),
+        ("memrl/TouchChainOfColors3-v0", "shown", True),
+        ("memrl/TouchChainOfColors3-v0", "reversed", False),
+        ("memrl/TouchSeqOfColors3-v0", "distractor", False),
     ],
 )
 def test_colour_sequences(make_state_env, env_id, order, success):
@@ -315,7 +330,7 @@ def test_colour_sequences(make_state_env, env_id, order, success):
 
 @needs_maniskill
 def test_a_touched_cube_disappears(make_state_env):
-    env = make_state_env("memrl/SeqOfColors5-v0")
+    env = make_state_env("memrl/TouchSeqOfColors5-v0")
     env.reset(seed=5)
     base = env.unwrapped
     _wait_for_choice(env)
@@ -333,7 +348,7 @@ def test_a_touched_cube_disappears(make_state_env):
 def state_adapter():
     if not HAS_MANISKILL:
         pytest.skip("needs mani-skill (pip install 'memrl[maniskill]')")
-    env = make_maniskill_env("maniskill-remember-color-3", num_envs=1, device="cpu", seed=7, observation="state")
+    env = make_maniskill_env("maniskill-touch-remember-color-3", num_envs=1, device="cpu", seed=7, observation="state")
     yield env
     env.close()
 
@@ -381,9 +396,9 @@ def test_adapter_reports_success_and_the_episode_return(state_adapter):
 @needs_maniskill
 def test_adapter_refuses_bad_input_in_one_sentence(state_adapter):
     with pytest.raises(ValueError, match="2 parallel envs need a CUDA device"):
-        make_maniskill_env("maniskill-remember-color-3", num_envs=2, device="cpu", observation="state")
-    with pytest.raises(ValueError, match="observation must be one of rgb, state"):
-        make_maniskill_env("maniskill-remember-color-3", num_envs=1, device="cpu", observation="depth")
+        make_maniskill_env("maniskill-touch-remember-color-3", num_envs=2, device="cpu", observation="state")
+    with pytest.raises(ValueError, match=r"observation must be one of rgb\+joints, rgb, state"):
+        make_maniskill_env("maniskill-touch-remember-color-3", num_envs=1, device="cpu", observation="depth")
     with pytest.raises(ValueError, match=r"action must be a float tensor of shape \(1, 4\), got torch.int64 \(1,\)"):
         state_adapter.step(torch.zeros(1, dtype=torch.long))
 
@@ -394,7 +409,7 @@ def test_adapter_refuses_bad_input_in_one_sentence(state_adapter):
 @needs_maniskill
 def test_rgb_observations_show_the_cue_and_hide_the_answer(renderer):
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    env = make_maniskill_env("maniskill-remember-color-3", num_envs=1, device=device, seed=0)
+    env = make_maniskill_env("maniskill-touch-remember-color-3", num_envs=1, device=device, seed=0, observation="rgb")
     obs, _ = env.reset()
     assert env.single_observation_space.shape == (64, 64, 3) and obs.shape == (1, 64, 64, 3)
     assert obs.dtype == torch.uint8 and obs.device == env.device
@@ -408,14 +423,14 @@ def test_rgb_observations_show_the_cue_and_hide_the_answer(renderer):
 
 
 def _cuda_env(name: str, num_envs: int):
-    return make_maniskill_env(name, num_envs=num_envs, device="cuda", seed=0)
+    return make_maniskill_env(name, num_envs=num_envs, device="cuda", seed=0, observation="rgb")
 
 
 @pytest.mark.cuda
 @needs_maniskill
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("name", ["maniskill-remember-color-9", "maniskill-shell-game-touch",
-                                  "maniskill-seq-of-colors-5", "maniskill-chain-of-colors-7"])
+@pytest.mark.parametrize("name", ["maniskill-touch-remember-color-9", "maniskill-touch-shell-game-swap",
+                                  "maniskill-touch-seq-of-colors-5", "maniskill-touch-chain-of-colors-7"])
 def test_every_family_renders_on_the_gpu(renderer, name):
     env = _cuda_env(name, 8)
     obs, info = env.reset()
@@ -432,7 +447,7 @@ def test_every_family_renders_on_the_gpu(renderer, name):
 @needs_maniskill
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_256_envs_step_on_the_gpu_and_every_episode_ends(renderer):
-    env = _cuda_env("maniskill-remember-color-3", 256)
+    env = _cuda_env("maniskill-touch-remember-color-3", 256)
     env.reset()
     ended = torch.zeros(256, dtype=torch.bool, device=env.device)
     for _ in range(env.max_episode_steps):
