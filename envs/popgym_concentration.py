@@ -97,8 +97,6 @@ class Concentration(BatchedEnv):
         self.max_episode_steps = math.ceil(2 * n - n / (2 * n - 1))
         self.obs_dim = n * (num_values + 1)
         self.num_actions = n
-        per_class = n // num_values
-        self.chance_success = _uniform_flipper_success(per_class, num_values, self.max_episode_steps)
         super().__init__(num_envs, device, seed)
         self.base_layout = torch.arange(n, device=self.device) % num_values
         self.layout = torch.zeros(num_envs, n, dtype=torch.int64, device=self.device)
@@ -110,6 +108,12 @@ class Concentration(BatchedEnv):
         """The position of the first card of the pair being played, -1 if none, int64 [N]."""
         self.block_starts = torch.arange(n, device=self.device) * (num_values + 1)
         """Where each card's one-hot block starts in the observation, int64 [n]."""
+
+    @property
+    def chance_success(self) -> float:
+        """Computed on first use (seconds for Medium and Hard), not when the env is built: every
+        process that imports `envs` builds one of each to register it with gymnasium."""
+        return _uniform_flipper_success(self.num_cards // self.num_values, self.num_values, self.max_episode_steps)
 
     def _draw_layout(self, keys: torch.Tensor) -> torch.Tensor:
         """A shuffled shoe per row of `keys` (float32 [K, n] uniform in [0, 1)): the shoe's cards in the
