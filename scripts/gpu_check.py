@@ -1,7 +1,7 @@
 """The first run on a GPU machine, in one command: versions, the CUDA tests, production shapes and the
 benchmarks behind the speed goals, written to benchmarks/gpu/.
 
-    python -m scripts.gpu_check             # on one H100/H200: about 8 minutes at most
+    python -m scripts.gpu_check             # on one H100/H200: about 9.5 minutes at most
     python -m scripts.gpu_check --dry-run   # every step, tiny, on the CPU under TRITON_INTERPRET=1
 
 Steps (each a subprocess with its own time limit; a step that fails or runs out of time is
@@ -15,6 +15,8 @@ recorded and the others still run):
   ppo       scripts/bench_ppo.py on CUDA: PPO update seconds (S5 vs LSTM) and end-to-end SPS of
             every backbone                                                       -> ppo.md
   envs      scripts/bench_envs.py on CUDA at 65,536 envs                         -> envs.md
+  maniskill the ManiSkill tests with a renderer (every MIKASA-Robo family built, rendered and
+            stepped on the GPU; the rgb+joints observation hides the answer); they skip on the CPU
 The summary (device, date, commit, command, versions, each step's status, time and last lines)
 goes to summary.md. The dry run writes to a temporary directory (or --output-dir), never to
 benchmarks/.
@@ -37,7 +39,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # Peak HBM bandwidth in GB/s by device-name fragment (vendor data sheets), for "% of peak".
 PEAK_BANDWIDTH_GBPS = {"H200": 4800.0, "H100 PCIe": 2000.0, "H100": 3350.0, "A100-SXM4-80GB": 2039.0, "A100": 1555.0}
-TOTAL_BUDGET_SECONDS = 8 * 60
+TOTAL_BUDGET_SECONDS = 9 * 60 + 30
 
 
 @dataclasses.dataclass
@@ -66,6 +68,8 @@ def peak_bandwidth(device_name: str) -> float | None:
 def plan(dry_run: bool, output_dir: Path, peak_gbps: float) -> list[Step]:
     """The steps: production shapes on CUDA, or the same steps tiny on the CPU."""
     cuda_tests = ["pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider", "tests/kernels", "tests/memory"]
+    maniskill_tests = ["pytest", "-q", "-p", "no:cacheprovider", "tests/envs/test_maniskill.py",
+                       "tests/envs/test_maniskill_mikasa.py"]
     if dry_run:
         kernel_shapes = ["--device", "cpu", "--scan-shapes", "2x8x4", "--ssm-shapes", "2x8x4", "--state-size", "2",
                          "--rnn-shapes", "2x4", "--hidden-size", "16"]
@@ -79,6 +83,7 @@ def plan(dry_run: bool, output_dir: Path, peak_gbps: float) -> list[Step]:
                  "kernels.md"),
             Step("ppo", ["scripts.bench_ppo", *ppo, "--output", str(output_dir / "ppo.md")], 120, "ppo.md"),
             Step("envs", ["scripts.bench_envs", *envs, "--output", str(output_dir / "envs.md")], 60, "envs.md"),
+            Step("maniskill", [*maniskill_tests, "--collect-only"], 60),
         ]
     kernel_shapes = ["--scan-shapes", "256x1024x256,16x8192x256", "--ssm-shapes", "64x1024x512,4x8192x256",
                      "--state-size", "16", "--rnn-shapes", "1024x128,64x1024", "--hidden-size", "128",
@@ -91,13 +96,14 @@ def plan(dry_run: bool, output_dir: Path, peak_gbps: float) -> list[Step]:
                      "--output", str(output_dir / "ppo.md")], 120, "ppo.md"),
         Step("envs", ["scripts.bench_envs", "--device", "cuda", "--num-envs", "65536", "--repeats", "3", "--threads", "1",
                       "--output", str(output_dir / "envs.md")], 45, "envs.md"),
+        Step("maniskill", maniskill_tests, 90),
     ]
 
 
 def run_step(step: Step, environment: dict[str, str], seconds_left: float) -> Outcome:
     timeout = min(step.timeout_seconds, seconds_left)
     if timeout < 10:
-        return Outcome(step, "skipped: the 8-minute budget is spent", 0.0, "")
+        return Outcome(step, f"skipped: the {TOTAL_BUDGET_SECONDS / 60:g}-minute budget is spent", 0.0, "")
     command = [sys.executable, "-m", *step.arguments]
     started = time.perf_counter()
     try:

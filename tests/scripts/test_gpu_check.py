@@ -24,7 +24,7 @@ def test_dry_run_runs_every_step(tmp_path):
     )
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     summary = (tmp_path / "summary.md").read_text()
-    for step in ("tests", "kernels", "ppo", "envs"):
+    for step in ("tests", "kernels", "ppo", "envs", "maniskill"):
         assert f"| {step} | ok |" in summary
     kernels = (tmp_path / "kernels.md").read_text()
     for kernel in ("linear_scan", "selective_scan", "lstm", "gru"):
