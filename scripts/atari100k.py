@@ -61,6 +61,8 @@ from scripts.compare_backbones import (
     execute,
     git_commit,
     run_status,
+    status_counts,
+    study_status,
     train_agent_arguments,
     train_arguments,
     write_csv,
@@ -401,21 +403,21 @@ def main(argv: list[str] | None = None) -> int:
     runs = build_grid(args.agents, args.backbones, [ENV_PREFIX + game for game in game_names], args.seeds,
                       args.study_dir)
     output_dir = args.output_dir or Path("benchmarks/studies") / args.study_dir.name
+    statuses = [study_status(run, earlier) for run in runs]
     if args.dry_run:
-        for run in runs:
-            print(f"{run_status(run.run_dir):<6} {atari_game(run.env)} {run.label} seed{run.seed}  {run.run_dir}")
+        for run, status in zip(runs, statuses):
+            print(f"{status:<6} {atari_game(run.env)} {run.label} seed{run.seed}  {run.run_dir}")
         return 0
     failures = 0
     if not args.aggregate_only:
-        statuses = [run_status(run.run_dir) for run in runs]
         workers = args.workers or max(1, (os.cpu_count() or 1) // args.torch_threads)
         reduced = budget_shortfalls(args.total_steps, args.eval_episodes, args.max_episode_frames)
-        print(f"atari100k: {len(runs)} runs: {statuses.count('new')} new, {statuses.count('resume')} to resume, "
-              f"{statuses.count('done')} done; {workers} workers"
+        print(f"atari100k: {len(runs)} runs: {status_counts(statuses)}; {workers} workers"
               + (f"; REDUCED budget: {'; '.join(reduced)}" if reduced else "; the Atari100k protocol budget"),
               flush=True)
         try:
-            failures = run_suite(runs, train_args, workers, args.torch_threads)
+            failures = run_suite([run for run, status in zip(runs, statuses) if status != "earlier"], train_args,
+                                 workers, args.torch_threads)
         except ArtifactError as error:
             parser.exit(2, f"atari100k: error: {error}\n")
         except KeyboardInterrupt:

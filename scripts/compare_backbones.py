@@ -99,6 +99,19 @@ def run_status(run_dir: Path) -> str:
     return "new"
 
 
+def study_status(run: GridRun, earlier: dict[tuple[str, str, str, int], dict]) -> str:
+    """run_status, or "earlier" for a run not finished here whose record --earlier-runs holds
+    (finished on another machine: it is not trained again)."""
+    status = run_status(run.run_dir)
+    return "earlier" if status != "done" and (run.env, run.agent, run.backbone, run.seed) in earlier else status
+
+
+def status_counts(statuses: list[str]) -> str:
+    """"N new, N to resume, N done" and, where there are any, "N from --earlier-runs"."""
+    counts = f"{statuses.count('new')} new, {statuses.count('resume')} to resume, {statuses.count('done')} done"
+    return counts + (f", {statuses.count('earlier')} from --earlier-runs" if "earlier" in statuses else "")
+
+
 def train_agent_arguments(run: GridRun, train_args: list[str], resume: bool) -> list[str]:
     """The train-agent flags of one run (on --resume train-agent reads the config from the
     checkpoint and honours only --total-steps)."""
@@ -724,19 +737,20 @@ def main(argv: list[str] | None = None) -> int:
         parser.exit(2, f"compare-backbones: error: {error}\n")
     runs = build_grid(args.agents, backbones, args.envs, args.seeds, args.study_dir)
     output_dir = args.output_dir or Path("benchmarks/studies") / args.study_dir.name
+    statuses = [study_status(run, earlier) for run in runs]
     if args.dry_run:
-        for run in runs:
-            print(f"{run_status(run.run_dir):<6} {run.env} {run.label} seed{run.seed}  {run.run_dir}")
+        for run, status in zip(runs, statuses):
+            print(f"{status:<6} {run.env} {run.label} seed{run.seed}  {run.run_dir}")
         return 0
     failures = 0
     if not args.aggregate_only:
-        statuses = [run_status(run.run_dir) for run in runs]
         workers = args.workers or max(1, (os.cpu_count() or 1) // args.torch_threads)
         where = f"Ray at {args.ray_address}" if args.ray_address else f"{workers} workers"
-        print(f"compare-backbones: {len(runs)} runs: {statuses.count('new')} new, {statuses.count('resume')} to resume, "
-              f"{statuses.count('done')} done; {where}, {args.torch_threads} torch thread(s) each", flush=True)
+        print(f"compare-backbones: {len(runs)} runs: {status_counts(statuses)}; {where}, "
+              f"{args.torch_threads} torch thread(s) each", flush=True)
+        to_train = [run for run, status in zip(runs, statuses) if status != "earlier"]
         try:
-            failures = run_grid(runs, train_args, workers, args.torch_threads, args.ray_address, args.ray_gpus_per_run)
+            failures = run_grid(to_train, train_args, workers, args.torch_threads, args.ray_address, args.ray_gpus_per_run)
         except (UsageError, ArtifactError) as error:
             parser.exit(2, f"compare-backbones: error: {error}\n")
         except KeyboardInterrupt:

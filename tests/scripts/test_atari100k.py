@@ -159,6 +159,10 @@ def test_earlier_runs_score_a_suite_whose_run_dirs_are_on_another_machine(tmp_pa
     assert float(result["hns_mean"]) == pytest.approx(np.mean(list(hns.values())), abs=1e-5)
     markdown = (output / "results.md").read_text()
     assert "- runs finished: 2 of 3" in markdown and "- 2 of them scored from --earlier-runs" in markdown
+    capsys.readouterr()
+    assert main(["--games", "pong", "breakout", "--seeds", "1", "--study-dir", str(tmp_path / "study"),
+                 "--earlier-runs", str(earlier), "--dry-run"]) == 0
+    assert [line.split()[:2] for line in capsys.readouterr().out.splitlines()] == [["new", "breakout"], ["earlier", "pong"]]
 
 
 def test_earlier_runs_without_a_needed_column_are_refused_in_one_sentence(tmp_path, capsys):

@@ -218,8 +218,11 @@ def test_a_tiny_study_trains_aggregates_plots_and_resumes(tmp_path, capsys):
     assert {(row["backbone"], row["seed"]) for row in curves} == {("none", "1"), ("none", "2"), ("gru", "1"), ("gru", "2")}
     assert all(0 < float(row["step"]) < 1024 and 0.0 <= float(row["success"]) <= 1.0 for row in curves)
     merged = tmp_path / "merged"
-    assert main([*argv, "--study-dir", str(tmp_path / "empty"), "--output-dir", str(merged), "--aggregate-only",
+    capsys.readouterr()
+    assert main([*argv, "--study-dir", str(tmp_path / "empty"), "--output-dir", str(merged),
                  "--earlier-runs", str(elsewhere / "runs.csv")]) == 0
+    assert "4 runs: 0 new, 0 to resume, 0 done, 4 from --earlier-runs" in capsys.readouterr().out  # nothing retrained
+    assert not (tmp_path / "empty").exists()
     assert read_csv(merged / "runs.csv") == read_csv(output / "runs.csv")
     assert read_csv(merged / "curves.csv") == curves
     for original, again in zip(read_csv(output / "results.csv"), read_csv(merged / "results.csv"), strict=True):
