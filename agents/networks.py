@@ -18,17 +18,25 @@ def orthogonal_init(layer: nn.Module, gain: float = math.sqrt(2), bias: float = 
 
 
 class MLPEncoder(nn.Module):
-    """Vector observations [..., obs_dim] -> features [..., output_dim]."""
+    """Vector observations [..., obs_dim] -> features [..., output_dim].
 
-    def __init__(self, obs_dim: int, output_dim: int):
+    `width` 0: two tanh layers of output_dim (CleanRL's). `width` > 0: two ReLU layers of that width,
+    then a tanh layer to output_dim: the deeper, wider encoder a task needs when one observation holds
+    a conjunction the memory must store (Color-Cubes' first map: which cell holds the target colour).
+    """
+
+    def __init__(self, obs_dim: int, output_dim: int, width: int = 0):
         super().__init__()
+        if not isinstance(width, int) or width < 0:
+            raise ValueError(f"encoder width must be an integer >= 0 (0: two tanh layers of the hidden size), got {width!r}")
         self.output_dim = output_dim
-        self.net = nn.Sequential(
-            orthogonal_init(nn.Linear(obs_dim, output_dim)),
-            nn.Tanh(),
-            orthogonal_init(nn.Linear(output_dim, output_dim)),
-            nn.Tanh(),
-        )
+        if width == 0:
+            layers = [nn.Linear(obs_dim, output_dim), nn.Tanh(), nn.Linear(output_dim, output_dim), nn.Tanh()]
+        else:
+            layers = [nn.Linear(obs_dim, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(),
+                      nn.Linear(width, output_dim), nn.Tanh()]
+        self.net = nn.Sequential(*(orthogonal_init(layer) if isinstance(layer, nn.Linear) else layer
+                                   for layer in layers))
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         return self.net(obs)
@@ -100,9 +108,9 @@ def is_supported_observation_space(observation_space: gymnasium.Space, allow_dic
     return False
 
 
-def make_encoder(observation_space: gymnasium.Space, output_dim: int) -> nn.Module:
-    """An MLP for flat Box observations, a CNN for images [H, W, C], a `DictEncoder` for a Dict of
-    those; anything else is refused."""
+def make_encoder(observation_space: gymnasium.Space, output_dim: int, mlp_width: int = 0) -> nn.Module:
+    """An MLP for flat Box observations (`mlp_width`: see MLPEncoder), a CNN for images [H, W, C], a
+    `DictEncoder` for a Dict of those; anything else is refused."""
     if not is_supported_observation_space(observation_space):
         raise ValueError(
             f"observation space {observation_space} is not supported; memrl agents take a flat Box "
@@ -111,7 +119,7 @@ def make_encoder(observation_space: gymnasium.Space, output_dim: int) -> nn.Modu
     if isinstance(observation_space, gymnasium.spaces.Dict):
         return DictEncoder(observation_space, output_dim)
     if len(observation_space.shape) == 1:
-        return MLPEncoder(observation_space.shape[0], output_dim)
+        return MLPEncoder(observation_space.shape[0], output_dim, mlp_width)
     return CNNEncoder(observation_space.shape, output_dim)
 
 

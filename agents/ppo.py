@@ -8,7 +8,10 @@ Read top to bottom: config, network, advantages, rollout, update, the training l
   so windows cross episode boundaries without padding or splitting; minibatches are slices
   along the env axis.
 - Truncation bootstraps from the value of the final observation (computed with the state the
-  episode had reached); termination does not.
+  episode had reached); termination does not. With `bootstrap_truncated`
+  off (the Color-Cubes presets), a truncation ends the return as a termination does: where running
+  out of time is the task's failure and the observation holds no clock, a bootstrapped timeout is
+  worth whatever the critic guesses, and stalling until the limit becomes a policy PPO can settle on.
 
 Data-parallel under torchrun (`distributed` from `Distributed.from_environment()`): each rank
 steps its own share of the envs and wraps the agent in DistributedDataParallel for the update's
@@ -74,6 +77,8 @@ class PPOConfig:
     max_grad_norm: float = field(default=0.5, metadata={"help": "global gradient-norm clip"})
     target_kl: float | None = field(default=None, metadata={"help": "stop the epochs early once approx KL exceeds this"})
     hidden_dim: int = field(default=128, metadata={"help": "encoder width and backbone hidden size"})
+    encoder_width: int = field(default=0, metadata={"help": "vector observations: 0 encodes with two tanh layers of hidden_dim; W > 0 with two ReLU layers of width W, then a tanh layer to hidden_dim"})
+    bootstrap_truncated: bool = field(default=True, metadata={"help": "bootstrap a time-limit truncation from the value of its final observation; off, a truncation ends the return like a termination (for tasks where running out of time is failure)"})
     backbone_options: dict = field(default_factory=dict, metadata={"help": "extra backbone options as JSON, e.g. '{\"num_layers\": 1}'"})
     checkpoint_every: int = field(default=10, metadata={"help": "save a checkpoint every N updates (and at the end)"})
 
@@ -82,9 +87,9 @@ class RecurrentActorCritic(nn.Module):
     """encoder -> memory backbone -> (policy head, value head); actor and critic share the memory."""
 
     def __init__(self, observation_space: gymnasium.Space, action_space: gymnasium.Space,
-                 backbone: str, hidden_dim: int, backbone_options: dict | None = None):
+                 backbone: str, hidden_dim: int, backbone_options: dict | None = None, encoder_width: int = 0):
         super().__init__()
-        self.encoder = make_encoder(observation_space, hidden_dim)
+        self.encoder = make_encoder(observation_space, hidden_dim, encoder_width)
         self.backbone = make_backbone(backbone, hidden_dim, hidden_dim, **(backbone_options or {}))
         self.actor = ActionHead(action_space, hidden_dim)
         self.critic = orthogonal_init(nn.Linear(hidden_dim, 1), gain=1.0)
@@ -178,7 +183,8 @@ class PPOTrainer:
     def build_agent(config: PPOConfig, observation_space: gymnasium.Space, action_space: gymnasium.Space,
                     backbone: str) -> RecurrentActorCritic:
         """The untrained agent a run with `config` trains (also how a checkpoint's agent is rebuilt)."""
-        return RecurrentActorCritic(observation_space, action_space, backbone, config.hidden_dim, config.backbone_options)
+        return RecurrentActorCritic(observation_space, action_space, backbone, config.hidden_dim, config.backbone_options,
+                                    config.encoder_width)
 
     def __init__(self, config: PPOConfig, env, total_steps: int, device: torch.device,
                  backbone: str, run_dir: Path | None = None, progress: bool = True,
@@ -278,21 +284,26 @@ class PPOTrainer:
             rollout.log_probs[:, t] = self.agent.actor.log_prob(distribution, action)
             rollout.values[:, t], rollout.rewards[:, t] = value, reward
             rollout.terminated[:, t], rollout.truncated[:, t] = terminated, truncated
-            if bool(truncated.any()):
+            if self.config.bootstrap_truncated and bool(truncated.any()):
                 no_reset = torch.zeros_like(truncated)
                 rollout.final_values[:, t] = self.agent.value(info["final_obs"], self.state, no_reset)
             self.statistics.record(info, writer, self.global_step)
         self.statistics.gather(writer, self.global_step)
         return rollout
 
+    @torch.no_grad()
+    def advantages_and_returns(self, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
+        """GAE over the rollout just collected (bootstrapped from the carry's value) -> ([N, T], [N, T])."""
+        config = self.config
+        last_value = self.agent.value(self.next_obs, self.state, self.next_is_first)
+        # Without bootstrapping a truncation ends the return as a termination does.
+        ended = rollout.terminated if config.bootstrap_truncated else rollout.terminated | rollout.truncated
+        return compute_gae(rollout.rewards, rollout.values, ended, rollout.truncated, rollout.final_values,
+                           last_value, config.gamma, config.gae_lambda)
+
     def ppo_update(self, rollout: Rollout) -> dict[str, float]:
         config = self.config
-        with torch.no_grad():
-            last_value = self.agent.value(self.next_obs, self.state, self.next_is_first)
-            advantages, returns = compute_gae(
-                rollout.rewards, rollout.values, rollout.terminated, rollout.truncated,
-                rollout.final_values, last_value, config.gamma, config.gae_lambda,
-            )
+        advantages, returns = self.advantages_and_returns(rollout)
         envs_per_minibatch = self.env.num_envs // config.num_minibatches
         clip_fractions, approx_kl, old_approx_kl = [], torch.zeros(()), torch.zeros(())
         for _ in range(config.update_epochs):

@@ -83,6 +83,8 @@ class RunConfig:
 # presets of an agent other than PPO are named "<agent>:<name>" (e.g. "dreamer:tmaze").
 # Atari100k evaluates with sampled actions, as DreamerV3 and the published PPO baselines do: a greedy
 # policy can stall (never pressing FIRE) until the 27k-step limit. The memory tasks evaluate greedily.
+_COLOR_CUBES = {"total_steps": 3_000_000, "num_envs": 64, "num_steps": 64, "hidden_dim": 64, "learning_rate": 1e-3,
+                "num_minibatches": 2, "ent_coef": 0.01, "encoder_width": 256, "bootstrap_truncated": False}
 PRESETS: dict[str, dict] = {
     "default": {},
     # memory-retention is Ni et al.'s passive T-maze with a 100-cell corridor: every episode lasts exactly
@@ -101,6 +103,13 @@ PRESETS: dict[str, dict] = {
     # windows, hidden 128, 3e-4) stop near 0.9 at 3M (benchmarks/hard_tasks.md).
     "endless-tmaze-uniform-l10-n10": {"total_steps": 5_000_000, "num_envs": 64, "num_steps": 64, "hidden_dim": 64,
                                       "learning_rate": 1e-3, "num_minibatches": 2, "ent_coef": 0.01},
+    # Color-Cubes: the first observation's map must be matched against the target colour and the result kept.
+    # Two tanh layers cannot learn that conjunction from one observation per episode in a few million steps
+    # (even cloning the oracle stalls), two ReLU layers of 256 can; and a timeout, the task's failure with no
+    # clock in the observation, must end the return: bootstrapped, it lets PPO settle on stalling until the
+    # limit (success 0.04). See benchmarks/hard_tasks.md.
+    "color-cubes-trivial": _COLOR_CUBES,
+    "color-cubes": _COLOR_CUBES,
     # Few samples, many updates: 16 envs x 16 steps = 256 steps per update, each rollout trained on 8 times as
     # one minibatch at a large learning rate. With the default s5 backbone it passes 0.9 rolling success on
     # memory-rewrite in fewer env steps than sb3-contrib's RecurrentPPO, and in less wall time

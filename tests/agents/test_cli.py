@@ -97,3 +97,16 @@ def test_the_hard_endless_tmaze_gets_its_measured_preset():
     assert preset == "endless-tmaze-uniform-l10-n10"
     assert (run.total_steps, run.num_envs, config.num_steps, config.hidden_dim) == (5_000_000, 64, 64, 64)
     assert (config.learning_rate, config.num_minibatches, config.ent_coef, config.gamma) == (1e-3, 2, 0.01, 0.99)
+
+
+@pytest.mark.parametrize("env", ["color-cubes-trivial", "color-cubes"])
+def test_color_cubes_trivial_gets_its_measured_preset(env):
+    # benchmarks/hard_tasks.md: the wide ReLU encoder and timeouts that end the return are what let PPO learn
+    # Color-Cubes Trivial; `--preset auto` must pick them for the env, and the settings must stay the measured ones.
+    from agents.train import build_parser, resolve_config
+
+    run, config, preset = resolve_config(build_parser().parse_args(["--env", env, "--backbone", "s5"]))
+    assert preset == env
+    assert (run.total_steps, run.num_envs, config.num_steps, config.hidden_dim) == (3_000_000, 64, 64, 64)
+    assert (config.learning_rate, config.num_minibatches, config.ent_coef) == (1e-3, 2, 0.01)
+    assert config.encoder_width == 256 and config.bootstrap_truncated is False

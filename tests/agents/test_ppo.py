@@ -182,3 +182,32 @@ def test_only_ppo_takes_dict_observations():
                                          r"\(base_camera, hand_camera, joints\); use --agent ppo") as error:
         check_spaces(env, "dreamer")
     assert "\n" not in str(error.value)
+
+
+def test_without_truncation_bootstrap_a_timeout_ends_the_return():
+    config = PPOConfig(num_steps=16, hidden_dim=16, num_minibatches=2, update_epochs=2, bootstrap_truncated=False)
+    trainer = make_trainer(None, env_name="tmaze-medium", config=config)
+    trainer.env.max_episode_steps = 5
+    rollout = trainer.collect(writer=None)
+    assert rollout.truncated.any() and (rollout.final_values == 0).all()
+    _, returns = trainer.advantages_and_returns(rollout)
+    # An episode that ends at a step without a bootstrap has a return of exactly that step's reward.
+    torch.testing.assert_close(returns[rollout.truncated], rollout.rewards[rollout.truncated])
+    bootstrapping = make_trainer(None, env_name="tmaze-medium")
+    bootstrapping.env.max_episode_steps = 5
+    bootstrapped = bootstrapping.collect(writer=None)
+    _, returns = bootstrapping.advantages_and_returns(bootstrapped)
+    assert not torch.allclose(returns[bootstrapped.truncated], bootstrapped.rewards[bootstrapped.truncated])
+
+
+def test_encoder_width_gives_two_relu_layers_of_that_width_and_bad_widths_are_refused():
+    config = PPOConfig(num_steps=16, hidden_dim=16, num_minibatches=2, update_epochs=2, encoder_width=48)
+    trainer = make_trainer(None, config=config)
+    linears = [layer for layer in trainer.agent.encoder.net if isinstance(layer, torch.nn.Linear)]
+    assert [layer.out_features for layer in linears] == [48, 48, 16]
+    assert sum(isinstance(layer, torch.nn.ReLU) for layer in trainer.agent.encoder.net) == 2
+    before = parameters(trainer)
+    trainer.train()
+    assert not torch.equal(parameters(trainer)["encoder.net.0.weight"], before["encoder.net.0.weight"])
+    with pytest.raises(ValueError, match="encoder width must be an integer >= 0"):
+        make_trainer(None, config=PPOConfig(encoder_width=-1))
