@@ -21,8 +21,9 @@ its normalised form, steps per second, trainable parameters and peak memory, eac
 with its IQM and mean and 95% stratified-bootstrap intervals (`agents.scores`). Written to
 the output dir: `results.csv` (one row per env x agent x backbone), `runs.csv` (one row per
 run), `curves.csv` (each run's training success per 1% of its steps), `results.md` (a table per env and agent, with date, commit, command, machine and
-budgets) and three plots: `learning_curves.png`, `final_success_heatmap.png` and
-`speed_vs_success.png`.
+budgets, an MMER table per env and, over several envs, a backbone x env MMER matrix) and four
+plots: `learning_curves.png`, `final_success_heatmap.png`, `mmer_heatmap.png` (normalised MMER)
+and `speed_vs_success.png`.
 """
 
 from __future__ import annotations
@@ -62,7 +63,9 @@ CURVE_POINTS = 101
 """Points of the common step grid, 0 to the run's steps, that learning curves are put on."""
 GRID_FLAGS = ("agent", "backbone", "env", "seed", "torch_threads")
 """train-agent settings the study sets itself; --train-arg may not override them."""
-PLOT_NAMES = ("learning_curves.png", "final_success_heatmap.png", "speed_vs_success.png")
+PLOT_NAMES = (
+    "learning_curves.png", "final_success_heatmap.png", "mmer_heatmap.png", "speed_vs_success.png"
+)
 METRICS = {"success": "success_rate", "return": "return_mean", "auc": "auc", "mmer": "mmer", "mmer_normalised": "mmer_normalised"}
 """Per-seed scores summarised with IQM and mean and their bootstrap intervals: name -> runs.csv column."""
 
@@ -486,14 +489,19 @@ def mmer_markdown(rows: list[dict]) -> list[str]:
              "| env | agent | backbone | MMER | normalised MMER |", "|---|---|---|---:|---:|"]
     lines += [f"| {row['env']} | {row['agent']} | {row['backbone']} | {_interval(row, 'mmer_mean')} | "
               f"{_interval(row, 'mmer_normalised_mean')} |" for row in rows]
-    envs = {row["env"] for row in rows}
+    envs = list(dict.fromkeys(row["env"] for row in rows))
     if len(envs) > 1:
-        lines += ["", f"Normalised MMER averaged over the {len(envs)} envs (backbones that finished every env):", "",
-                  "| agent | backbone | mean normalised MMER |", "|---|---|---:|"]
+        lines += ["", (f"MMER by env (mean over seeds), and normalised MMER averaged over the {len(envs)} envs "
+                       "(— where a backbone has not finished every env):"), "",
+                  "| agent | backbone | " + " | ".join(envs) + " | mean normalised MMER |",
+                  "|---|---|" + "---:|" * (len(envs) + 1)]
         for agent, backbone in dict.fromkeys((row["agent"], row["backbone"]) for row in rows):
-            scores_by_env = [row["mmer_normalised_mean"] for row in rows if (row["agent"], row["backbone"]) == (agent, backbone)]
-            if len(scores_by_env) == len(envs) and np.isfinite(scores_by_env).all():
-                lines.append(f"| {agent} | {backbone} | {np.mean(scores_by_env):.3f} |")
+            by_env = {row["env"]: row for row in rows if (row["agent"], row["backbone"]) == (agent, backbone)}
+            cells = ["—" if env not in by_env or np.isnan(by_env[env]["mmer_mean"]) else f"{by_env[env]['mmer_mean']:.3f}"
+                     for env in envs]
+            normalised = [by_env[env]["mmer_normalised_mean"] for env in envs if env in by_env]
+            mean = f"{np.mean(normalised):.3f}" if len(normalised) == len(envs) and np.isfinite(normalised).all() else "—"
+            lines.append(f"| {agent} | {backbone} | " + " | ".join(cells) + f" | {mean} |")
     return lines
 
 
@@ -538,8 +546,8 @@ def plot_learning_curves(rows: list[dict], records: list[dict], path: Path) -> N
     _save_figure(figure, path)
 
 
-def plot_success_heatmap(rows: list[dict], path: Path) -> None:
-    """Backbone x env grid of final eval success (IQM over seeds), annotated."""
+def plot_heatmap(rows: list[dict], path: Path, column: str, label: str) -> None:
+    """Backbone x env grid of one results.csv column in [0, 1] (e.g. success IQM over seeds), annotated."""
     from matplotlib.figure import Figure
 
     envs = list(dict.fromkeys(row["env"] for row in rows))
@@ -547,7 +555,7 @@ def plot_success_heatmap(rows: list[dict], path: Path) -> None:
     labels = list(dict.fromkeys(_row_label(row, several_agents) for row in rows))
     values = np.full((len(labels), len(envs)), np.nan)
     for row in rows:
-        values[labels.index(_row_label(row, several_agents)), envs.index(row["env"])] = row["success_iqm"]
+        values[labels.index(_row_label(row, several_agents)), envs.index(row["env"])] = row[column]
     figure = Figure(figsize=(1.6 * len(envs) + 2.5, 0.45 * len(labels) + 1.5), layout="constrained")
     axis = figure.subplots()
     image = axis.imshow(values, vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
@@ -556,7 +564,7 @@ def plot_success_heatmap(rows: list[dict], path: Path) -> None:
     for (label_index, env_index), value in np.ndenumerate(values):
         axis.text(env_index, label_index, "—" if np.isnan(value) else f"{value:.2f}", ha="center", va="center",
                   color="white" if value < 0.6 else "black")
-    figure.colorbar(image, ax=axis, label="final success (IQM over seeds)")
+    figure.colorbar(image, ax=axis, label=label)
     _save_figure(figure, path)
 
 
@@ -607,11 +615,12 @@ def write_outputs(runs: list[GridRun], output_dir: Path, command: str,
     write_csv(written[2], curve_rows(records), list(CURVE_COLUMNS))
     write_atomically(written[3], results_markdown(rows, records, runs, command, from_earlier).encode())
     if importlib.util.find_spec("matplotlib") is not None:
-        curves_path, heatmap_path, scatter_path = (output_dir / name for name in PLOT_NAMES)
+        curves_path, heatmap_path, mmer_path, scatter_path = (output_dir / name for name in PLOT_NAMES)
         plot_learning_curves(rows, records, curves_path)
-        plot_success_heatmap(rows, heatmap_path)
+        plot_heatmap(rows, heatmap_path, "success_iqm", "final success (IQM over seeds)")
+        plot_heatmap(rows, mmer_path, "mmer_normalised_mean", "normalised MMER (mean over seeds)")
         plot_speed_vs_success(rows, scatter_path)
-        written += [curves_path, heatmap_path, scatter_path]
+        written += [curves_path, heatmap_path, mmer_path, scatter_path]
     return written
 
 

@@ -118,7 +118,7 @@ def test_mmer_is_the_best_mean_return_of_any_percent_of_training_and_is_normalis
     assert (normalised_mmer(-1.0), normalised_mmer(0.6), normalised_mmer(1.0)) == (0.0, 0.8, 1.0)
 
 
-def test_mmer_table_averages_normalised_mmer_over_envs_for_backbones_that_finished_every_env():
+def test_mmer_matrix_shows_each_env_and_averages_normalised_mmer_only_over_finished_envs():
     def row(env, backbone, normalised):
         mmer = 2 * normalised - 1
         return {"env": env, "agent": "ppo", "backbone": backbone, "mmer_mean": mmer, "mmer_mean_low": mmer,
@@ -128,7 +128,9 @@ def test_mmer_table_averages_normalised_mmer_over_envs_for_backbones_that_finish
     rows = [row("a", "gru", 0.9), row("a", "none", 0.5), row("b", "gru", 0.7)]
     lines = mmer_markdown(rows)
     assert "| a | ppo | gru | 0.800 [0.800, 0.800] | 0.900 [0.900, 0.900] |" in lines
-    assert "| ppo | gru | 0.800 |" in lines and not any(line.startswith("| ppo | none |") for line in lines)
+    assert "| agent | backbone | a | b | mean normalised MMER |" in lines
+    assert "| ppo | gru | 0.800 | 0.400 | 0.800 |" in lines  # MMER per env, then the mean normalised MMER
+    assert "| ppo | none | 0.000 | — | — |" in lines  # none has not finished env b: no mean
     assert not any("averaged over" in line for line in mmer_markdown(rows[:2]))
 
 
