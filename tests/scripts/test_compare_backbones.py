@@ -118,7 +118,7 @@ def test_mmer_is_the_best_mean_return_of_any_percent_of_training_and_is_normalis
     assert (normalised_mmer(-1.0), normalised_mmer(0.6), normalised_mmer(1.0)) == (0.0, 0.8, 1.0)
 
 
-def test_mmer_matrix_shows_each_env_and_averages_normalised_mmer_only_over_finished_envs():
+def test_mmer_matrix_shows_each_env_and_averages_normalised_mmer_only_for_backbones_that_finished_every_env():
     def row(env, backbone, normalised):
         mmer = 2 * normalised - 1
         return {"env": env, "agent": "ppo", "backbone": backbone, "mmer_mean": mmer, "mmer_mean_low": mmer,
