@@ -289,6 +289,7 @@ class PPOTrainer:
                 rollout.final_values[:, t] = self.agent.value(info["final_obs"], self.state, no_reset)
             self.statistics.record(info, writer, self.global_step)
         self.statistics.gather(writer, self.global_step)
+        self.statistics.log_iteration(writer, self.global_step)
         return rollout
 
     @torch.no_grad()

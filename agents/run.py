@@ -298,6 +298,11 @@ def open_writer(run_dir: Path, purge_step: int | None = None) -> SummaryWriter:
 class EpisodeStatistics:
     """Finished-episode returns, lengths and successes: logged per episode, averaged for the bar.
 
+    `log_iteration`, called once per training iteration (a PPO rollout, a Dreamer log interval),
+    logs `charts/episodic_return_smoothed`: RLlib's `episode_reward_mean`, on which POPGym's MMER
+    is read, i.e. the mean return over the episodes that ended in the iteration, topped up with the
+    latest earlier ones to `window` (100) where fewer ended.
+
     Under torchrun, `record` only buffers this rank's episodes and `gather` (called by every
     rank at the end of a rollout) adds all ranks' episodes on every rank and logs their means,
     so each rank holds the statistics of the whole job.
@@ -308,6 +313,7 @@ class EpisodeStatistics:
         self.lengths: deque[int] = deque(maxlen=window)
         self.successes: deque[float] = deque(maxlen=window)
         self.episodes = 0
+        self.iteration_returns: list[float] = []
         self.distributed = distributed
         self.pending: dict[str, list] = {"returns": [], "lengths": [], "successes": []}
 
@@ -341,10 +347,18 @@ class EpisodeStatistics:
         self.lengths.extend(lengths)
         self.successes.extend(successes)
         self.episodes += len(returns)
+        self.iteration_returns.extend(returns)
         if writer is not None:
             writer.add_scalar("charts/episodic_return", float(np.mean(returns)), global_step)
             writer.add_scalar("charts/episodic_length", float(np.mean(lengths)), global_step)
             writer.add_scalar("charts/success_rate", float(np.mean(successes)), global_step)
+
+    def log_iteration(self, writer: SummaryWriter | None, global_step: int) -> None:
+        """Log the smoothed return of the iteration that ends here (nothing before the first episode)."""
+        window = self.iteration_returns if len(self.iteration_returns) >= self.returns.maxlen else self.returns
+        if writer is not None and window:
+            writer.add_scalar("charts/episodic_return_smoothed", float(np.mean(window)), global_step)
+        self.iteration_returns = []
 
     def mean_return(self) -> float:
         return float(np.mean(self.returns)) if self.returns else float("nan")
@@ -354,13 +368,15 @@ class EpisodeStatistics:
 
     def state_dict(self) -> dict:
         return {"returns": list(self.returns), "lengths": list(self.lengths),
-                "successes": list(self.successes), "episodes": self.episodes}
+                "successes": list(self.successes), "episodes": self.episodes,
+                "iteration_returns": list(self.iteration_returns)}
 
     def load_state_dict(self, state: dict) -> None:
         self.returns.extend(state["returns"])
         self.lengths.extend(state["lengths"])
         self.successes.extend(state["successes"])
         self.episodes = state["episodes"]
+        self.iteration_returns = list(state.get("iteration_returns", []))  # absent from older checkpoints
 
 
 def format_duration(seconds: float) -> str:

@@ -59,6 +59,14 @@ from memory import BACKBONES
 
 SUCCESS_TAG = "charts/success_rate"
 RETURN_TAG = "charts/episodic_return"
+SMOOTHED_RETURN_TAG = "charts/episodic_return_smoothed"
+MMER_SOURCES = {
+    "window": "RLlib's: each training iteration's mean return over its episodes, topped up with the latest earlier "
+              "ones to 100",
+    "bins": "the mean over the episodes that ended in each 1% of the training steps (runs logged before memrl wrote "
+            "the smoothed return)",
+}
+"""How a run's MMER was read: from `SMOOTHED_RETURN_TAG`, or (older logs without it) from RETURN_TAG in 1% bins."""
 CURVE_POINTS = 101
 """Points of the common step grid, 0 to the run's steps, that learning curves are put on."""
 GRID_FLAGS = ("agent", "backbone", "env", "seed", "torch_threads")
@@ -247,12 +255,21 @@ def normalised_auc(curve: np.ndarray) -> float:
 
 
 def max_mean_episodic_return(steps: np.ndarray, returns: np.ndarray, total_steps: float) -> float:
-    """POPGym's MMER: the maximum over training of the mean episodic return. POPGym reads RLlib's
-    per-iteration mean over the latest episodes; here the mean is taken over the episodes logged in
-    each 1% of the training steps (the learning-curve cells). NaN if no episode ended."""
+    """MMER from the per-step episode means of RETURN_TAG: the maximum over training of the mean over
+    the episodes logged in each 1% of the training steps (the learning-curve cells). NaN if no episode ended."""
     if steps.size == 0:
         return float("nan")
     return float(binned_means(steps, returns, np.linspace(0, total_steps, CURVE_POINTS))[1].max())
+
+
+def run_mmer(run_dir: Path, total_steps: float) -> tuple[float, str]:
+    """POPGym's MMER of one run and its MMER_SOURCES key: the maximum of the smoothed return that
+    memrl logs once per training iteration (RLlib's `episode_reward_mean`, which POPGym reads), or
+    for logs written before that tag existed, `max_mean_episodic_return` of the per-step means."""
+    steps, smoothed = read_success_curve(run_dir, SMOOTHED_RETURN_TAG)
+    if steps.size:
+        return float(smoothed.max()), "window"
+    return max_mean_episodic_return(*read_success_curve(run_dir, RETURN_TAG), total_steps), "bins"
 
 
 def normalised_mmer(mmer: float) -> float:
@@ -269,12 +286,12 @@ def load_run(run: GridRun) -> dict | None:
     steps, values = read_success_curve(run.run_dir)
     total_steps = evaluation["global_step"]
     curve = curve_on_grid(steps, values, np.linspace(0, total_steps, CURVE_POINTS))
-    mmer = max_mean_episodic_return(*read_success_curve(run.run_dir, RETURN_TAG), total_steps)
+    mmer, mmer_source = run_mmer(run.run_dir, total_steps)
     return {
         "env": run.env, "agent": run.agent, "backbone": run.backbone, "seed": run.seed, "run_dir": str(run.run_dir),
         "success_rate": evaluation["success_rate"], "return_mean": evaluation["return_mean"],
         "return_std": evaluation["return_std"], "auc": normalised_auc(curve),
-        "mmer": mmer, "mmer_normalised": normalised_mmer(mmer),
+        "mmer": mmer, "mmer_normalised": normalised_mmer(mmer), "mmer_source": mmer_source,
         "sps": total_steps / max(evaluation["train_wall_time_seconds"], 1e-9),
         "parameters": evaluation.get("parameters", np.nan), "peak_memory_mb": evaluation.get("peak_memory_mb", np.nan),
         "global_step": total_steps, "train_wall_time_seconds": evaluation["train_wall_time_seconds"],
@@ -285,9 +302,10 @@ def load_run(run: GridRun) -> dict | None:
 
 RUN_COLUMNS = {"env": str, "agent": str, "backbone": str, "seed": int, "run_dir": str, "success_rate": float,
                "return_mean": float, "return_std": float, "auc": float, "mmer": float, "mmer_normalised": float,
-               "sps": float, "parameters": float, "peak_memory_mb": float, "global_step": int,
+               "mmer_source": str, "sps": float, "parameters": float, "peak_memory_mb": float, "global_step": int,
                "train_wall_time_seconds": float, "eval_episodes": int, "preset": str, "num_envs": int}
-"""runs.csv's columns with their types (an empty cell is a NaN float)."""
+"""runs.csv's columns with their types (an empty cell is a NaN float); mmer_source is a MMER_SOURCES key
+(an older runs.csv without that column is read as "bins", the only way MMER was read then)."""
 CURVE_COLUMNS = {"env": str, "agent": str, "backbone": str, "seed": int, "step": float, "success": float}
 """curves.csv's columns: a run's training success rate averaged over each 1% of its steps, at the cell's centre."""
 
@@ -296,8 +314,9 @@ def run_key(record: dict) -> tuple[str, str, str, int]:
     return record["env"], record["agent"], record["backbone"], record["seed"]
 
 
-def _typed_rows(path: Path, columns: dict) -> list[dict]:
-    """The rows of a CSV this script wrote, typed by `columns`; one sentence for what is wrong."""
+def _typed_rows(path: Path, columns: dict, defaults: dict[str, str] | None = None) -> list[dict]:
+    """The rows of a CSV this script wrote, typed by `columns` (a column in `defaults` that an older file
+    lacks takes its default); one sentence for what is wrong."""
     try:
         with open(path, newline="") as handle:
             rows = list(csv.DictReader(handle))
@@ -306,6 +325,7 @@ def _typed_rows(path: Path, columns: dict) -> list[dict]:
                          "of an earlier compare-backbones output dir, with its curves.csv beside it") from None
     typed = []
     for line, row in enumerate(rows, start=2):
+        row = {**(defaults or {}), **row}
         missing = [name for name in columns if row.get(name) is None]
         if missing:
             raise UsageError(f"{path} has no {missing[0]!r} column; give files compare-backbones wrote")
@@ -321,7 +341,7 @@ def _typed_rows(path: Path, columns: dict) -> list[dict]:
 def read_earlier_runs(runs_path: Path) -> dict[tuple[str, str, str, int], dict]:
     """The records of an earlier output dir's runs.csv, with their success curves from the curves.csv
     beside it, keyed by (env, agent, backbone, seed)."""
-    records = {run_key(record): record for record in _typed_rows(runs_path, RUN_COLUMNS)}
+    records = {run_key(record): record for record in _typed_rows(runs_path, RUN_COLUMNS, {"mmer_source": "bins"})}
     curves: dict[tuple[str, str, str, int], list[tuple[float, float]]] = {key: [] for key in records}
     for point in _typed_rows(runs_path.parent / "curves.csv", CURVE_COLUMNS):
         curves.setdefault(run_key(point), []).append((point["step"], point["success"]))
@@ -477,15 +497,18 @@ def results_markdown(rows: list[dict], records: list[dict], runs: list[GridRun],
                     f"{_interval(row, 'success_mean')} | {_interval(row, 'return_mean')} | {_interval(row, 'auc_iqm')} | "
                     f"{_count(row['sps'])} | {_count(row['parameters'])} | {_count(row['peak_memory_mb'])} |"
                 )
-    return "\n".join(lines + mmer_markdown(rows)) + "\n"
+    return "\n".join(lines + mmer_markdown(rows, records)) + "\n"
 
 
-def mmer_markdown(rows: list[dict]) -> list[str]:
-    """results.md's MMER section: per env and, over the envs, the mean of each backbone's normalised MMER."""
+def mmer_markdown(rows: list[dict], records: list[dict]) -> list[str]:
+    """results.md's MMER section: how each run's MMER was read, then per env and, over the envs, the
+    mean of each backbone's normalised MMER."""
+    sources = [record["mmer_source"] for record in records]
+    read_as = "; ".join(f"for {sources.count(key)} of the {len(sources)} runs as {description}"
+                        for key, description in MMER_SOURCES.items() if key in sources)
     lines = ["", "## MMER (POPGym's score)", "",
-             ("MMER: the maximum over training of the mean episodic return (mean over the episodes of each "
-              "1% of the training steps); normalised = 0.5 * MMER + 0.5 (POPGym, Morad et al. 2023). "
-              "Mean over seeds [95% CI]."), "",
+             (f"MMER: the maximum over training of the mean episodic return, {read_as}; normalised = "
+              "0.5 * MMER + 0.5 (POPGym, Morad et al. 2023). Mean over seeds [95% CI]."), "",
              "| env | agent | backbone | MMER | normalised MMER |", "|---|---|---|---:|---:|"]
     lines += [f"| {row['env']} | {row['agent']} | {row['backbone']} | {_interval(row, 'mmer_mean')} | "
               f"{_interval(row, 'mmer_normalised_mean')} |" for row in rows]

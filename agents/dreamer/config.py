@@ -55,7 +55,7 @@ class DreamerConfig:
     recency_exponent: float = field(default=1.0, metadata={"help": "recency sampling: a window's weight is (age + 1) ** -exponent"})
     prefill: int = field(default=2500, metadata={"help": "env steps (all envs) collected before training; random actions on a fresh run"})
     replay_checkpoint_mb: float = field(default=64.0, metadata={"help": "store the replay in checkpoints when it is at most this many MiB; otherwise a resumed run refills it with `prefill` policy steps first"})
-    log_every: int = field(default=10, metadata={"help": "write losses to tensorboard every N updates"})
+    log_every: int = field(default=10, metadata={"help": "write losses and the smoothed episodic return to tensorboard every N updates"})
     checkpoint_every: int = field(default=1000, metadata={"help": "save a checkpoint every N updates (and at the end)"})
 
     def validate(self) -> None:

@@ -348,9 +348,11 @@ class DreamerTrainer:
                     self.train_credit -= 1.0
                     self.update += 1
                     metrics["charts/SPS"] = tick()
-                    if writer is not None and self.update % config.log_every == 0:
+                    if self.update % config.log_every == 0:
+                        self.statistics.log_iteration(writer, self.global_step)
                         for key, value in metrics.items():
-                            writer.add_scalar(key, value, self.global_step)
+                            if writer is not None:
+                                writer.add_scalar(key, value, self.global_step)
                     if self.run_dir is not None and self.update % config.checkpoint_every == 0:
                         check_finite_parameters(self.agent, "Dreamer",
                                                 f"at update {self.update} (step {self.global_step})")

@@ -65,7 +65,7 @@ def test_a_smoke_run_leaves_config_logs_checkpoint_and_eval(tmp_path):
     events = EventAccumulator(str(run_dir))
     events.Reload()
     scalars = set(events.Tags()["scalars"])
-    assert {"charts/SPS", "charts/episodic_return", "charts/success_rate", "losses/value_loss",
+    assert {"charts/SPS", "charts/episodic_return", "charts/episodic_return_smoothed", "charts/success_rate", "losses/value_loss",
             "losses/approx_kl", "losses/explained_variance"} <= scalars
 
     resumed = run_cli("--resume", "--run-dir", str(run_dir), "--total-steps", "4096", "--quiet")

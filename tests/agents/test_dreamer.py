@@ -579,3 +579,18 @@ def test_stored_gradients_learn_a_cue_older_than_every_replayed_window(backbone,
         assert result["success_rate"] >= 0.9
     else:
         assert result["success_rate"] <= 0.6
+
+
+def test_each_log_interval_writes_the_smoothed_return_that_mmer_reads(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    trainer = make_trainer(tmp_path)
+    trainer.train()
+    events = EventAccumulator(str(tmp_path))
+    events.Reload()
+    smoothed = events.Scalars("charts/episodic_return_smoothed")
+    losses = events.Scalars("losses/actor")  # written at the same log intervals (log_every=1: every update)
+    assert 0 < len(smoothed) <= len(losses) == trainer.update
+    assert {event.step for event in smoothed} <= {event.step for event in losses}
+    # A few episodes end per interval, fewer than 100: the last point is the mean of the latest 100 returns.
+    assert smoothed[-1].value == pytest.approx(trainer.statistics.mean_return())

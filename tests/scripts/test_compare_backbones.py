@@ -19,6 +19,8 @@ from scripts.compare_backbones import (
     main,
     max_mean_episodic_return,
     mmer_markdown,
+    read_earlier_runs,
+    read_success_curve,
     normalised_auc,
     normalised_mmer,
     run_grid,
@@ -126,12 +128,15 @@ def test_mmer_matrix_shows_each_env_and_averages_normalised_mmer_only_for_backbo
                 "mmer_normalised_mean_high": normalised}
 
     rows = [row("a", "gru", 0.9), row("a", "none", 0.5), row("b", "gru", 0.7)]
-    lines = mmer_markdown(rows)
+    records = [{"mmer_source": "window"}] * 2 + [{"mmer_source": "bins"}]
+    lines = mmer_markdown(rows, records)
+    assert any("for 2 of the 3 runs as RLlib's" in line and "for 1 of the 3 runs as the mean over the episodes "
+               "that ended in each 1%" in line for line in lines)
     assert "| a | ppo | gru | 0.800 [0.800, 0.800] | 0.900 [0.900, 0.900] |" in lines
     assert "| agent | backbone | a | b | mean normalised MMER |" in lines
     assert "| ppo | gru | 0.800 | 0.400 | 0.800 |" in lines  # MMER per env, then the mean normalised MMER
     assert "| ppo | none | 0.000 | — | — |" in lines  # none has not finished env b: no mean
-    assert not any("averaged over" in line for line in mmer_markdown(rows[:2]))
+    assert not any("averaged over" in line for line in mmer_markdown(rows[:2], records[:2]))
 
 
 @pytest.mark.parametrize(
@@ -181,6 +186,8 @@ def test_a_tiny_study_trains_aggregates_plots_and_resumes(tmp_path, capsys):
         assert float(row["sps"]) > 0 and int(row["parameters"]) > 0 and float(row["peak_memory_mb"]) > 0
         assert int(row["global_step"]) == 1024 and row["preset"] == "smoke"
         assert -1.0 <= float(row["mmer"]) <= 1.0 and float(row["mmer_normalised"]) == pytest.approx(0.5 * float(row["mmer"]) + 0.5, abs=1e-5)
+        smoothed = read_success_curve(row["run_dir"], compare_backbones.SMOOTHED_RETURN_TAG)[1]
+        assert row["mmer_source"] == "window" and float(row["mmer"]) == pytest.approx(smoothed.max())
     results = read_csv(output / "results.csv")
     assert [(row["env"], row["agent"], row["backbone"], row["seeds"]) for row in results] == [
         ("memory-retention", "ppo", "none", "2"), ("memory-retention", "ppo", "gru", "2")]
@@ -197,6 +204,7 @@ def test_a_tiny_study_trains_aggregates_plots_and_resumes(tmp_path, capsys):
     assert "commit" in markdown and "compare-backbones --backbones none gru" in markdown
     assert "torch" in markdown and "1,024 env steps per run, preset smoke" in markdown
     assert "## MMER (POPGym's score)" in markdown and "| memory-retention | ppo | gru |" in markdown
+    assert "for 4 of the 4 runs as RLlib's" in markdown
     for name in compare_backbones.PLOT_NAMES:
         assert (output / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(output.glob(".*.tmp"))
@@ -245,3 +253,14 @@ def test_earlier_runs_without_their_curves_are_refused_in_one_sentence(tmp_path,
     err = capsys.readouterr().err
     assert f"--earlier-runs needs {tmp_path / 'curves.csv'}, which cannot be read" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_an_earlier_runs_csv_from_before_mmer_sources_reads_as_binned_mmer(tmp_path):
+    older_columns = [name for name in compare_backbones.RUN_COLUMNS if name != "mmer_source"]
+    values = {"env": "popgym-repeat-first-easy", "agent": "ppo", "backbone": "gru", "seed": "1", "run_dir": "gone",
+              "preset": "memory-rewrite"}
+    (tmp_path / "runs.csv").write_text(",".join(older_columns) + "\n"
+                                       + ",".join(values.get(name, "1") for name in older_columns) + "\n")
+    (tmp_path / "curves.csv").write_text(",".join(compare_backbones.CURVE_COLUMNS) + "\n")
+    (record,) = read_earlier_runs(tmp_path / "runs.csv").values()
+    assert record["mmer_source"] == "bins" and record["backbone"] == "gru" and record["mmer"] == 1.0
