@@ -117,3 +117,14 @@ class Backbone(nn.Module):
                 )
             if value.device != x.device:
                 raise ValueError(f"{name}: state[{key!r}] is on {value.device} but x is on {x.device}")
+
+
+def matvec(matrix: torch.Tensor, vector: torch.Tensor) -> torch.Tensor:
+    """matrix [..., M, N] times vector [..., N] -> [..., M].
+
+    Taken as row [..., 1, N] @ matrix^T (the same products, summed over N): on a CPU the batched matmul
+    runs that 2-4x faster than matrix @ column [..., N, 1] forward, and faster backward too, for
+    mamba's 128 x 16, mlstm's 32 x 32 and shm's 24 x 24 matrices; at 16 x 16 (gated_deltanet) the
+    forward times are equal and the backward is slower, so gated_deltanet keeps matrix @ column.
+    """
+    return (vector[..., None, :] @ matrix.transpose(-1, -2))[..., 0, :]

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kernels.selective_scan import selective_scan
-from memory.base import State, StateSpec
+from memory.base import State, StateSpec, matvec
 from memory.ssm_common import ResidualSSMStack, check_positive, check_step_range, log_uniform
 
 
@@ -123,7 +123,7 @@ class MambaMixer(nn.Module):
         # exp(delta A), zero where the episode restarts: the carried state is dropped (exactly; it is finite).
         decay = torch.exp(delta[..., None] * -torch.exp(self.A_log)) * (~reset).to(x.dtype)[:, None, None]
         ssm_state = torch.addcmul(decay * state["ssm"], (delta * x)[..., None], B[:, None])
-        y = (torch.bmm(ssm_state, C[..., None]).squeeze(-1) + self.D * x) * F.silu(z)
+        y = (matvec(ssm_state, C) + self.D * x) * F.silu(z)
         return self.out_proj(y), {"ssm": ssm_state, "conv": conv_state}
 
 

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from memory.base import State, StateSpec
+from memory.base import State, StateSpec, matvec
 from memory.chunked import chunk_slices, decayed_attention_chunk, episode_log_decay, episode_masks
 from memory.mamba import same_episode_conv, same_episode_conv_step
 from memory.ssm_common import ResidualSSMStack, check_positive
@@ -148,7 +148,7 @@ class MLSTMMixer(nn.Module):
         write = torch.exp(input_gate - stabilizer)[..., None]
         matrix = forget[..., None] * matrix + (write * value)[..., :, None] * key[..., None, :]
         normalizer = forget * normalizer + write * key
-        numerator = (matrix @ query[..., None])[..., 0]
+        numerator = matvec(matrix, query)
         denominator = (normalizer * query).sum(-1, keepdim=True)
         hidden = normalised_read(numerator, denominator, stabilizer)
         new_state = {"matrix": matrix, "normalizer": normalizer, "stabilizer": stabilizer, "conv": conv_state}

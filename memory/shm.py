@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from kernels.linear_scan import linear_scan
-from memory.base import Backbone, State, StateSpec
+from memory.base import Backbone, State, StateSpec, matvec
 from memory.ssm_common import check_positive
 
 
@@ -76,6 +76,6 @@ class SHMBackbone(Backbone):
         calibration = 1 + torch.tanh(theta[..., :, None] * self.calibration_value(u)[..., None, :])
         update = torch.sigmoid(self.write_gate(u))[..., None] * value[..., :, None] * key[..., None, :]
         memories, final = linear_scan(calibration, update, reset, state["memory"])
-        read = (memories @ query[..., None])[..., 0]
+        read = matvec(memories, query)
         next_step = (episode_step[:, -1] + 1) % self.num_thetas
         return self.output(read), {"memory": final, "episode_step": next_step}
