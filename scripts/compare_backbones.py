@@ -218,16 +218,20 @@ def _finish_with_ray(jobs, torch_threads: int, gpus_per_run: float, ray_address:
 # -- aggregation -----------------------------------------------------------------------------
 
 
-def read_success_curve(run_dir: Path, tag: str = SUCCESS_TAG) -> tuple[np.ndarray, np.ndarray]:
-    """(steps, values) of every `tag` scalar (charts/success_rate by default) in the run's tensorboard logs."""
+def read_curves(run_dir: Path, tags: tuple[str, ...]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """(steps, values) of every scalar of each tag in the run's tensorboard logs, read in one pass
+    (empty arrays for a tag the logs lack)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     accumulator = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
     accumulator.Reload()
-    if tag not in accumulator.Tags()["scalars"]:
-        return np.zeros(0), np.zeros(0)
-    events = accumulator.Scalars(tag)
-    return np.array([event.step for event in events], dtype=np.float64), np.array([event.value for event in events])
+    logged = accumulator.Tags()["scalars"]
+    curves = {}
+    for tag in tags:
+        events = accumulator.Scalars(tag) if tag in logged else []
+        curves[tag] = (np.array([event.step for event in events], dtype=np.float64),
+                       np.array([event.value for event in events], dtype=np.float64))
+    return curves
 
 
 def binned_means(steps: np.ndarray, values: np.ndarray, grid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -262,14 +266,15 @@ def max_mean_episodic_return(steps: np.ndarray, returns: np.ndarray, total_steps
     return float(binned_means(steps, returns, np.linspace(0, total_steps, CURVE_POINTS))[1].max())
 
 
-def run_mmer(run_dir: Path, total_steps: float) -> tuple[float, str]:
-    """POPGym's MMER of one run and its MMER_SOURCES key: the maximum of the smoothed return that
-    memrl logs once per training iteration (RLlib's `episode_reward_mean`, which POPGym reads), or
-    for logs written before that tag existed, `max_mean_episodic_return` of the per-step means."""
-    steps, smoothed = read_success_curve(run_dir, SMOOTHED_RETURN_TAG)
+def run_mmer(curves: dict[str, tuple[np.ndarray, np.ndarray]], total_steps: float) -> tuple[float, str]:
+    """POPGym's MMER of one run from its `read_curves` of SMOOTHED_RETURN_TAG and RETURN_TAG, and its
+    MMER_SOURCES key: the maximum of the smoothed return that memrl logs once per training iteration
+    (RLlib's `episode_reward_mean`, which POPGym reads), or for logs written before that tag existed,
+    `max_mean_episodic_return` of the per-step means."""
+    steps, smoothed = curves[SMOOTHED_RETURN_TAG]
     if steps.size:
         return float(smoothed.max()), "window"
-    return max_mean_episodic_return(*read_success_curve(run_dir, RETURN_TAG), total_steps), "bins"
+    return max_mean_episodic_return(*curves[RETURN_TAG], total_steps), "bins"
 
 
 def normalised_mmer(mmer: float) -> float:
@@ -283,10 +288,11 @@ def load_run(run: GridRun) -> dict | None:
         return None
     evaluation = read_json(run.run_dir / "eval.json", EVAL_FIELDS)
     config = read_json(run.run_dir / "config.json", CONFIG_FIELDS)
-    steps, values = read_success_curve(run.run_dir)
+    curves = read_curves(run.run_dir, (SUCCESS_TAG, SMOOTHED_RETURN_TAG, RETURN_TAG))
+    steps, values = curves[SUCCESS_TAG]
     total_steps = evaluation["global_step"]
     curve = curve_on_grid(steps, values, np.linspace(0, total_steps, CURVE_POINTS))
-    mmer, mmer_source = run_mmer(run.run_dir, total_steps)
+    mmer, mmer_source = run_mmer(curves, total_steps)
     return {
         "env": run.env, "agent": run.agent, "backbone": run.backbone, "seed": run.seed, "run_dir": str(run.run_dir),
         "success_rate": evaluation["success_rate"], "return_mean": evaluation["return_mean"],

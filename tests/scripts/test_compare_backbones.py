@@ -19,10 +19,10 @@ from scripts.compare_backbones import (
     main,
     max_mean_episodic_return,
     mmer_markdown,
-    read_earlier_runs,
-    read_success_curve,
     normalised_auc,
     normalised_mmer,
+    read_curves,
+    read_earlier_runs,
     run_grid,
 )
 
@@ -186,7 +186,8 @@ def test_a_tiny_study_trains_aggregates_plots_and_resumes(tmp_path, capsys):
         assert float(row["sps"]) > 0 and int(row["parameters"]) > 0 and float(row["peak_memory_mb"]) > 0
         assert int(row["global_step"]) == 1024 and row["preset"] == "smoke"
         assert -1.0 <= float(row["mmer"]) <= 1.0 and float(row["mmer_normalised"]) == pytest.approx(0.5 * float(row["mmer"]) + 0.5, abs=1e-5)
-        smoothed = read_success_curve(row["run_dir"], compare_backbones.SMOOTHED_RETURN_TAG)[1]
+        tag = compare_backbones.SMOOTHED_RETURN_TAG
+        smoothed = read_curves(row["run_dir"], (tag,))[tag][1]
         assert row["mmer_source"] == "window" and float(row["mmer"]) == pytest.approx(smoothed.max())
     results = read_csv(output / "results.csv")
     assert [(row["env"], row["agent"], row["backbone"], row["seeds"]) for row in results] == [
