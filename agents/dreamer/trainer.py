@@ -350,8 +350,8 @@ class DreamerTrainer:
                     metrics["charts/SPS"] = tick()
                     if self.update % config.log_every == 0:
                         self.statistics.log_iteration(writer, self.global_step)
-                        for key, value in metrics.items():
-                            if writer is not None:
+                        if writer is not None:
+                            for key, value in metrics.items():
                                 writer.add_scalar(key, value, self.global_step)
                     if self.run_dir is not None and self.update % config.checkpoint_every == 0:
                         check_finite_parameters(self.agent, "Dreamer",
