@@ -188,9 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="train-agent",
         description="Train a memrl agent with a memory backbone; logs, checkpoints and eval.json go to the run dir.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--preset", default="auto", help=f"hyperparameter preset: auto, {', '.join(PRESETS)}")
+    parser.add_argument("--preset", default="auto",
+                        help=f"hyperparameter preset: auto, {', '.join(PRESETS)} (default auto: the preset named like the env)")
     parser.add_argument("--run-dir", default=None, help="run directory (default runs/{env}__{agent}__{backbone}__{seed}__{time})")
     parser.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last checkpoint")
     parser.add_argument("--quiet", action="store_true", help="no progress line")

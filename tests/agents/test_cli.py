@@ -50,6 +50,7 @@ def test_help_shows_every_config_field():
     assert result.returncode == 0
     for text in ("--backbone", "memory backbone", "--gae-lambda", "GAE lambda", "--total-steps", "--resume"):
         assert text in result.stdout
+    assert "(default 's5')" in result.stdout and "default: None" not in result.stdout, result.stdout
 
 
 def test_a_smoke_run_leaves_config_logs_checkpoint_and_eval(tmp_path):
