@@ -77,6 +77,7 @@ class RunConfig:
     eval_episodes: int = field(default=200, metadata={"help": "episodes of the final evaluation (0 skips it)"})
     eval_deterministic: bool = field(default=True, metadata={"help": "evaluate with the most likely action instead of sampling"})
     torch_threads: int = field(default=0, metadata={"help": "torch CPU threads (0 keeps torch's default)"})
+    init_from: str = field(default="", metadata={"help": "start from the weights in this run dir's last checkpoint (same agent and backbone; fresh optimiser and counters): fine-tuning, curricula ('' starts from scratch)"})
 
 
 # Presets: overrides of RunConfig and the agent's config fields, by env and optionally "<env>/<backbone>";
@@ -372,6 +373,24 @@ def apply_checkpoint(restore, checkpoint: dict, run: RunConfig, run_dir: Path) -
                               f"its config describes ({reason})") from None
 
 
+def initialise_from(agent: torch.nn.Module, source_dir: Path, run: RunConfig) -> None:
+    """Load the weights of `source_dir`'s last checkpoint into the new run's `agent` (only the weights:
+    the optimiser, counters and episodes start afresh); UsageError when that run trained another agent or
+    backbone, CheckpointError when its tensors do not fit (e.g. an env with another observation size)."""
+    checkpoint = load_checkpoint(source_dir)
+    source, _ = configs_from_checkpoint(checkpoint, source_dir)
+    if (source.agent, source.backbone) != (run.agent, run.backbone):
+        raise UsageError(f"--init-from {source_dir} holds a {source.agent} + {source.backbone} agent; this run trains "
+                         f"{run.agent} + {run.backbone}, and only the same agent and backbone can start from its weights")
+    try:
+        agent.load_state_dict(checkpoint["agent"])
+    except (RuntimeError, KeyError, ValueError, TypeError) as error:
+        reason = " ".join(str(error).split())[:240] or type(error).__name__
+        raise CheckpointError(f"the weights in {source_dir} (trained on {source.env}) do not fit this run's agent on "
+                              f"{run.env}: the env's observation or action space, or the agent's settings, differ "
+                              f"({reason})") from None
+
+
 def load_trained_agent(run_dir: Path, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, RunConfig]:
     """The agent of a `train-agent` run dir with its last checkpoint's weights (eval mode, on `device`)
     and the run's config; CheckpointError (one sentence) when the run dir holds no usable checkpoint."""
@@ -493,9 +512,12 @@ def run_training(args: argparse.Namespace, distributed: Distributed = Distribute
         raise UsageError(f"cannot build the agent: {error}") from None
     if checkpoint is not None:
         apply_checkpoint(trainer.restore, checkpoint, run, run_dir)
-    elif distributed.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_json(run_dir / "config.json", config)
+    else:
+        if run.init_from:
+            initialise_from(trainer.agent, Path(run.init_from), run)
+        if distributed.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            write_json(run_dir / "config.json", config)
     if distributed.is_main:
         processes = f", {distributed.world_size} processes" if distributed.torchrun else ""
         print(f"train-agent: {run.agent} + {run.backbone} on {run.env} ({device}{processes}), preset {preset}, "

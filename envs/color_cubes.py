@@ -55,6 +55,10 @@ class ColorCubes(BatchedEnv):
     [occupied, colour one-hot (N)] — all zero when no map is shown, colour entries zero on
     colour-hidden updates.
 
+    `map_every_step` shows the map on every step (with its colours unless hidden on updates): a fully
+    observable variant for curricula and controls, not a published level; the target colour is still shown
+    as the level says, and the chance level and memoryless policy above do not apply to it.
+
     Levels. Trivial: remember the first map while walking (W = 1, no teleports). Medium: keep
     the latest map (and the target colour) through updates that arrive while walking. Extreme:
     updates hide colours, so which colour moved where must be inferred (exactly one cube moves
@@ -83,6 +87,7 @@ class ColorCubes(BatchedEnv):
         teleport_prob: float = 0.0,
         hide_colours_on_update: bool = False,
         teleport_phase: str = "act",
+        map_every_step: bool = False,
     ):
         if not isinstance(num_cubes, int) or not 2 <= num_cubes <= 4:
             raise ValueError(f"num_cubes must be an integer in [2, 4] (so the target is always reachable), got {num_cubes!r}")
@@ -98,6 +103,8 @@ class ColorCubes(BatchedEnv):
             raise ValueError(f"teleport_prob must be in [0, 1], got {teleport_prob!r}")
         if teleport_phase not in ("act", "watch"):
             raise ValueError(f"teleport_phase must be 'act' or 'watch', got {teleport_phase!r}")
+        if not isinstance(map_every_step, bool):
+            raise ValueError(f"map_every_step must be true or false, got {map_every_step!r}")
         self.grid_size = grid_size
         self.num_cubes = num_cubes
         self.watch_steps = watch_steps
@@ -106,6 +113,7 @@ class ColorCubes(BatchedEnv):
         self.teleports = teleport_prob > 0 and (self.teleport_while_acting or watch_steps >= 2)
         self.target_shown_once = self.teleport_while_acting and self.teleports
         self.hide_colours_on_update = hide_colours_on_update
+        self.map_every_step = map_every_step
         self.num_interior = (grid_size - 2) ** 2
         self.obs_dim = 2 * grid_size + num_cubes + 2 + self.num_interior * (num_cubes + 1)
         self.max_episode_steps = watch_steps + (8 if self.target_shown_once else 4) * grid_size
@@ -181,10 +189,10 @@ class ColorCubes(BatchedEnv):
         success = touched.gather(1, self.target.unsqueeze(1)).squeeze(1)
         # The move is judged on the map the agent saw; cubes teleport after it, never onto the agent.
         if self.teleports:
-            self.map_shown = self._teleport()
+            self.map_shown = self._teleport() | self.map_every_step
             self.colours_shown.fill_(not self.hide_colours_on_update)
         else:
-            self.map_shown.fill_(False)
+            self.map_shown.fill_(self.map_every_step)
         return success.float(), touched.any(1), success
 
     def _observe(self) -> torch.Tensor:

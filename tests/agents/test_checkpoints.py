@@ -144,3 +144,58 @@ def test_broken_checkpoints_are_one_sentence(tmp_path, damage, expected):
     with pytest.raises(CheckpointError, match=expected) as error:
         load_checkpoint(tmp_path)
     assert "\n" not in str(error.value)
+
+
+@pytest.fixture(scope="module")
+def gru_smoke_run(tmp_path_factory) -> Path:
+    """A finished smoke run of PPO + GRU on memory-rewrite, whose weights the next tests start from."""
+    run_dir = tmp_path_factory.mktemp("source") / "run"
+    assert train_main(["--env", "memory-rewrite", "--backbone", "gru", "--preset", "smoke", "--device", "cpu",
+                       "--eval-episodes", "0", "--run-dir", str(run_dir), "--quiet"]) == 0
+    return run_dir
+
+
+def test_init_from_starts_a_new_run_from_the_source_weights(gru_smoke_run, monkeypatch):
+    """--init-from loads the weights only: the new run's agent holds the source's tensors when training
+    starts, while its counters start at zero and its config names the source."""
+    from agents import train as train_module
+    from agents.ppo import PPOTrainer
+
+    source = load_checkpoint(gru_smoke_run)["agent"]
+    seen = {}
+    original_train = PPOTrainer.train
+
+    def record_then_stop(trainer, checkpoint_extra=None):
+        seen["weights"] = {name: value.clone() for name, value in trainer.agent.state_dict().items()}
+        seen["global_step"], seen["config"] = trainer.global_step, checkpoint_extra["config"]["run"]
+        return original_train(trainer, checkpoint_extra)
+
+    monkeypatch.setattr(PPOTrainer, "train", record_then_stop)
+    result = train_module.train(env="memory-rewrite", backbone="gru", preset="smoke", device="cpu", eval_episodes=0,
+                                run_dir=str(gru_smoke_run.parent / "fine-tuned"), quiet=True,
+                                init_from=str(gru_smoke_run))
+    assert seen["weights"].keys() == source.keys()
+    for name, value in source.items():
+        assert torch.equal(seen["weights"][name], value), name
+    assert seen["global_step"] == 0 and seen["config"]["init_from"] == str(gru_smoke_run)
+    assert result.global_step == 2_048
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--backbone", "s5", "--env", "memory-rewrite"], "holds a ppo + gru agent; this run trains ppo + s5"),
+    (["--backbone", "gru", "--env", "tmaze"], "(trained on memory-rewrite) do not fit this run's agent on tmaze"),
+    (["--backbone", "gru", "--env", "memory-rewrite", "--hidden-dim", "32"], "do not fit this run's agent"),
+], ids=["other-backbone", "other-observation-size", "other-width"])
+def test_init_from_a_run_that_does_not_fit_is_one_sentence_and_writes_nothing(gru_smoke_run, tmp_path, argv, expected):
+    run_dir = tmp_path / "run"
+    code, stderr = run_cli(train_main, [*argv, "--preset", "smoke", "--device", "cpu", "--run-dir", str(run_dir),
+                                        "--init-from", str(gru_smoke_run), "--quiet"])
+    assert code == 2 and expected in stderr, stderr
+    assert len(stderr.strip().splitlines()) == 1 and "Traceback" not in stderr
+    assert not run_dir.exists()
+
+
+def test_init_from_a_dir_without_a_checkpoint_is_one_sentence(tmp_path):
+    code, stderr = run_cli(train_main, ["--preset", "smoke", "--device", "cpu", "--run-dir", str(tmp_path / "run"),
+                                        "--init-from", str(tmp_path / "nowhere"), "--quiet"])
+    assert code == 2 and "no checkpoint to load" in stderr and len(stderr.strip().splitlines()) == 1, stderr

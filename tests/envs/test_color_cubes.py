@@ -302,8 +302,27 @@ def test_levels():
         ({"watch_steps": 0}, "watch_steps"),
         ({"teleport_prob": 1.5}, "teleport_prob"),
         ({"teleport_phase": "never"}, "teleport_phase"),
+        ({"map_every_step": 1}, "map_every_step"),
     ],
 )
 def test_rejects_bad_settings(kwargs, words):
     with pytest.raises(ValueError, match=words):
         ColorCubes(1, **kwargs)
+
+
+@pytest.mark.parametrize("teleport_prob", [0.0, 0.5])
+def test_map_every_step_shows_the_live_map_on_every_step(teleport_prob):
+    """The fully observable variant: every observation holds the current map with its colours; the target
+    colour follows the level's rule (throughout without teleports, first observation only with them)."""
+    env = ColorCubes(64, seed=5, grid_size=7, num_cubes=4, teleport_prob=teleport_prob, map_every_step=True)
+    layout = ObservationLayout(env)
+    obs, _ = env.reset()
+    rows = torch.arange(64)[:, None]
+    for step in range(12):
+        cells = layout.cells(obs)
+        slots = interior_slot(env, env.cube_cell)
+        assert bool(layout.map_shown(obs).all()), step
+        assert bool((cells[:, :, 0].sum(1) == 4).all()) and bool((cells[rows, slots, 1 + torch.arange(4)] == 1).all())
+        target_visible = obs[:, 2 * 7 : 2 * 7 + 4].sum(1) == 1
+        assert bool(target_visible.all()) == (step == 0 or teleport_prob == 0.0), step
+        obs = env.step(torch.randint(4, (64,), generator=torch.Generator().manual_seed(step)))[0]
