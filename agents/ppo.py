@@ -78,28 +78,52 @@ class PPOConfig:
     target_kl: float | None = field(default=None, metadata={"help": "stop the epochs early once approx KL exceeds this"})
     hidden_dim: int = field(default=128, metadata={"help": "encoder width and backbone hidden size"})
     encoder_width: int = field(default=0, metadata={"help": "vector observations: 0 encodes with two tanh layers of hidden_dim; W > 0 with two ReLU layers of width W, then a tanh layer to hidden_dim"})
+    head_width: int = field(default=0, metadata={"help": "0: linear policy and value heads on the memory's output; W > 0: both read a shared torso of two ReLU layers of width W on [memory output, encoded observation]"})
     bootstrap_truncated: bool = field(default=True, metadata={"help": "bootstrap a time-limit truncation from the value of its final observation; off, a truncation ends the return like a termination (for tasks where running out of time is failure)"})
     backbone_options: dict = field(default_factory=dict, metadata={"help": "extra backbone options as JSON, e.g. '{\"num_layers\": 1}'"})
     checkpoint_every: int = field(default=10, metadata={"help": "save a checkpoint every N updates (and at the end)"})
 
 
 class RecurrentActorCritic(nn.Module):
-    """encoder -> memory backbone -> (policy head, value head); actor and critic share the memory."""
+    """encoder -> memory backbone -> [torso] -> (policy head, value head); actor and critic share the memory.
+
+    `head_width` W > 0 puts a torso of two ReLU layers of width W between the memory and the heads, reading
+    the memory's output beside the encoded observation: the policy can then combine what memory holds with
+    what is seen now (e.g. a remembered goal cell with the agent's current cell) after the recurrence, where
+    linear heads cannot form such conjunctions.
+    """
 
     def __init__(self, observation_space: gymnasium.Space, action_space: gymnasium.Space,
-                 backbone: str, hidden_dim: int, backbone_options: dict | None = None, encoder_width: int = 0):
+                 backbone: str, hidden_dim: int, backbone_options: dict | None = None, encoder_width: int = 0,
+                 head_width: int = 0):
         super().__init__()
+        if not isinstance(head_width, int) or head_width < 0:
+            raise ValueError(f"head width must be an integer >= 0 (0: linear heads on the memory's output), got {head_width!r}")
         self.encoder = make_encoder(observation_space, hidden_dim, encoder_width)
         self.backbone = make_backbone(backbone, hidden_dim, hidden_dim, **(backbone_options or {}))
-        self.actor = ActionHead(action_space, hidden_dim)
-        self.critic = orthogonal_init(nn.Linear(hidden_dim, 1), gain=1.0)
+        self.torso = None
+        feature_dim = hidden_dim
+        if head_width > 0:
+            self.torso = nn.Sequential(orthogonal_init(nn.Linear(2 * hidden_dim, head_width)), nn.ReLU(),
+                                       orthogonal_init(nn.Linear(head_width, head_width)), nn.ReLU())
+            feature_dim = head_width
+        self.actor = ActionHead(action_space, feature_dim)
+        self.critic = orthogonal_init(nn.Linear(feature_dim, 1), gain=1.0)
+
+    def _features(self, memory: torch.Tensor, encoded: torch.Tensor) -> torch.Tensor:
+        """What the heads read: the memory's output, or the torso on [memory output, encoded observation]."""
+        if self.torso is None:
+            return memory
+        return self.torso(torch.cat([memory, encoded], dim=-1))
 
     def initial_state(self, batch_size: int, device: torch.device | None = None) -> State:
         return self.backbone.initial_state(batch_size, device)
 
     def step(self, obs: Observation, state: State, is_first: torch.Tensor):
         """obs [B, ...], is_first [B] -> (action distribution, value [B], next state)."""
-        features, state = self.backbone.step(self.encoder(obs), state, is_first)
+        encoded = self.encoder(obs)
+        memory, state = self.backbone.step(encoded, state, is_first)
+        features = self._features(memory, encoded)
         return self.actor(features), self.critic(features).squeeze(-1), state
 
     def act(self, obs: Observation, state: State, is_first: torch.Tensor, deterministic: bool = False):
@@ -109,12 +133,15 @@ class RecurrentActorCritic(nn.Module):
         return action, state
 
     def value(self, obs: Observation, state: State, is_first: torch.Tensor) -> torch.Tensor:
-        features, _ = self.backbone.step(self.encoder(obs), state, is_first)
-        return self.critic(features).squeeze(-1)
+        encoded = self.encoder(obs)
+        memory, _ = self.backbone.step(encoded, state, is_first)
+        return self.critic(self._features(memory, encoded)).squeeze(-1)
 
     def forward(self, obs: Observation, state: State, is_first: torch.Tensor):
         """obs [B, T, ...], is_first [B, T] -> (action distribution over [B, T], values [B, T])."""
-        features, _ = self.backbone(self.encoder(obs), state, is_first)
+        encoded = self.encoder(obs)
+        memory, _ = self.backbone(encoded, state, is_first)
+        features = self._features(memory, encoded)
         return self.actor(features), self.critic(features).squeeze(-1)
 
 
@@ -184,7 +211,7 @@ class PPOTrainer:
                     backbone: str) -> RecurrentActorCritic:
         """The untrained agent a run with `config` trains (also how a checkpoint's agent is rebuilt)."""
         return RecurrentActorCritic(observation_space, action_space, backbone, config.hidden_dim, config.backbone_options,
-                                    config.encoder_width)
+                                    config.encoder_width, config.head_width)
 
     def __init__(self, config: PPOConfig, env, total_steps: int, device: torch.device,
                  backbone: str, run_dir: Path | None = None, progress: bool = True,

@@ -211,3 +211,29 @@ def test_encoder_width_gives_two_relu_layers_of_that_width_and_bad_widths_are_re
     assert not torch.equal(parameters(trainer)["encoder.net.0.weight"], before["encoder.net.0.weight"])
     with pytest.raises(ValueError, match="encoder width must be an integer >= 0"):
         make_trainer(None, config=PPOConfig(encoder_width=-1))
+
+
+def test_head_width_puts_a_relu_torso_on_memory_and_observation_before_the_heads():
+    config = PPOConfig(num_steps=16, hidden_dim=16, num_minibatches=2, update_epochs=2, head_width=40)
+    trainer = make_trainer(None, config=config)
+    agent = trainer.agent
+    linears = [layer for layer in agent.torso if isinstance(layer, torch.nn.Linear)]
+    assert [(layer.in_features, layer.out_features) for layer in linears] == [(32, 40), (40, 40)]
+    assert agent.actor.logits.in_features == 40 and agent.critic.in_features == 40
+    # The window pass (training) and the step-by-step pass (acting) give the same policy and values.
+    generator = torch.Generator().manual_seed(0)
+    obs = torch.rand(8, 6, trainer.env.obs_dim, generator=generator)
+    is_first = torch.rand(8, 6, generator=generator) < 0.3
+    with torch.no_grad():
+        distribution, values = agent(obs, agent.initial_state(8), is_first)
+        state = agent.initial_state(8)
+        for t in range(6):
+            torch.testing.assert_close(agent.value(obs[:, t], state, is_first[:, t]), values[:, t])
+            step_distribution, step_values, state = agent.step(obs[:, t], state, is_first[:, t])
+            torch.testing.assert_close(step_distribution.logits, distribution.logits[:, t])
+            torch.testing.assert_close(step_values, values[:, t])
+    before = parameters(trainer)
+    trainer.train()
+    assert not torch.equal(parameters(trainer)["torso.0.weight"], before["torso.0.weight"])
+    with pytest.raises(ValueError, match="head width must be an integer >= 0"):
+        make_trainer(None, config=PPOConfig(head_width=-1))
