@@ -362,15 +362,17 @@ def configs_from_checkpoint(checkpoint: dict, run_dir: Path) -> tuple[RunConfig,
                               f"({type(error).__name__}: {error})") from None
 
 
-def apply_checkpoint(restore, checkpoint: dict, run: RunConfig, run_dir: Path) -> None:
+def apply_checkpoint(restore, checkpoint: dict, run: RunConfig, run_dir: Path, mismatch: str | None = None) -> None:
     """`restore(checkpoint)` (a trainer's restore or an agent's load_state_dict); CheckpointError, in one
-    sentence, when the checkpoint's tensors do not fit the agent its config describes."""
+    sentence, when the checkpoint's tensors do not fit: `mismatch` says what, by default that they do not
+    fit the agent the checkpoint's own config describes."""
     try:
         restore(checkpoint)
     except (RuntimeError, KeyError, ValueError, TypeError, AttributeError) as error:
         reason = " ".join(str(error).split())[:240] or type(error).__name__
-        raise CheckpointError(f"the checkpoint in {run_dir} does not fit the {run.agent} + {run.backbone} agent "
-                              f"its config describes ({reason})") from None
+        mismatch = mismatch or (f"the checkpoint in {run_dir} does not fit the {run.agent} + {run.backbone} agent "
+                                "its config describes")
+        raise CheckpointError(f"{mismatch} ({reason})") from None
 
 
 def initialise_from(agent: torch.nn.Module, source_dir: Path, run: RunConfig) -> None:
@@ -382,13 +384,9 @@ def initialise_from(agent: torch.nn.Module, source_dir: Path, run: RunConfig) ->
     if (source.agent, source.backbone) != (run.agent, run.backbone):
         raise UsageError(f"--init-from {source_dir} holds a {source.agent} + {source.backbone} agent; this run trains "
                          f"{run.agent} + {run.backbone}, and only the same agent and backbone can start from its weights")
-    try:
-        agent.load_state_dict(checkpoint["agent"])
-    except (RuntimeError, KeyError, ValueError, TypeError) as error:
-        reason = " ".join(str(error).split())[:240] or type(error).__name__
-        raise CheckpointError(f"the weights in {source_dir} (trained on {source.env}) do not fit this run's agent on "
-                              f"{run.env}: the env's observation or action space, or the agent's settings, differ "
-                              f"({reason})") from None
+    apply_checkpoint(lambda payload: agent.load_state_dict(payload["agent"]), checkpoint, run, source_dir,
+                     mismatch=f"the weights in {source_dir} (trained on {source.env}) do not fit this run's agent on "
+                              f"{run.env}: the env's observation or action space, or the agent's settings, differ")
 
 
 def load_trained_agent(run_dir: Path, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, RunConfig]:
