@@ -1,0 +1,140 @@
+"""Put several compare-backbones studies side by side: one table and one heatmap, backbone x task.
+
+    python -m scripts.summarise_studies benchmarks/studies/endless-tmaze-fixed-l10-n3 \\
+        benchmarks/studies/endless-tmaze-uniform-l10-n3 benchmarks/studies/popgym-medium \\
+        --output-dir benchmarks/studies/hard
+
+Each argument is an output dir of `compare-backbones` (its `results.csv` is read; nothing is retrained).
+Every env is scored with the metric its field reports, as the mean over the study's seeds: POPGym envs
+(`popgym-*`) by normalised MMER (0.5 MMER + 0.5, POPGym's score), every other env by final greedy success.
+An env may come from one study only (two budgets of one env are two studies' business, not one column's).
+
+Writes into `--output-dir`, each atomically: `summary.csv` (one row per env x agent x backbone: the metric,
+its mean over seeds, the seeds, the env steps, the study it came from), `summary.md` (a table with a row per
+backbone and a column per env, the env's metric, steps and seeds in the header) and, with matplotlib installed, `summary.png` (the same grid as a heatmap).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+from agents.run import write_atomically
+from scripts.compare_backbones import plot_heatmap, write_csv
+
+RESULTS_NAME = "results.csv"
+SUMMARY_COLUMNS = ("env", "agent", "backbone", "metric", "score", "seeds", "global_step", "study")
+METRIC_COLUMNS = {"success": "success_mean", "normalised MMER": "mmer_normalised_mean"}
+"""Metric name -> the results.csv column (a mean over seeds) it is read from."""
+
+
+class UsageError(ValueError):
+    """Bad input: reported in one sentence, exit code 2."""
+
+
+def metric_of(env: str) -> str:
+    """The score an env's field reports: POPGym's normalised MMER for its tasks, greedy success otherwise."""
+    return "normalised MMER" if env.startswith("popgym-") else "success"
+
+
+def read_study(study: Path) -> list[dict]:
+    """The summary rows of one compare-backbones output dir, in its results.csv order."""
+    path = study / RESULTS_NAME
+    if not path.is_file():
+        raise UsageError(f"{study} has no {RESULTS_NAME}: give output dirs written by compare-backbones")
+    with open(path, newline="") as handle:
+        results = list(csv.DictReader(handle))
+    rows = []
+    for result in results:
+        metric = metric_of(result["env"])
+        column = METRIC_COLUMNS[metric]
+        if column not in result:
+            raise UsageError(f"{path} has no {column} column: aggregate it again with this memrl's compare-backbones")
+        score = float(result[column]) if result[column] else math.nan
+        rows.append({"env": result["env"], "agent": result["agent"], "backbone": result["backbone"], "metric": metric,
+                     "score": score, "seeds": int(result["seeds"]), "global_step": float(result["global_step"]),
+                     "study": str(study)})
+    return rows
+
+
+def collect(studies: list[Path]) -> list[dict]:
+    """Every study's rows; an env found in two studies is refused."""
+    rows: list[dict] = []
+    source_of_env: dict[str, Path] = {}
+    for study in studies:
+        study_rows = read_study(study)
+        for env in dict.fromkeys(row["env"] for row in study_rows):
+            if env in source_of_env:
+                raise UsageError(f"env {env} is in both {source_of_env[env]} and {study}; give each env's study once")
+            source_of_env[env] = study
+        rows += study_rows
+    if not rows:
+        raise UsageError("the studies hold no results: give output dirs of finished compare-backbones studies")
+    return rows
+
+
+def row_label(row: dict, several_agents: bool) -> str:
+    return f"{row['agent']} + {row['backbone']}" if several_agents else row["backbone"]
+
+
+def summary_markdown(rows: list[dict]) -> str:
+    """Backbones as rows, envs as columns (metric, steps and seeds in the header)."""
+    envs = list(dict.fromkeys(row["env"] for row in rows))
+    several_agents = len({row["agent"] for row in rows}) > 1
+    labels = list(dict.fromkeys(row_label(row, several_agents) for row in rows))
+    cell = {(row_label(row, several_agents), row["env"]): row for row in rows}
+    header = ["backbone"]
+    for env in envs:
+        env_rows = [row for row in rows if row["env"] == env]
+        fewest, most = min(row["seeds"] for row in env_rows), max(row["seeds"] for row in env_rows)
+        seeds = f"{most} seed{'s' if most > 1 else ''}" if fewest == most else f"{fewest}-{most} seeds"
+        header.append(f"{env}<br>{env_rows[0]['metric']}, {env_rows[0]['global_step']:,.0f} steps, {seeds}")
+    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * len(envs)]
+    for label in labels:
+        values = []
+        for env in envs:
+            row = cell.get((label, env))
+            values.append("—" if row is None or math.isnan(row["score"]) else f"{row['score']:.3f}")
+        lines.append(f"| `{label}` | " + " | ".join(values) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_summary(rows: list[dict], output_dir: Path) -> list[Path]:
+    """summary.csv, summary.md and (with matplotlib) summary.png; returns the files written."""
+    written = [output_dir / "summary.csv", output_dir / "summary.md"]
+    write_csv(written[0], rows, list(SUMMARY_COLUMNS))
+    write_atomically(written[1], summary_markdown(rows).encode())
+    if importlib.util.find_spec("matplotlib") is not None:
+        heatmap_rows = [{**row, "env": f"{row['env']}\n({row['metric']})"} for row in rows]
+        plot_heatmap(heatmap_rows, output_dir / "summary.png", "score", "mean over seeds")
+        written.append(output_dir / "summary.png")
+    return written
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="summarise-studies",
+        description="Put the results of several compare-backbones output dirs side by side, backbone x env.")
+    parser.add_argument("studies", nargs="+", type=Path, help="compare-backbones output dirs (each with results.csv)")
+    parser.add_argument("--output-dir", type=Path, required=True, help="where summary.csv, .md and .png are written")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        rows = collect(args.studies)
+    except UsageError as error:
+        parser.exit(2, f"summarise-studies: error: {error}\n")
+    written = write_summary(rows, args.output_dir)
+    print(f"summarise-studies: wrote {', '.join(str(path) for path in written)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
