@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +49,7 @@ from envs.tmaze import PassiveTMaze, TMaze
 
 NUM_CUES = 2
 CHANCE = 1.0 / NUM_CUES
+LEGEND_COLUMNS = 3
 PROBED_TASKS = (TMaze, PassiveTMaze, EndlessTMaze)
 COLUMNS = ("label", "backbone", "agent", "env", "run_dir", "probe", "k", "accuracy", "train_accuracy", "l2",
            "train_samples", "test_samples", "chance", "majority_baseline")
@@ -252,14 +254,18 @@ def plot(rows: list[dict], labels: list[str], title: str) -> bytes:
     import matplotlib.pyplot as plt
 
     has_rewrite = any(row["probe"] != "retention" for row in rows)
-    figure, axes = plt.subplots(1, 2 if has_rewrite else 1, figsize=(11 if has_rewrite else 6, 5.2), squeeze=False)
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    panels = [(axes[0, 0], (("retention", "-"),), "retention: cue shown k steps ago", "k (steps since the cue)")]
+    panels = [("retention: cue shown k steps ago", "k (steps since the cue)", (("retention", "-"),))]
     if has_rewrite:
-        panels.append((axes[0, 1], (("current", "-"), ("superseded", "--")),
-                       "rewrite: current vs superseded cue", "k (steps since the current cue)"))
+        panels.append(("rewrite: current vs superseded cue", "k (steps since the current cue)",
+                       (("current", "-"), ("superseded", "--"))))
+    # Each panel's legend gets its own row below the plots, sized to its entries, so it never covers them.
+    legend_rows = max(math.ceil((len(labels) * len(probes) + 1) / LEGEND_COLUMNS) for _, _, probes in panels)
+    figure = plt.figure(figsize=(5.5 * len(panels), 3.8 + 0.2 * legend_rows), layout="constrained")
+    grid = figure.add_gridspec(2, len(panels), height_ratios=(3.8, 0.2 * legend_rows))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     markers = "osD^vP*X"
-    for axis, probes, panel_title, x_label in panels:
+    for column, (panel_title, x_label, probes) in enumerate(panels):
+        axis = figure.add_subplot(grid[0, column])
         series = len(labels) * len(probes)
         for index, label in enumerate(labels):
             for probe_index, (probe, style) in enumerate(probes):
@@ -275,9 +281,11 @@ def plot(rows: list[dict], labels: list[str], title: str) -> bytes:
                               fillstyle="none" if probe == "superseded" else "full")
         axis.axhline(CHANCE, color="grey", linestyle=":", label="chance")
         axis.set(title=panel_title, xlabel=x_label, ylabel="held-out probe accuracy", ylim=(-0.02, 1.05))
-        axis.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3)
+        legend_axis = figure.add_subplot(grid[1, column])
+        legend_axis.axis("off")
+        legend_axis.legend(*axis.get_legend_handles_labels(), fontsize="small", loc="upper center",
+                           ncol=LEGEND_COLUMNS, frameon=False)
     figure.suptitle(title)
-    figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=120)
     plt.close(figure)
