@@ -534,7 +534,8 @@ def mmer_markdown(rows: list[dict], records: list[dict]) -> list[str]:
     return lines
 
 
-def _row_label(row: dict, several_agents: bool) -> str:
+def row_label(row: dict, several_agents: bool) -> str:
+    """A results row's name in tables and plots: its backbone, prefixed by its agent when agents differ."""
     return f"{row['agent']} + {row['backbone']}" if several_agents else row["backbone"]
 
 
@@ -566,7 +567,7 @@ def plot_learning_curves(rows: list[dict], records: list[dict], path: Path) -> N
                 continue
             band = np.array([scores.stratified_bootstrap_ci(curves[:, point], scores.mean, num_resamples=500)
                              for point in range(CURVE_POINTS)])
-            line, = axis.plot(grid, curves.mean(axis=0), label=_row_label(row, several_agents))
+            line, = axis.plot(grid, curves.mean(axis=0), label=row_label(row, several_agents))
             axis.fill_between(grid, band[:, 0], band[:, 1], color=line.get_color(), alpha=0.2, linewidth=0)
         axis.set(title=env, xlabel="env steps", ylim=(-0.02, 1.02))
         axis.grid(alpha=0.3)
@@ -581,10 +582,10 @@ def plot_heatmap(rows: list[dict], path: Path, column: str, label: str) -> None:
 
     envs = list(dict.fromkeys(row["env"] for row in rows))
     several_agents = len({row["agent"] for row in rows}) > 1
-    labels = list(dict.fromkeys(_row_label(row, several_agents) for row in rows))
+    labels = list(dict.fromkeys(row_label(row, several_agents) for row in rows))
     values = np.full((len(labels), len(envs)), np.nan)
     for row in rows:
-        values[labels.index(_row_label(row, several_agents)), envs.index(row["env"])] = row[column]
+        values[labels.index(row_label(row, several_agents)), envs.index(row["env"])] = row[column]
     figure = Figure(figsize=(1.6 * len(envs) + 2.5, 0.45 * len(labels) + 1.5), layout="constrained")
     axis = figure.subplots()
     image = axis.imshow(values, vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
@@ -605,13 +606,13 @@ def plot_speed_vs_success(rows: list[dict], path: Path) -> None:
 
     envs = list(dict.fromkeys(row["env"] for row in rows))
     several_agents = len({row["agent"] for row in rows}) > 1
-    labels = list(dict.fromkeys(_row_label(row, several_agents) for row in rows))
+    labels = list(dict.fromkeys(row_label(row, several_agents) for row in rows))
     markers = "osD^vP*Xh<>p"
     colours = [f"C{index % 10}" for index in range(len(envs))]
     figure = Figure(figsize=(6.5, 4.5), layout="constrained")
     axis = figure.subplots()
     for row in rows:
-        marker = markers[labels.index(_row_label(row, several_agents)) % len(markers)]
+        marker = markers[labels.index(row_label(row, several_agents)) % len(markers)]
         colour = colours[envs.index(row["env"])]
         error = [[row["success_iqm"] - row["success_iqm_low"]], [row["success_iqm_high"] - row["success_iqm"]]]
         axis.errorbar(row["sps"], row["success_iqm"], yerr=error, fmt=marker, color=colour, markersize=7, capsize=3)

@@ -11,7 +11,8 @@ An env may come from one study only (two budgets of one env are two studies' bus
 
 Writes into `--output-dir`, each atomically: `summary.csv` (one row per env x agent x backbone: the metric,
 its mean over seeds, the seeds, the env steps, the study it came from), `summary.md` (a table with a row per
-backbone and a column per env, the env's metric, steps and seeds in the header) and, with matplotlib installed, `summary.png` (the same grid as a heatmap).
+backbone and a column per env, the env's metric, steps and seeds in the header) and, with matplotlib installed,
+`summary.png` (the same grid as a heatmap).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import sys
 from pathlib import Path
 
 from agents.run import write_atomically
-from scripts.compare_backbones import plot_heatmap, write_csv
+from scripts.compare_backbones import plot_heatmap, row_label, write_csv
 
 RESULTS_NAME = "results.csv"
 SUMMARY_COLUMNS = ("env", "agent", "backbone", "metric", "score", "seeds", "global_step", "study")
@@ -75,10 +76,6 @@ def collect(studies: list[Path]) -> list[dict]:
     if not rows:
         raise UsageError("the studies hold no results: give output dirs of finished compare-backbones studies")
     return rows
-
-
-def row_label(row: dict, several_agents: bool) -> str:
-    return f"{row['agent']} + {row['backbone']}" if several_agents else row["backbone"]
 
 
 def summary_markdown(rows: list[dict]) -> str:
