@@ -202,9 +202,15 @@ class Rollout:
 class PPOTrainer:
     """Owns the agent, optimiser, env carry and counters; `train` runs to `total_steps`.
 
+    `train` alternates `collect` and `learn` (PPO's update); `agents.dagger` reuses the rest with its own pair.
+
     Under torchrun every rank builds one with its own share of the envs and the same `run_dir`
     (which only rank 0 writes to); `total_steps` counts the env steps of all ranks together.
     """
+
+    name = "PPO"
+    network = "recurrent-actor-critic"
+    """The network `build_agent` makes: runs of agents with the same network can start from each other's weights."""
 
     @staticmethod
     def build_agent(config: PPOConfig, observation_space: gymnasium.Space, action_space: gymnasium.Space,
@@ -240,7 +246,7 @@ class PPOTrainer:
         # What the run really steps: total_steps rounded up to whole rollouts.
         self.planned_steps = self.num_updates * self.batch_size
         processes = f" x {distributed.world_size} processes" if distributed.torchrun else ""
-        self.step_unit = (f"PPO trains on whole rollouts of {self.batch_size:,} steps "
+        self.step_unit = (f"{self.name} trains on whole rollouts of {self.batch_size:,} steps "
                           f"({env.num_envs} envs x {config.num_steps} steps{processes})")
         self.update = 0
         self.global_step = 0
@@ -329,7 +335,7 @@ class PPOTrainer:
         return compute_gae(rollout.rewards, rollout.values, ended, rollout.truncated, rollout.final_values,
                            last_value, config.gamma, config.gae_lambda)
 
-    def ppo_update(self, rollout: Rollout) -> dict[str, float]:
+    def learn(self, rollout: Rollout) -> dict[str, float]:
         config = self.config
         advantages, returns = self.advantages_and_returns(rollout)
         envs_per_minibatch = self.env.num_envs // config.num_minibatches
@@ -412,12 +418,12 @@ class PPOTrainer:
         metrics: dict[str, float] = {}
         try:
             while self.update < self.num_updates:
-                check_finite_parameters(self.agent, "PPO", f"before update {self.update + 1} (step {self.global_step})")
+                check_finite_parameters(self.agent, self.name, f"before update {self.update + 1} (step {self.global_step})")
                 started = time.perf_counter()
                 if config.anneal_lr:
                     self.optimizer.param_groups[0]["lr"] = config.learning_rate * (1.0 - self.update / self.num_updates)
                 rollout = self.collect(writer)
-                metrics = self.ppo_update(rollout)
+                metrics = self.learn(rollout)
                 self.update += 1
                 self.elapsed_seconds += time.perf_counter() - started
                 steps_per_second = self.global_step / max(self.elapsed_seconds, 1e-9)
@@ -431,7 +437,7 @@ class PPOTrainer:
                                 reports_success=getattr(self.env, "reports_success", False))
                 last = self.update == self.num_updates
                 if self.run_dir is not None and (self.update % config.checkpoint_every == 0 or last):
-                    check_finite_parameters(self.agent, "PPO", f"at update {self.update} (step {self.global_step})")
+                    check_finite_parameters(self.agent, self.name, f"at update {self.update} (step {self.global_step})")
                     payload = self.checkpoint_payload(checkpoint_extra or {})
                     if writes_files:
                         save_checkpoint(self.run_dir, payload)

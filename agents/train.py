@@ -38,6 +38,7 @@ from pathlib import Path
 import gymnasium
 import torch
 
+from agents.dagger import DAggerConfig, DAggerTrainer
 from agents.dreamer import DreamerConfig, DreamerTrainer
 from agents.networks import is_supported_observation_space
 from agents.ppo import PPOConfig, PPOTrainer
@@ -58,8 +59,10 @@ from envs.maniskill import ManiSkillUnavailable, is_maniskill_name, make_maniski
 from envs.registry import env_names, make_env
 from memory import BACKBONES
 
-AGENTS = {"ppo": (PPOConfig, PPOTrainer), "dreamer": (DreamerConfig, DreamerTrainer)}
-"""agent name -> (config dataclass, trainer class); both trainers share one shape."""
+AGENTS = {"ppo": (PPOConfig, PPOTrainer), "dreamer": (DreamerConfig, DreamerTrainer),
+          "dagger": (DAggerConfig, DAggerTrainer)}
+"""agent name -> (config dataclass, trainer class); the trainers share one shape. DAgger imitates the env's
+privileged oracle (no reward): a diagnostic of what a memory can learn, and a start for PPO (`--init-from`)."""
 
 
 @dataclass
@@ -77,7 +80,7 @@ class RunConfig:
     eval_episodes: int = field(default=200, metadata={"help": "episodes of the final evaluation (0 skips it)"})
     eval_deterministic: bool = field(default=True, metadata={"help": "evaluate with the most likely action instead of sampling"})
     torch_threads: int = field(default=0, metadata={"help": "torch CPU threads (0 keeps torch's default)"})
-    init_from: str = field(default="", metadata={"help": "start from the weights in this run dir's last checkpoint (same agent and backbone; fresh optimiser and counters): fine-tuning, curricula ('' starts from scratch)"})
+    init_from: str = field(default="", metadata={"help": "start from the weights in this run dir's last checkpoint (same network and backbone: ppo and dagger share one; fresh optimiser and counters): fine-tuning, curricula ('' starts from scratch)"})
 
 
 # Presets: overrides of RunConfig and the agent's config fields, by env and optionally "<env>/<backbone>";
@@ -124,6 +127,17 @@ PRESETS: dict[str, dict] = {
                   "num_minibatches": 4, "update_epochs": 4, "clip_coef": 0.1, "ent_coef": 0.01, "eval_episodes": 100,
                   "eval_deterministic": False, "env_options": {"clip_rewards": True}},
     "dreamer:default": {"num_envs": 16},
+    "dagger:default": {},
+    # The Color-Cubes network (as PPO's preset builds it, so a DAgger run can start a PPO run), 16 gradient steps
+    # per 4,096-step window: cloning Medium's oracle this way took s5 to 0.55 greedy success (hard_tasks.md).
+    "dagger:color-cubes": {"total_steps": 1_228_800, "num_envs": 64, "num_steps": 64, "hidden_dim": 64,
+                           "learning_rate": 1e-3, "num_minibatches": 4, "update_epochs": 4, "encoder_width": 256},
+    # memory-rewrite with the sample-efficient setting's many updates per sample: s5 imitates the oracle perfectly
+    # (teacher agreement 1.00) by 3-8k env steps on seeds 1-4, half of this budget.
+    "dagger:memory-rewrite": {"total_steps": 12_288, "num_envs": 16, "num_steps": 16, "hidden_dim": 64,
+                              "learning_rate": 3e-3, "num_minibatches": 1, "update_epochs": 8},
+    "dagger:smoke": {"total_steps": 2_048, "num_envs": 8, "num_steps": 32, "hidden_dim": 16, "num_minibatches": 2,
+                     "update_epochs": 2, "eval_episodes": 8, "checkpoint_every": 2},
     # DreamerV3's Atari100k setting (arXiv 2301.04104v1): model size S (GRU and MLP widths 512, CNN depth 32,
     # 2-layer MLPs, 32 x 32 latents), train ratio 1024, the replay value loss, lives unused, the RSSM for the GRU.
     "dreamer:atari100k": {"total_steps": 100_000, "num_envs": 1, "replay_capacity": 100_000, "eval_episodes": 100,
@@ -212,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve_config(args: argparse.Namespace, distributed: Distributed = Distributed()
-                   ) -> tuple[RunConfig, PPOConfig | DreamerConfig, str]:
+                   ) -> tuple[RunConfig, PPOConfig | DreamerConfig | DAggerConfig, str]:
     """Defaults < preset < explicit flags; validates names and budgets."""
     explicit = {f.name: getattr(args, f.name) for _, f in _config_fields() if getattr(args, f.name) is not None}
     env_name = explicit.get("env", RunConfig.env)
@@ -248,7 +262,7 @@ def resolve_config(args: argparse.Namespace, distributed: Distributed = Distribu
     return run_config, agent_config, "+".join(preset_names)
 
 
-def validate(run: RunConfig, agent_config: PPOConfig | DreamerConfig, distributed: Distributed = Distributed()) -> None:
+def validate(run: RunConfig, agent_config: PPOConfig | DreamerConfig | DAggerConfig, distributed: Distributed = Distributed()) -> None:
     if run.agent not in AGENTS:
         raise UsageError(f"unknown agent {run.agent!r}; choose one of: {', '.join(AGENTS)}")
     if run.backbone not in BACKBONES:
@@ -299,6 +313,8 @@ def validate(run: RunConfig, agent_config: PPOConfig | DreamerConfig, distribute
             raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(ppo, name)}")
     if ppo.learning_rate <= 0:
         raise UsageError(f"--learning-rate must be positive, got {ppo.learning_rate}")
+    if isinstance(ppo, DAggerConfig) and not 0.0 <= ppo.teacher_prob <= 1.0:
+        raise UsageError(f"--teacher-prob must be a probability in [0, 1], got {ppo.teacher_prob}")
     envs_per_process = run.num_envs // distributed.world_size
     if envs_per_process % ppo.num_minibatches != 0:
         envs = (f"--num-envs ({run.num_envs})" if distributed.world_size == 1 else
@@ -349,7 +365,7 @@ def check_spaces(env, agent: str) -> None:
         )
 
 
-def configs_from_checkpoint(checkpoint: dict, run_dir: Path) -> tuple[RunConfig, PPOConfig | DreamerConfig]:
+def configs_from_checkpoint(checkpoint: dict, run_dir: Path) -> tuple[RunConfig, PPOConfig | DreamerConfig | DAggerConfig]:
     """The run and agent configs a checkpoint was trained with; CheckpointError when it holds none that fits."""
     try:
         run = RunConfig(**checkpoint["config"]["run"])
@@ -377,13 +393,15 @@ def apply_checkpoint(restore, checkpoint: dict, run: RunConfig, run_dir: Path, m
 
 def initialise_from(agent: torch.nn.Module, source_dir: Path, run: RunConfig) -> None:
     """Load the weights of `source_dir`'s last checkpoint into the new run's `agent` (only the weights:
-    the optimiser, counters and episodes start afresh); UsageError when that run trained another agent or
-    backbone, CheckpointError when its tensors do not fit (e.g. an env with another observation size)."""
+    the optimiser, counters and episodes start afresh); UsageError when that run trained another network
+    (PPO and DAgger share theirs) or backbone, CheckpointError when its tensors do not fit (e.g. an env with another observation size)."""
     checkpoint = load_checkpoint(source_dir)
     source, _ = configs_from_checkpoint(checkpoint, source_dir)
-    if (source.agent, source.backbone) != (run.agent, run.backbone):
+    same_network = AGENTS[source.agent][1].network == AGENTS[run.agent][1].network
+    if not same_network or source.backbone != run.backbone:
         raise UsageError(f"--init-from {source_dir} holds a {source.agent} + {source.backbone} agent; this run trains "
-                         f"{run.agent} + {run.backbone}, and only the same agent and backbone can start from its weights")
+                         f"{run.agent} + {run.backbone}, and only the same network (ppo and dagger share one) and "
+                         "backbone can start from its weights")
     apply_checkpoint(lambda payload: agent.load_state_dict(payload["agent"]), checkpoint, run, source_dir,
                      mismatch=f"the weights in {source_dir} (trained on {source.env}) do not fit this run's agent on "
                               f"{run.env}: the env's observation or action space, or the agent's settings, differ")

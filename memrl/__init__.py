@@ -11,6 +11,7 @@ calls. The names below are re-exported from `agents`, `memory` and `envs` (impor
 memrl imports them, none of them imports memrl).
 """
 
+from agents.dagger import DAggerConfig, DAggerTrainer
 from agents.dreamer import DreamerAgent, DreamerConfig, DreamerTrainer
 from agents.ppo import PPOConfig, PPOTrainer, RecurrentActorCritic
 from agents.run import (
@@ -26,8 +27,8 @@ from envs.registry import env_names, make_env
 from memory import BACKBONES, make_backbone, register_backbone
 
 __all__ = [
-    "ArtifactError", "BACKBONES", "CheckpointError", "CheckpointWriteFailed", "DreamerAgent", "DreamerConfig",
-    "DreamerTrainer", "PPOConfig", "PPOTrainer", "PRESETS", "RecurrentActorCritic", "TrainResult",
+    "ArtifactError", "BACKBONES", "CheckpointError", "CheckpointWriteFailed", "DAggerConfig", "DAggerTrainer",
+    "DreamerAgent", "DreamerConfig", "DreamerTrainer", "PPOConfig", "PPOTrainer", "PRESETS", "RecurrentActorCritic", "TrainResult",
     "TrainingDiverged", "UsageError", "env_names", "evaluate", "load_checkpoint", "load_trained_agent",
     "make_backbone", "make_env", "make_training_env", "register_backbone", "train",
 ]

@@ -33,7 +33,7 @@ def measure(backbone: str, device: torch.device, num_envs: int, updates: int) ->
     steps_per_update = num_envs * config.num_steps
     trainer = PPOTrainer(config, env, steps_per_update * (updates + 1), device, backbone, progress=False)
     rollout = trainer.collect(writer=None)
-    trainer.ppo_update(rollout)
+    trainer.learn(rollout)
     if device.type == "cuda":
         torch.cuda.synchronize()
     started = time.perf_counter()
@@ -44,7 +44,7 @@ def measure(backbone: str, device: torch.device, num_envs: int, updates: int) ->
         if device.type == "cuda":
             torch.cuda.synchronize()
         rollout_seconds += time.perf_counter() - rollout_started
-        trainer.ppo_update(rollout)
+        trainer.learn(rollout)
     if device.type == "cuda":
         torch.cuda.synchronize()
     total = time.perf_counter() - started

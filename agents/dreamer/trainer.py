@@ -104,6 +104,9 @@ class DreamerTrainer:
     current policy before it trains again.
     """
 
+    network = "dreamer"
+    """The network `build_agent` makes (see `PPOTrainer.network`)."""
+
     @staticmethod
     def build_agent(config: DreamerConfig, observation_space: gymnasium.Space, action_space: gymnasium.Space,
                     backbone: str) -> DreamerAgent:

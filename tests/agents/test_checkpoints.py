@@ -185,7 +185,9 @@ def test_init_from_starts_a_new_run_from_the_source_weights(gru_smoke_run, monke
     (["--backbone", "s5", "--env", "memory-rewrite"], "holds a ppo + gru agent; this run trains ppo + s5"),
     (["--backbone", "gru", "--env", "tmaze"], "(trained on memory-rewrite) do not fit this run's agent on tmaze"),
     (["--backbone", "gru", "--env", "memory-rewrite", "--hidden-dim", "32"], "do not fit this run's agent"),
-], ids=["other-backbone", "other-observation-size", "other-width"])
+    (["--agent", "dreamer", "--backbone", "gru", "--env", "memory-rewrite"],
+     "holds a ppo + gru agent; this run trains dreamer + gru, and only the same network (ppo and dagger share one)"),
+], ids=["other-backbone", "other-observation-size", "other-width", "other-network"])
 def test_init_from_a_run_that_does_not_fit_is_one_sentence_and_writes_nothing(gru_smoke_run, tmp_path, argv, expected):
     run_dir = tmp_path / "run"
     code, stderr = run_cli(train_main, [*argv, "--preset", "smoke", "--device", "cpu", "--run-dir", str(run_dir),
