@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from agents.dagger import DAggerConfig, DAggerTrainer
+from agents.ppo import PPOConfig, PPOTrainer
 from agents.run import load_checkpoint
 from agents.train import PRESETS, RunConfig, initialise_from, train
-from agents.ppo import PPOConfig, PPOTrainer
 from envs.registry import make_env
 
 
@@ -40,11 +41,36 @@ def test_a_memoryless_student_stays_near_chance(tmp_path):
     assert result.eval["success_rate"] <= 0.22, result.eval
 
 
-def make_trainer(teacher_prob: float, total_steps: int = 4 * 8 * 16) -> DAggerTrainer:
+def make_trainer(teacher_prob: float, total_steps: int = 4 * 8 * 16, run_dir: Path | None = None) -> DAggerTrainer:
     torch.manual_seed(0)
-    config = DAggerConfig(teacher_prob=teacher_prob, num_steps=16, hidden_dim=16, num_minibatches=2, update_epochs=1)
+    config = DAggerConfig(teacher_prob=teacher_prob, num_steps=16, hidden_dim=16, num_minibatches=2, update_epochs=1,
+                          checkpoint_every=2)
     return DAggerTrainer(config, make_env("memory-rewrite", num_envs=8, seed=1), total_steps, torch.device("cpu"),
-                         "gru", progress=False)
+                         "gru", run_dir=run_dir, progress=False)
+
+
+class Interrupt(Exception):
+    """Raised from a callback to simulate a run killed between updates."""
+
+
+def test_an_interrupted_and_resumed_run_equals_the_uninterrupted_run(tmp_path):
+    uninterrupted = make_trainer(0.5, run_dir=tmp_path / "a")
+    uninterrupted.train()
+
+    def stop_after_second_update(trainer, metrics):
+        if trainer.update == 2:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        make_trainer(0.5, run_dir=tmp_path / "b").train(on_update=stop_after_second_update)
+    resumed = make_trainer(0.5, run_dir=tmp_path / "b")
+    torch.manual_seed(12345)  # another RNG state: the checkpoint must restore the mixture's draws
+    resumed.restore(load_checkpoint(tmp_path / "b"))
+    assert resumed.update == 2
+    resumed.train()
+    expected = uninterrupted.agent.state_dict()
+    for name, value in resumed.agent.state_dict().items():
+        assert torch.equal(value, expected[name]), name
 
 
 def test_the_teacher_share_starts_at_teacher_prob_and_falls_linearly():
