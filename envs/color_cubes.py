@@ -58,6 +58,9 @@ class ColorCubes(BatchedEnv):
     `map_every_step` shows the map on every step (with its colours unless hidden on updates): a fully
     observable variant for curricula and controls, not a published level; the target colour is still shown
     as the level says, and the chance level and memoryless policy above do not apply to it.
+    `hide_updates` is the opposite ablation: the cubes teleport exactly as without it (same seed, same
+    moves), but no map follows; only the first observation shows one. An agent that succeeds as often
+    with it as without does not use the updates (evaluate a trained agent on both).
 
     Levels. Trivial: remember the first map while walking (W = 1, no teleports). Medium: keep
     the latest map (and the target colour) through updates that arrive while walking. Extreme:
@@ -88,6 +91,7 @@ class ColorCubes(BatchedEnv):
         hide_colours_on_update: bool = False,
         teleport_phase: str = "act",
         map_every_step: bool = False,
+        hide_updates: bool = False,
     ):
         if not isinstance(num_cubes, int) or not 2 <= num_cubes <= 4:
             raise ValueError(f"num_cubes must be an integer in [2, 4] (so the target is always reachable), got {num_cubes!r}")
@@ -105,6 +109,8 @@ class ColorCubes(BatchedEnv):
             raise ValueError(f"teleport_phase must be 'act' or 'watch', got {teleport_phase!r}")
         if not isinstance(map_every_step, bool):
             raise ValueError(f"map_every_step must be true or false, got {map_every_step!r}")
+        if not isinstance(hide_updates, bool) or (hide_updates and map_every_step):
+            raise ValueError(f"hide_updates must be true or false, and false with map_every_step, got {hide_updates!r}")
         self.grid_size = grid_size
         self.num_cubes = num_cubes
         self.watch_steps = watch_steps
@@ -114,6 +120,7 @@ class ColorCubes(BatchedEnv):
         self.target_shown_once = self.teleport_while_acting and self.teleports
         self.hide_colours_on_update = hide_colours_on_update
         self.map_every_step = map_every_step
+        self.hide_updates = hide_updates
         self.num_interior = (grid_size - 2) ** 2
         self.obs_dim = 2 * grid_size + num_cubes + 2 + self.num_interior * (num_cubes + 1)
         self.max_episode_steps = watch_steps + (8 if self.target_shown_once else 4) * grid_size
@@ -189,7 +196,7 @@ class ColorCubes(BatchedEnv):
         success = touched.gather(1, self.target.unsqueeze(1)).squeeze(1)
         # The move is judged on the map the agent saw; cubes teleport after it, never onto the agent.
         if self.teleports:
-            self.map_shown = self._teleport() | self.map_every_step
+            self.map_shown = (self._teleport() & (not self.hide_updates)) | self.map_every_step
             self.colours_shown.fill_(not self.hide_colours_on_update)
         else:
             self.map_shown.fill_(self.map_every_step)
