@@ -29,26 +29,15 @@ import torch
 from torch import nn
 
 from agents.networks import map_observations
-from agents.ppo import PPOTrainer, Rollout
+from agents.ppo import PPOTrainer, RecurrentPolicyConfig, Rollout
 from agents.run import TrainingDiverged
 
 
 @dataclass
-class DAggerConfig:
-    """DAgger's settings: the teacher's share, the imitation update, and PPO's network and windows."""
+class DAggerConfig(RecurrentPolicyConfig):
+    """DAgger's settings: the network, windows and optimiser it shares with PPO, and the teacher's share."""
 
     teacher_prob: float = field(default=1.0, metadata={"help": "probability that an env executes the teacher's action at the first update; it falls linearly to 0 at the last (the student acts otherwise)"})
-    num_steps: int = field(default=128, metadata={"help": "rollout length per env per update (the training window T)"})
-    learning_rate: float = field(default=3e-4, metadata={"help": "Adam learning rate"})
-    anneal_lr: bool = field(default=True, metadata={"help": "anneal the learning rate linearly to 0 over training"})
-    num_minibatches: int = field(default=4, metadata={"help": "minibatches per epoch (slices of the env axis)"})
-    update_epochs: int = field(default=4, metadata={"help": "passes over each rollout"})
-    max_grad_norm: float = field(default=0.5, metadata={"help": "global gradient-norm clip"})
-    hidden_dim: int = field(default=128, metadata={"help": "encoder width and backbone hidden size"})
-    encoder_width: int = field(default=0, metadata={"help": "vector observations: 0 encodes with two tanh layers of hidden_dim; W > 0 with two ReLU layers of width W, then a tanh layer to hidden_dim"})
-    head_width: int = field(default=0, metadata={"help": "0: linear policy and value heads on the memory's output; W > 0: both read a shared torso of two ReLU layers of width W on [memory output, encoded observation]"})
-    backbone_options: dict = field(default_factory=dict, metadata={"help": "extra backbone options as JSON, e.g. '{\"num_layers\": 1}'"})
-    checkpoint_every: int = field(default=10, metadata={"help": "save a checkpoint every N updates (and at the end)"})
 
 
 def has_oracle(env) -> bool:
@@ -109,14 +98,9 @@ class DAggerTrainer(PPOTrainer):
         with torch.no_grad():
             distribution, _ = self.agent(rollout.obs, rollout.start_state, rollout.is_first)
             agreement = self._agreement(distribution, rollout.actions)
-        envs_per_minibatch = self.env.num_envs // config.num_minibatches
-        for _ in range(config.update_epochs):
-            order = torch.randperm(self.env.num_envs, device=self.device)
-            for start in range(0, self.env.num_envs, envs_per_minibatch):
-                envs = order[start:start + envs_per_minibatch]
-                start_state = {key: value[envs] for key, value in rollout.start_state.items()}
-                obs = map_observations(lambda buffer: buffer[envs], rollout.obs)
-                distribution, _ = self.agent(obs, start_state, rollout.is_first[envs])
+        for minibatches in self.epochs(rollout):
+            for envs, inputs in minibatches:
+                distribution, _ = self.agent(*inputs)
                 loss = -self.agent.actor.log_prob(distribution, rollout.actions[envs]).mean()
                 if not torch.isfinite(loss):
                     raise TrainingDiverged(f"the imitation loss became {loss.item()} at update {self.update + 1} "

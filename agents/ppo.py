@@ -59,29 +59,35 @@ from memory import State, make_backbone
 
 
 @dataclass
-class PPOConfig:
-    """PPO hyperparameters (CleanRL's names and defaults where they apply)."""
+class RecurrentPolicyConfig:
+    """What PPO and DAgger (`agents.dagger`) share: the network, the training windows and the optimiser."""
 
     num_steps: int = field(default=128, metadata={"help": "rollout length per env per update (the training window T)"})
     learning_rate: float = field(default=3e-4, metadata={"help": "Adam learning rate"})
     anneal_lr: bool = field(default=True, metadata={"help": "anneal the learning rate linearly to 0 over training"})
-    gamma: float = field(default=0.99, metadata={"help": "discount factor"})
-    gae_lambda: float = field(default=0.95, metadata={"help": "GAE lambda"})
     num_minibatches: int = field(default=4, metadata={"help": "minibatches per epoch (slices of the env axis)"})
     update_epochs: int = field(default=4, metadata={"help": "passes over each rollout"})
+    max_grad_norm: float = field(default=0.5, metadata={"help": "global gradient-norm clip"})
+    hidden_dim: int = field(default=128, metadata={"help": "encoder width and backbone hidden size"})
+    encoder_width: int = field(default=0, metadata={"help": "vector observations: 0 encodes with two tanh layers of hidden_dim; W > 0 with two ReLU layers of width W, then a tanh layer to hidden_dim"})
+    head_width: int = field(default=0, metadata={"help": "0: linear policy and value heads on the memory's output; W > 0: both read a shared torso of two ReLU layers of width W on [memory output, encoded observation]"})
+    backbone_options: dict = field(default_factory=dict, metadata={"help": "extra backbone options as JSON, e.g. '{\"num_layers\": 1}'"})
+    checkpoint_every: int = field(default=10, metadata={"help": "save a checkpoint every N updates (and at the end)"})
+
+
+@dataclass
+class PPOConfig(RecurrentPolicyConfig):
+    """PPO hyperparameters (CleanRL's names and defaults where they apply)."""
+
+    gamma: float = field(default=0.99, metadata={"help": "discount factor"})
+    gae_lambda: float = field(default=0.95, metadata={"help": "GAE lambda"})
     norm_adv: bool = field(default=True, metadata={"help": "normalise advantages per minibatch"})
     clip_coef: float = field(default=0.2, metadata={"help": "PPO ratio clip"})
     clip_vloss: bool = field(default=True, metadata={"help": "clip the value loss as in the PPO paper's code"})
     ent_coef: float = field(default=0.01, metadata={"help": "entropy bonus coefficient"})
     vf_coef: float = field(default=0.5, metadata={"help": "value loss coefficient"})
-    max_grad_norm: float = field(default=0.5, metadata={"help": "global gradient-norm clip"})
     target_kl: float | None = field(default=None, metadata={"help": "stop the epochs early once approx KL exceeds this"})
-    hidden_dim: int = field(default=128, metadata={"help": "encoder width and backbone hidden size"})
-    encoder_width: int = field(default=0, metadata={"help": "vector observations: 0 encodes with two tanh layers of hidden_dim; W > 0 with two ReLU layers of width W, then a tanh layer to hidden_dim"})
-    head_width: int = field(default=0, metadata={"help": "0: linear policy and value heads on the memory's output; W > 0: both read a shared torso of two ReLU layers of width W on [memory output, encoded observation]"})
     bootstrap_truncated: bool = field(default=True, metadata={"help": "bootstrap a time-limit truncation from the value of its final observation; off, a truncation ends the return like a termination (for tasks where running out of time is failure)"})
-    backbone_options: dict = field(default_factory=dict, metadata={"help": "extra backbone options as JSON, e.g. '{\"num_layers\": 1}'"})
-    checkpoint_every: int = field(default=10, metadata={"help": "save a checkpoint every N updates (and at the end)"})
 
 
 class RecurrentActorCritic(nn.Module):
@@ -335,18 +341,28 @@ class PPOTrainer:
         return compute_gae(rollout.rewards, rollout.values, ended, rollout.truncated, rollout.final_values,
                            last_value, config.gamma, config.gae_lambda)
 
+    def epochs(self, rollout: Rollout):
+        """`update_epochs` passes over the rollout, each yielding its `num_minibatches` random slices of the env
+        axis as (env indices, (observations, start state, is_first)): the inputs to re-run them from."""
+        envs_per_minibatch = self.env.num_envs // self.config.num_minibatches
+
+        def minibatch(envs: torch.Tensor):
+            obs = map_observations(lambda buffer: buffer[envs], rollout.obs)
+            start_state = {key: value[envs] for key, value in rollout.start_state.items()}
+            return envs, (obs, start_state, rollout.is_first[envs])
+
+        for _ in range(self.config.update_epochs):
+            order = torch.randperm(self.env.num_envs, device=self.device)
+            yield (minibatch(order[start:start + envs_per_minibatch])
+                   for start in range(0, self.env.num_envs, envs_per_minibatch))
+
     def learn(self, rollout: Rollout) -> dict[str, float]:
         config = self.config
         advantages, returns = self.advantages_and_returns(rollout)
-        envs_per_minibatch = self.env.num_envs // config.num_minibatches
         clip_fractions, approx_kl, old_approx_kl = [], torch.zeros(()), torch.zeros(())
-        for _ in range(config.update_epochs):
-            order = torch.randperm(self.env.num_envs, device=self.device)
-            for start in range(0, self.env.num_envs, envs_per_minibatch):
-                envs = order[start:start + envs_per_minibatch]
-                start_state = {key: value[envs] for key, value in rollout.start_state.items()}
-                obs = map_observations(lambda buffer: buffer[envs], rollout.obs)
-                distribution, new_values = self.learner(obs, start_state, rollout.is_first[envs])
+        for minibatches in self.epochs(rollout):
+            for envs, inputs in minibatches:
+                distribution, new_values = self.learner(*inputs)
                 new_log_probs = self.agent.actor.log_prob(distribution, rollout.actions[envs])
                 entropy = self.agent.actor.entropy(distribution)
                 log_ratio = new_log_probs - rollout.log_probs[envs]

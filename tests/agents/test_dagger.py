@@ -7,6 +7,7 @@ student cannot, since which way to turn was shown only at the corridor's start.
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -140,7 +141,8 @@ def test_a_dagger_run_starts_a_ppo_run_on_the_same_network(tmp_path):
     train(agent="dagger", backbone="s5", env="memory-rewrite", preset="smoke", device="cpu", eval_episodes=0,
           run_dir=source_dir, quiet=True)
     env = make_env("memory-rewrite", num_envs=8, seed=1)
-    fine_tuned = PPOTrainer(PPOConfig(**{k: v for k, v in PRESETS["smoke"].items() if k in PPOConfig.__annotations__}),
+    ppo_fields = {config_field.name for config_field in dataclasses.fields(PPOConfig)}
+    fine_tuned = PPOTrainer(PPOConfig(**{k: v for k, v in PRESETS["smoke"].items() if k in ppo_fields}),
                             env, 2_048, torch.device("cpu"), "s5", progress=False).agent
     initialise_from(fine_tuned, source_dir, RunConfig(agent="ppo", backbone="s5", env="memory-rewrite"))
     source = load_checkpoint(source_dir)["agent"]
