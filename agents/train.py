@@ -129,7 +129,7 @@ PRESETS: dict[str, dict] = {
     "dreamer:default": {"num_envs": 16},
     "dagger:default": {},
     # The Color-Cubes network (as PPO's preset builds it, so a DAgger run can start a PPO run), 16 gradient steps
-    # per 4,096-step window: cloning Medium's oracle this way took s5 to 0.55 greedy success (hard_tasks.md).
+    # per 4,096-step window: imitating Medium's oracle this way takes s5 to 0.55-0.59 greedy success (hard_tasks.md).
     "dagger:color-cubes": {"total_steps": 1_228_800, "num_envs": 64, "num_steps": 64, "hidden_dim": 64,
                            "learning_rate": 1e-3, "num_minibatches": 4, "update_epochs": 4, "encoder_width": 256},
     # memory-rewrite with the sample-efficient setting's many updates per sample: s5 imitates the oracle perfectly
