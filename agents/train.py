@@ -63,6 +63,8 @@ AGENTS = {"ppo": (PPOConfig, PPOTrainer), "dreamer": (DreamerConfig, DreamerTrai
           "dagger": (DAggerConfig, DAggerTrainer)}
 """agent name -> (config dataclass, trainer class); the trainers share one shape. DAgger imitates the env's
 privileged oracle (no reward): a diagnostic of what a memory can learn, and a start for PPO (`--init-from`)."""
+AgentConfig = PPOConfig | DreamerConfig | DAggerConfig
+"""The config of any agent in AGENTS."""
 
 
 @dataclass
@@ -226,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve_config(args: argparse.Namespace, distributed: Distributed = Distributed()
-                   ) -> tuple[RunConfig, PPOConfig | DreamerConfig | DAggerConfig, str]:
+                   ) -> tuple[RunConfig, AgentConfig, str]:
     """Defaults < preset < explicit flags; validates names and budgets."""
     explicit = {f.name: getattr(args, f.name) for _, f in _config_fields() if getattr(args, f.name) is not None}
     env_name = explicit.get("env", RunConfig.env)
@@ -262,7 +264,7 @@ def resolve_config(args: argparse.Namespace, distributed: Distributed = Distribu
     return run_config, agent_config, "+".join(preset_names)
 
 
-def validate(run: RunConfig, agent_config: PPOConfig | DreamerConfig | DAggerConfig, distributed: Distributed = Distributed()) -> None:
+def validate(run: RunConfig, agent_config: AgentConfig, distributed: Distributed = Distributed()) -> None:
     if run.agent not in AGENTS:
         raise UsageError(f"unknown agent {run.agent!r}; choose one of: {', '.join(AGENTS)}")
     if run.backbone not in BACKBONES:
@@ -365,7 +367,7 @@ def check_spaces(env, agent: str) -> None:
         )
 
 
-def configs_from_checkpoint(checkpoint: dict, run_dir: Path) -> tuple[RunConfig, PPOConfig | DreamerConfig | DAggerConfig]:
+def configs_from_checkpoint(checkpoint: dict, run_dir: Path) -> tuple[RunConfig, AgentConfig]:
     """The run and agent configs a checkpoint was trained with; CheckpointError when it holds none that fits."""
     try:
         run = RunConfig(**checkpoint["config"]["run"])
@@ -394,7 +396,8 @@ def apply_checkpoint(restore, checkpoint: dict, run: RunConfig, run_dir: Path, m
 def initialise_from(agent: torch.nn.Module, source_dir: Path, run: RunConfig) -> None:
     """Load the weights of `source_dir`'s last checkpoint into the new run's `agent` (only the weights:
     the optimiser, counters and episodes start afresh); UsageError when that run trained another network
-    (PPO and DAgger share theirs) or backbone, CheckpointError when its tensors do not fit (e.g. an env with another observation size)."""
+    (PPO and DAgger share theirs) or backbone, CheckpointError when its tensors do not fit (e.g. an env with
+    another observation size)."""
     checkpoint = load_checkpoint(source_dir)
     source, _ = configs_from_checkpoint(checkpoint, source_dir)
     same_network = AGENTS[source.agent][1].network == AGENTS[run.agent][1].network
