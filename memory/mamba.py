@@ -121,8 +121,11 @@ class MambaMixer(nn.Module):
         x = F.silu(x)
         delta, B, C = self._selective_inputs(x)
         # exp(delta A), zero where the episode restarts: the carried state is dropped (exactly; it is finite).
-        decay = torch.exp(delta[..., None] * -torch.exp(self.A_log)) * (~reset).to(x.dtype)[:, None, None]
-        ssm_state = torch.addcmul(decay * state["ssm"], (delta * x)[..., None], B[:, None])
+        # One fresh [B, d_inner, N] tensor, updated in place (fresh temporaries of that size cost more on a CPU
+        # than the arithmetic).
+        ssm_state = torch.mul(delta[..., None], -torch.exp(self.A_log)).exp_()
+        ssm_state.mul_((~reset).to(x.dtype)[:, None, None]).mul_(state["ssm"])
+        ssm_state.addcmul_((delta * x)[..., None], B[:, None])
         y = (matvec(ssm_state, C) + self.D * x) * F.silu(z)
         return self.out_proj(y), {"ssm": ssm_state, "conv": conv_state}
 

@@ -25,6 +25,7 @@ no larger than the scan's states (PPO's and Dreamer's training windows), and the
 
 from __future__ import annotations
 
+import ctypes
 import math
 
 import torch
@@ -32,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kernels.linear_scan import linear_scan
+from kernels.native import library, pointer, unavailable_reason
 from memory.base import State, StateSpec
 from memory.ssm_common import (
     ResidualSSMStack,
@@ -90,9 +92,69 @@ class _EpisodeMaskedConvolution(torch.autograd.Function):
         return grad_u, grad_kernel, None
 
 
-def episode_masked_convolution(u: torch.Tensor, kernel: torch.Tensor, reset: torch.Tensor) -> torch.Tensor:
+class _NativeEpisodeMaskedConvolution(torch.autograd.Function):
+    """The same convolution as one C++ loop per step over its episode's lags (kernels/native/s4.cpp):
+    one pass where the lag loop above makes two (forward) and four (backward) tensor ops per lag."""
+
+    @staticmethod
+    def forward(ctx, u, kernel, reset):
+        u, kernel = u.contiguous(), kernel.contiguous()
+        times = torch.arange(u.shape[1], device=u.device)
+        episode_start = torch.where(reset, times, 0).cummax(dim=1).values.contiguous()  # [B, T] int64
+        y = torch.empty_like(u)
+        _native_function("forward", u.dtype)(*_sizes(u), pointer(u), pointer(kernel), pointer(episode_start), pointer(y))
+        ctx.save_for_backward(u, kernel, episode_start)
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_y):
+        u, kernel, episode_start = ctx.saved_tensors
+        grad_y = grad_y.contiguous()
+        grad_u, grad_kernel = torch.empty_like(u), torch.empty_like(kernel)
+        _native_function("backward", u.dtype)(*_sizes(u), pointer(u), pointer(kernel), pointer(episode_start),
+                                              pointer(grad_y), pointer(grad_u), pointer(grad_kernel))
+        return grad_u, grad_kernel, None
+
+
+_SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
+
+
+def _native_function(kind: str, dtype: torch.dtype):
+    return getattr(library("s4"), f"memrl_episode_convolution_{kind}_{_SUFFIX[dtype]}")
+
+
+def _native_step_fits(u: torch.Tensor, parameter: torch.Tensor) -> bool:
+    """The C++ step runs where nothing needs a gradient (it has no backward), on CPU float32/float64, where it builds."""
+    return (not torch.is_grad_enabled() and u.device.type == "cpu" and u.dtype in _SUFFIX
+            and parameter.dtype == u.dtype and library("s4") is not None)
+
+
+def _sizes(u: torch.Tensor) -> list[ctypes.c_int64]:
+    return [ctypes.c_int64(size) for size in u.shape]
+
+
+CONVOLUTION_IMPLEMENTATIONS = ("auto", "native", "torch")
+
+
+def episode_masked_convolution(
+    u: torch.Tensor, kernel: torch.Tensor, reset: torch.Tensor, impl: str = "auto"
+) -> torch.Tensor:
     """u [B, T, H], kernel K [T, H], reset bool [B, T] -> y [B, T, H], y_t = sum over lags k with t - k in
-    t's episode of K_k * u_{t-k}."""
+    t's episode of K_k * u_{t-k}.
+
+    impl: "auto" ("native" for float32/float64 CPU tensors where the C++ kernel builds, else "torch"),
+    "native" (the C++ loop) or "torch" (the lag loop of tensor ops).
+    """
+    if impl not in CONVOLUTION_IMPLEMENTATIONS:
+        raise ValueError(f"impl must be one of {CONVOLUTION_IMPLEMENTATIONS}, got {impl!r}")
+    native_fits = u.device.type == "cpu" and u.dtype in (torch.float32, torch.float64) and kernel.dtype == u.dtype
+    if impl == "native" and not native_fits:
+        raise ValueError(f"impl='native' takes float32 or float64 CPU tensors, got {u.dtype} on {u.device}")
+    if impl == "native" and library("s4") is None:
+        raise ValueError(f"impl='native': {unavailable_reason('s4')}")
+    if impl == "native" or (impl == "auto" and native_fits and library("s4") is not None):
+        return _NativeEpisodeMaskedConvolution.apply(u, kernel, reset)
     return _EpisodeMaskedConvolution.apply(u, kernel, reset)
 
 
@@ -172,6 +234,21 @@ class S4DMixer(nn.Module):
         from_carried = torch.complex(powers_real[length], powers_imag[length]) * initial_state
         return y, final + from_carried * carries_initial[:, -1, None, None]
 
+    def _nonlinearity_step_native(
+        self, u: torch.Tensor, state: torch.Tensor, reset: torch.Tensor
+    ) -> tuple[torch.Tensor, State]:
+        """`step` as one C++ loop (discretisation, state update and read-out); no autograd: rollouts only."""
+        u, state = u.contiguous(), state.contiguous()
+        keep = (~reset).to(u.dtype)
+        next_state, y = torch.empty_like(state), torch.empty_like(u)
+        batch_size, channels = u.shape
+        sizes = [ctypes.c_int64(size) for size in (batch_size, channels, self.imag.shape[1])]
+        arrays = [self.log_neg_real, self.imag, self.log_step, self.C, self.D, u, keep]
+        getattr(library("s4"), f"memrl_s4_step_{_SUFFIX[u.dtype]}")(
+            *sizes, *(pointer(x.detach().contiguous()) for x in arrays),
+            pointer(torch.view_as_real(state)), pointer(torch.view_as_real(next_state)), pointer(y))
+        return self._nonlinearity(y), {"ssm": next_state}
+
     def _ssm_output(self, states: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         return 2 * (states * torch.view_as_complex(self.C)).sum(-1).real + self.D * u
 
@@ -183,9 +260,13 @@ class S4DMixer(nn.Module):
         return self._nonlinearity(y), {"ssm": final}
 
     def step(self, u: torch.Tensor, state: State, reset: torch.Tensor) -> tuple[torch.Tensor, State]:
+        if _native_step_fits(u, self.D):
+            return self._nonlinearity_step_native(u, state["ssm"], reset)
         A_bar, B_bar = self.discretise()
-        carried = torch.where(reset[:, None, None], torch.zeros_like(state["ssm"]), state["ssm"])
-        states = A_bar * carried + B_bar * u[..., None]
+        # One fresh [B, H, N/2] tensor, updated in place: each fresh complex temporary of that size costs more
+        # on a CPU than the arithmetic. A reset multiplies the (finite) carried state by zero.
+        states = torch.mul(A_bar, state["ssm"]).mul_((~reset).to(u.dtype)[:, None, None])
+        states.add_(B_bar * u[..., None])
         return self._nonlinearity(self._ssm_output(states, u)), {"ssm": states}
 
 

@@ -1,6 +1,9 @@
-"""Full-loop PPO throughput per backbone (rollout + update), written to benchmarks/.
+"""Full-loop PPO throughput per backbone (rollout + update), as a markdown table.
 
-    python -m scripts.bench_ppo --device cpu --updates 3
+    python -m scripts.bench_ppo --device cpu --updates 3 [--output benchmarks/<new file>.md]
+
+The table is printed; `--output` also writes it to a file (atomically, replacing that file: the
+curated records under benchmarks/ are edited by hand, so name a new file).
 
 Every backbone trains at one fixed config (the `memory-rewrite` preset's PPO settings, env
 `memory-rewrite`) for a few updates after one warm-up update; SPS = env steps / wall time.
@@ -59,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--updates", type=int, default=3, help="timed updates after one warm-up update")
     parser.add_argument("--backbones", nargs="*", default=sorted(BACKBONES))
     parser.add_argument("--torch-threads", type=int, default=0, help="torch CPU threads (0 keeps the default)")
-    parser.add_argument("--output", default=None)
+    parser.add_argument("--output", default=None, help="also write the table to this file (replacing it)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -88,9 +91,10 @@ def main(argv: list[str] | None = None) -> None:
         "|---|---:|---:|---:|",
     ]
     lines += [f"| {r['backbone']} | {r['sps']:,.0f} | {r['rollout_share']:.0%} | {r['update_seconds']:.2f} |" for r in rows]
-    output = Path(args.output or f"benchmarks/ppo_sps_{device.type}.md")
-    write_atomically(output, ("\n".join(lines) + "\n").encode())
-    print(f"wrote {output}")
+    print("\n".join(lines))
+    if args.output:
+        write_atomically(Path(args.output), ("\n".join(lines) + "\n").encode())
+        print(f"wrote {args.output}")
 
 
 if __name__ == "__main__":

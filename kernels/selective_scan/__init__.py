@@ -8,9 +8,12 @@ only every 16 steps, for the backward pass).
 "parallel" discretises every step at once (a = exp(delta A), b = delta B u, both
 [B, T, D, N]), runs `kernels.linear_scan.linear_scan` over the flattened D * N channels
 (its own "auto" picks the scan kernel for the device) and contracts the states with C.
+"native" (`native.py`) is the CPU loop fused in C++ (`kernels/native/selective_scan.cpp`, compiled on
+first use): the "auto" choice for CPU tensors where it builds.
 "sequential" (`sequential.py`) is a loop over time with a hand-written backward whose every op
-touches one step's [B, D, N] (cache-resident on a CPU): the "auto" choice for CPU tensors, several
-times faster there than "parallel", which streams whole [B, T, D, N] tensors through memory.
+touches one step's [B, D, N] (cache-resident on a CPU): the "auto" choice for CPU tensors where the
+native kernel does not build, several times faster there than "parallel", which streams whole
+[B, T, D, N] tensors through memory.
 "naive" is the Python loop in `naive.py`.
 """
 
@@ -23,10 +26,13 @@ import torch.nn.functional as F
 
 from kernels import triton_kernels
 from kernels.linear_scan import linear_scan
+from kernels.native import unavailable_reason
+from kernels.selective_scan import native
 from kernels.selective_scan.naive import selective_scan_naive
+from kernels.selective_scan.native import selective_scan_native
 from kernels.selective_scan.sequential import selective_scan_sequential
 
-IMPLEMENTATIONS = ("auto", "naive", "parallel", "sequential", "triton")
+IMPLEMENTATIONS = ("auto", "naive", "native", "parallel", "sequential", "triton")
 
 
 def _triton_module() -> types.ModuleType | None:
@@ -41,6 +47,11 @@ def _selective_scan_parallel(u, delta, A, B, C, D, z, reset, initial_state):
     states, final_state = linear_scan(decay.flatten(2), drive.flatten(2), reset, initial_state.flatten(1))
     y = torch.einsum("btdn,btn->btd", states.unflatten(2, initial_state.shape[1:]), C)
     return _skip_and_gate(y, u, D, z), final_state.reshape_as(initial_state)
+
+
+def native_applies(u: torch.Tensor) -> bool:
+    """Whether "auto" takes the native C++ loop for `u`: a CPU tensor, and the kernel builds here."""
+    return u.device.type == "cpu" and native.available()
 
 
 def _skip_and_gate(y, u, D, z):
@@ -78,10 +89,11 @@ def selective_scan(
     episode starts: the carried state is dropped to zero before step t); initial_state:
     [B, D, N] or None (zeros). Every floating tensor shares u's dtype (float32 or float64).
     Returns (y [B, T, D], final state [B, D, N]).
-    impl: "auto" (Triton for float32 CUDA tensors with N <= 128 when triton imports, "sequential"
-    for CPU tensors, else "parallel"), "triton" (fused kernel; CUDA, or CPU under
-    TRITON_INTERPRET=1), "parallel" (log-depth torch via `linear_scan`), "sequential" (time loop
-    with a hand-written backward, for the CPU), "naive" (Python loop reference).
+    impl: "auto" (Triton for float32 CUDA tensors with N <= 128 when triton imports, "native" for
+    CPU tensors where it builds, else "sequential" for CPU tensors, else "parallel"), "triton" (fused
+    kernel; CUDA, or CPU under TRITON_INTERPRET=1), "native" (fused C++ loop; CPU), "parallel"
+    (log-depth torch via `linear_scan`), "sequential" (time loop with a hand-written backward, for the
+    CPU), "naive" (Python loop reference).
     """
     if impl not in IMPLEMENTATIONS:
         raise ValueError(f"impl must be one of {IMPLEMENTATIONS}, got {impl!r}")
@@ -112,6 +124,14 @@ def selective_scan(
             raise ValueError(f"{name} is on {tensor.device} but u is on {u.device}")
     if impl == "naive":
         return selective_scan_naive(u, delta, A, B, C, D, z, reset, initial_state)
+    if impl == "native":
+        if u.device.type != "cpu":
+            raise ValueError(f"impl='native' runs on CPU tensors, got u on {u.device}")
+        if not native.available():
+            raise ValueError(f"impl='native': {unavailable_reason('selective_scan')}")
+    if impl == "native" or (impl == "auto" and native_applies(u)):
+        y, final_state = selective_scan_native(u, delta, A, B, C, reset, initial_state)
+        return _skip_and_gate(y, u, D, z), final_state
     if impl == "sequential" or (impl == "auto" and u.device.type == "cpu"):
         y, final_state = selective_scan_sequential(u, delta, A, B, C, reset, initial_state)
         return _skip_and_gate(y, u, D, z), final_state
@@ -131,4 +151,5 @@ def selective_scan(
     return _selective_scan_parallel(u, delta, A, B, C, D, z, reset, initial_state)
 
 
-__all__ = ["selective_scan", "selective_scan_naive", "selective_scan_sequential"]
+__all__ = ["native_applies", "selective_scan", "selective_scan_naive", "selective_scan_native",
+           "selective_scan_sequential"]

@@ -1,12 +1,17 @@
-"""selective_scan: the log-depth "parallel" path and the CPU's "sequential" loop (hand-written backward)
-against the Python-loop reference, forward and every gradient."""
+"""selective_scan: the log-depth "parallel" path, the CPU's "sequential" loop (hand-written backward) and
+its "native" C++ loop against the Python-loop reference, forward and every gradient."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from kernels.selective_scan import selective_scan, selective_scan_naive
+import kernels.selective_scan as selective_scan_package
+from kernels.native import unavailable_reason
+from kernels.selective_scan import native, selective_scan, selective_scan_naive
+
+NATIVE = pytest.param("native", marks=pytest.mark.skipif(not native.available(),
+                                                       reason=str(unavailable_reason("selective_scan"))))
 
 BATCH, CHANNELS, STATE = 2, 5, 3
 TIME_INPUTS = ("u", "delta", "B", "C", "z")
@@ -47,7 +52,7 @@ def run(impl: str, inputs: dict, reset: torch.Tensor, upstream: torch.Tensor, up
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("reset_probability", [0.0, 0.1, 0.5], ids=lambda p: f"reset{p}")
 @pytest.mark.parametrize("length", [1, 63, 100], ids=lambda t: f"T{t}")
-@pytest.mark.parametrize("impl", ["parallel", "sequential"])
+@pytest.mark.parametrize("impl", ["parallel", "sequential", NATIVE])
 def test_torch_paths_match_naive_forward_and_gradients(impl, length, reset_probability, dtype):
     inputs, reset = random_inputs(length, reset_probability, dtype)
     upstream = torch.randn(BATCH, length, CHANNELS, dtype=dtype)
@@ -62,18 +67,19 @@ def test_torch_paths_match_naive_forward_and_gradients(impl, length, reset_proba
         torch.testing.assert_close(grads_torch[name], grads_naive[name], **tolerance, msg=name)
 
 
-def test_sequential_gradients_without_an_upstream_final_state_gradient():
+@pytest.mark.parametrize("impl", ["sequential", NATIVE])
+def test_gradients_without_an_upstream_final_state_gradient(impl):
     """The usual training case: only y is used, so the final state's gradient arrives as None."""
     inputs, reset = random_inputs(20, 0.2)
     upstream = torch.randn(BATCH, 20, CHANNELS, dtype=torch.float64)
     grads = {}
-    for impl in ("naive", "sequential"):
-        leaves = {name: value.clone().requires_grad_(True) for name, value in inputs.items()}
-        y, _ = selective_scan(**leaves, reset=reset, impl=impl)
+    for name in ("naive", impl):
+        leaves = {key: value.clone().requires_grad_(True) for key, value in inputs.items()}
+        y, _ = selective_scan(**leaves, reset=reset, impl=name)
         (y * upstream).sum().backward()
-        grads[impl] = {name: leaf.grad for name, leaf in leaves.items()}
+        grads[name] = {key: leaf.grad for key, leaf in leaves.items()}
     for name in inputs:
-        torch.testing.assert_close(grads["sequential"][name], grads["naive"][name], rtol=1e-9, atol=1e-9, msg=name)
+        torch.testing.assert_close(grads[impl][name], grads["naive"][name], rtol=1e-9, atol=1e-9, msg=name)
 
 
 @pytest.mark.parametrize(("channels", "state"), [(1, 1), (1, 4), (6, 1)])
@@ -107,11 +113,24 @@ def test_sequential_matches_naive_with_one_channel_or_one_state(channels, state)
         torch.testing.assert_close(grads_sequential[name], grads_naive[name], rtol=1e-10, atol=1e-10, msg=name)
 
 
-def test_auto_on_cpu_is_the_sequential_path():
+@pytest.mark.parametrize("native_builds", [True, False], ids=["native-builds", "no-native"])
+def test_auto_on_cpu_is_the_native_path_where_it_builds_else_the_sequential_one(native_builds, monkeypatch):
+    if native_builds and not native.available():
+        pytest.skip(str(unavailable_reason("selective_scan")))
+    monkeypatch.setattr(native, "available", lambda: native_builds)
     inputs, reset = random_inputs(17, 0.2)
     y_auto, final_auto = selective_scan(**inputs, reset=reset)
-    y_sequential, final_sequential = selective_scan(**inputs, reset=reset, impl="sequential")
-    assert torch.equal(y_auto, y_sequential) and torch.equal(final_auto, final_sequential)
+    expected = "native" if native_builds else "sequential"
+    y_expected, final_expected = selective_scan(**inputs, reset=reset, impl=expected)
+    assert torch.equal(y_auto, y_expected) and torch.equal(final_auto, final_expected)
+
+
+def test_native_refuses_what_it_cannot_run(monkeypatch):
+    inputs, reset = random_inputs(5, 0.2)
+    monkeypatch.setattr(native, "available", lambda: False)
+    monkeypatch.setattr(selective_scan_package, "unavailable_reason", lambda name: "no C++ compiler found")
+    with pytest.raises(ValueError, match="impl='native': no C\\+\\+ compiler found"):
+        selective_scan(**inputs, reset=reset, impl="native")
 
 
 def test_naive_matches_a_hand_written_two_step_recurrence():
@@ -128,7 +147,7 @@ def test_naive_matches_a_hand_written_two_step_recurrence():
     torch.testing.assert_close(final, h2, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("impl", ["naive", "parallel", "sequential"])
+@pytest.mark.parametrize("impl", ["naive", "parallel", "sequential", NATIVE])
 def test_reset_forgets_the_past_and_blocks_its_gradient(impl):
     inputs, _ = random_inputs(12, 0.0)
     reset = torch.zeros(BATCH, 12, dtype=torch.bool)
@@ -168,7 +187,7 @@ BAD_INPUTS = {
     "initial_state": (
         torch.zeros(BATCH, STATE, CHANNELS, **F64), r"initial_state must be .* \[B, D, N\] = \(2, 5, 3\)"
     ),
-    "impl": ("triton-ish", r"impl must be one of \('auto', 'naive', 'parallel', 'sequential', 'triton'\)"),
+    "impl": ("triton-ish", r"impl must be one of \('auto', 'naive', 'native', 'parallel', 'sequential', 'triton'\)"),
 }
 
 
