@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels.selective_scan import selective_scan
+from kernels.selective_scan import native, selective_scan
+from kernels.selective_scan.native import selective_scan_step_native
 from memory.base import State, StateSpec, matvec
 from memory.ssm_common import ResidualSSMStack, check_positive, check_step_range, log_uniform
 
@@ -60,6 +61,12 @@ def same_episode_conv_step(
     conv_state = torch.where(reset[:, None, None], torch.zeros_like(conv_state), conv_state)
     window = torch.cat([conv_state, x[:, None]], dim=1)
     return (window * weight.T).sum(1) + bias, window[:, 1:]
+
+
+def _native_step_fits(x: torch.Tensor) -> bool:
+    """The C++ step runs where nothing needs a gradient (it has no backward), on CPU float32/float64, where it builds."""
+    return (not torch.is_grad_enabled() and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
+            and native.available())
 
 
 class MambaMixer(nn.Module):
@@ -120,13 +127,14 @@ class MambaMixer(nn.Module):
         x, conv_state = same_episode_conv_step(x, state["conv"], reset, self.conv_weight, self.conv_bias)
         x = F.silu(x)
         delta, B, C = self._selective_inputs(x)
-        # exp(delta A), zero where the episode restarts: the carried state is dropped (exactly; it is finite).
-        # One fresh [B, d_inner, N] tensor, updated in place (fresh temporaries of that size cost more on a CPU
-        # than the arithmetic).
-        ssm_state = torch.mul(delta[..., None], -torch.exp(self.A_log)).exp_()
-        ssm_state.mul_((~reset).to(x.dtype)[:, None, None]).mul_(state["ssm"])
-        ssm_state.addcmul_((delta * x)[..., None], B[:, None])
-        y = (matvec(ssm_state, C) + self.D * x) * F.silu(z)
+        if _native_step_fits(x):
+            y, ssm_state = selective_scan_step_native(x, delta, -torch.exp(self.A_log), B, C, reset, state["ssm"])
+        else:
+            # exp(delta A), zero where the episode restarts: the carried state is dropped (exactly; it is finite).
+            decay = torch.exp(delta[..., None] * -torch.exp(self.A_log)) * (~reset).to(x.dtype)[:, None, None]
+            ssm_state = torch.addcmul(decay * state["ssm"], (delta * x)[..., None], B[:, None])
+            y = matvec(ssm_state, C)
+        y = (y + self.D * x) * F.silu(z)
         return self.out_proj(y), {"ssm": ssm_state, "conv": conv_state}
 
 

@@ -131,7 +131,9 @@ def _native_step_fits(u: torch.Tensor, parameter: torch.Tensor) -> bool:
 
 
 def _sizes(u: torch.Tensor) -> list[ctypes.c_int64]:
-    return [ctypes.c_int64(size) for size in u.shape]
+    """(threads, B, T, H): torch's thread count, one thread where the window is too small to share."""
+    threads = max(1, min(torch.get_num_threads(), u.numel() // (1 << 16)))
+    return [ctypes.c_int64(size) for size in (threads, *u.shape)]
 
 
 CONVOLUTION_IMPLEMENTATIONS = ("auto", "native", "torch")
@@ -243,9 +245,10 @@ class S4DMixer(nn.Module):
         next_state, y = torch.empty_like(state), torch.empty_like(u)
         batch_size, channels = u.shape
         sizes = [ctypes.c_int64(size) for size in (batch_size, channels, self.imag.shape[1])]
-        arrays = [self.log_neg_real, self.imag, self.log_step, self.C, self.D, u, keep]
+        # Every tensor whose address is handed over stays referenced here until the call returns.
+        parameters = [x.detach().contiguous() for x in (self.log_neg_real, self.imag, self.log_step, self.C, self.D)]
         getattr(library("s4"), f"memrl_s4_step_{_SUFFIX[u.dtype]}")(
-            *sizes, *(pointer(x.detach().contiguous()) for x in arrays),
+            *sizes, *(pointer(x) for x in (*parameters, u, keep)),
             pointer(torch.view_as_real(state)), pointer(torch.view_as_real(next_state)), pointer(y))
         return self._nonlinearity(y), {"ssm": next_state}
 

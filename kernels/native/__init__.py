@@ -4,8 +4,10 @@ On a CPU the hot loops of some backbones (Mamba's selective scan, S4's episode-m
 are element-wise work on tensors that a chain of PyTorch ops streams through memory many times per
 step; one fused loop per step does it in one pass. Each source is compiled once per machine into
 `$MEMRL_NATIVE_CACHE` (default `~/.cache/memrl/native`), under a name that hashes the source and the
-flags, with `-O3 -ffast-math` (the loops then call glibc's vectorised exp); the shared library is
-linked without -ffast-math, so loading it leaves the process's floating-point modes alone.
+flags, with `-O3 -ffast-math` (reassociated sums, so that the loops vectorise) and `-fopenmp`; the shared
+library is linked without -ffast-math, so loading it leaves the process's floating-point modes alone. Its
+OpenMP calls bind to the libgomp already in the process, torch's, so its parallel loops run on torch's
+intra-op threads.
 
 `library(name)` returns the loaded library, or None where it cannot be had: no compiler, a failed
 build, or `MEMRL_NATIVE=0` (which turns these kernels off, e.g. to compare against the PyTorch paths).
@@ -30,7 +32,7 @@ _failures: dict[str, str] = {}
 
 
 def _compile_flags() -> list[str]:
-    flags = ["-O3", "-ffast-math", "-fPIC", "-std=c++17"]
+    flags = ["-O3", "-ffast-math", "-fPIC", "-std=c++17", "-fopenmp"]
     if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):
         flags += ["-mavx2", "-mfma"]
     return flags
@@ -56,7 +58,7 @@ def _build(name: str) -> Path:
     with tempfile.TemporaryDirectory(dir=cache) as work:
         objects, shared = Path(work) / f"{name}.o", Path(work) / f"{name}.so"
         for command in ([compiler, *flags, "-c", str(source), "-o", str(objects)],
-                        [compiler, "-shared", str(objects), "-o", str(shared), "-lm"]):
+                        [compiler, "-shared", "-fopenmp", str(objects), "-o", str(shared), "-lm"]):
             result = subprocess.run(command, capture_output=True, text=True)
             if result.returncode != 0:
                 raise RuntimeError(f"`{' '.join(command)}` failed: {result.stderr.strip()[-500:]}")

@@ -4,6 +4,7 @@
 // where start[b, t] is the first step of t's episode inside the window. Every inner loop runs along the
 // H channels (contiguous), so it vectorises; the lag loop stops at the episode start.
 // And one recurrent step (the rollout's): discretise, update the complex state, read it out.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -11,8 +12,11 @@
 
 namespace {
 
+// Batch rows run on `threads` OpenMP threads (torch's, see kernels/native/__init__.py).
 template <typename S>
-void forward(int64_t B, int64_t T, int64_t H, const S* u, const S* kernel, const int64_t* start, S* y) {
+void forward(int64_t threads, int64_t B, int64_t T, int64_t H, const S* u, const S* kernel, const int64_t* start,
+             S* y) {
+#pragma omp parallel for num_threads(threads) schedule(static)
   for (int64_t b = 0; b < B; ++b) {
     for (int64_t t = 0; t < T; ++t) {
       S* y_row = y + (b * T + t) * H;
@@ -27,27 +31,38 @@ void forward(int64_t B, int64_t T, int64_t H, const S* u, const S* kernel, const
   }
 }
 
-// grad_u [B, T, H] is overwritten; grad_kernel [T, H] is overwritten.
+// grad_u [B, T, H] and grad_kernel [T, H] are overwritten; each thread sums its rows' grad_kernel in a buffer of
+// its own, and the buffers are added up at the end.
 template <typename S>
-void backward(int64_t B, int64_t T, int64_t H, const S* u, const S* kernel, const int64_t* start,
+void backward(int64_t threads, int64_t B, int64_t T, int64_t H, const S* u, const S* kernel, const int64_t* start,
               const S* grad_y, S* grad_u, S* grad_kernel) {
+  threads = std::max<int64_t>(1, std::min(threads, B));
+  std::vector<S> grad_kernel_parts(threads * T * H, S(0));
   std::memset(grad_u, 0, B * T * H * sizeof(S));
-  std::memset(grad_kernel, 0, T * H * sizeof(S));
-  for (int64_t b = 0; b < B; ++b) {
-    for (int64_t t = 0; t < T; ++t) {
-      const S* grad_row = grad_y + (b * T + t) * H;
-      const int64_t lags = t - start[b * T + t];
-      for (int64_t k = 0; k <= lags; ++k) {
-        const S* kernel_row = kernel + k * H;
-        const S* u_row = u + (b * T + t - k) * H;
-        S* grad_u_row = grad_u + (b * T + t - k) * H;
-        S* grad_kernel_row = grad_kernel + k * H;
-        for (int64_t h = 0; h < H; ++h) {
-          grad_u_row[h] += kernel_row[h] * grad_row[h];
-          grad_kernel_row[h] += grad_row[h] * u_row[h];
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t worker = 0; worker < threads; ++worker) {
+    S* grad_kernel_part = grad_kernel_parts.data() + worker * T * H;
+    for (int64_t b = B * worker / threads; b < B * (worker + 1) / threads; ++b) {
+      for (int64_t t = 0; t < T; ++t) {
+        const S* grad_row = grad_y + (b * T + t) * H;
+        const int64_t lags = t - start[b * T + t];
+        for (int64_t k = 0; k <= lags; ++k) {
+          const S* kernel_row = kernel + k * H;
+          const S* u_row = u + (b * T + t - k) * H;
+          S* grad_u_row = grad_u + (b * T + t - k) * H;
+          S* grad_kernel_row = grad_kernel_part + k * H;
+          for (int64_t h = 0; h < H; ++h) {
+            grad_u_row[h] += kernel_row[h] * grad_row[h];
+            grad_kernel_row[h] += grad_row[h] * u_row[h];
+          }
         }
       }
     }
+  }
+  for (int64_t i = 0; i < T * H; ++i) {
+    S total = 0;
+    for (int64_t worker = 0; worker < threads; ++worker) total += grad_kernel_parts[worker * T * H + i];
+    grad_kernel[i] = total;
   }
 }
 
@@ -99,15 +114,17 @@ void step(int64_t B, int64_t H, int64_t M, const S* log_neg_real, const S* imag,
 
 }  // namespace
 
-#define MEMRL_EPISODE_CONVOLUTION(S, SUFFIX)                                                                 \
-  extern "C" void memrl_episode_convolution_forward_##SUFFIX(int64_t B, int64_t T, int64_t H, const S* u,    \
-                                                             const S* kernel, const int64_t* start, S* y) {  \
-    forward<S>(B, T, H, u, kernel, start, y);                                                              \
-  }                                                                                                         \
-  extern "C" void memrl_episode_convolution_backward_##SUFFIX(int64_t B, int64_t T, int64_t H, const S* u,   \
-                                                              const S* kernel, const int64_t* start,        \
-                                                              const S* grad_y, S* grad_u, S* grad_kernel) { \
-    backward<S>(B, T, H, u, kernel, start, grad_y, grad_u, grad_kernel);                                   \
+#define MEMRL_EPISODE_CONVOLUTION(S, SUFFIX)                                                                  \
+  extern "C" void memrl_episode_convolution_forward_##SUFFIX(int64_t threads, int64_t B, int64_t T, int64_t H, \
+                                                             const S* u, const S* kernel, const int64_t* start, \
+                                                             S* y) {                                          \
+    forward<S>(threads, B, T, H, u, kernel, start, y);                                                        \
+  }                                                                                                           \
+  extern "C" void memrl_episode_convolution_backward_##SUFFIX(int64_t threads, int64_t B, int64_t T, int64_t H, \
+                                                              const S* u, const S* kernel,                     \
+                                                              const int64_t* start, const S* grad_y,           \
+                                                              S* grad_u, S* grad_kernel) {                     \
+    backward<S>(threads, B, T, H, u, kernel, start, grad_y, grad_u, grad_kernel);                            \
   }
 
 #define MEMRL_S4_STEP(S, SUFFIX)                                                                             \

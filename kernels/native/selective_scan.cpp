@@ -3,6 +3,7 @@
 // [N][D] (channels innermost, so every inner loop runs along D and vectorises). The forward pass keeps
 // only the state entering each chunk of `chunk` steps; the backward pass recomputes a chunk's states
 // and decays from it into two cache-sized buffers, then runs the chunk backwards.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -49,7 +50,7 @@ void store_transposed(const S* state_nd, S* state_dn, int64_t D, int64_t N) {
 // Rows b0..b1-1. u, delta, y [B, T, D]; A_t [N, D]; Bm, Cm [B, T, N]; keep [B, T] (0 where a reset drops
 // the carried state); h0, h_final [B, D, N]; checkpoints [B, chunks, N, D] (the state entering each chunk).
 template <typename S>
-void forward(int64_t b0, int64_t b1, int64_t T, int64_t D, int64_t N, int64_t chunk, const S* u,
+void forward_rows(int64_t b0, int64_t b1, int64_t T, int64_t D, int64_t N, int64_t chunk, const S* u,
              const S* delta, const S* A_t, const S* Bm, const S* Cm, const S* keep, const S* h0, S* y,
              S* checkpoints, S* h_final) {
   const int64_t chunks = (T + chunk - 1) / chunk;
@@ -82,7 +83,7 @@ void forward(int64_t b0, int64_t b1, int64_t T, int64_t D, int64_t N, int64_t ch
 // grad_y [B, T, D]; grad_final [B, D, N] (or null: zero). Writes grad_u, grad_delta [B, T, D], grad_B,
 // grad_C [B, T, N], grad_h0 [B, D, N], and adds this range's grad A^T into grad_A_t [N, D].
 template <typename S>
-void backward(int64_t b0, int64_t b1, int64_t T, int64_t D, int64_t N, int64_t chunk, const S* u,
+void backward_rows(int64_t b0, int64_t b1, int64_t T, int64_t D, int64_t N, int64_t chunk, const S* u,
               const S* delta, const S* A_t, const S* Bm, const S* Cm, const S* keep, const S* checkpoints,
               const S* grad_y, const S* grad_final, S* grad_u, S* grad_delta, S* grad_A_t, S* grad_B,
               S* grad_C, S* grad_h0) {
@@ -152,20 +153,55 @@ void backward(int64_t b0, int64_t b1, int64_t T, int64_t D, int64_t N, int64_t c
   }
 }
 
+// The batch rows are split over `threads` OpenMP threads. Built with -fopenmp, the library binds to the
+// process's libgomp: in a torch process that is torch's own, so these are torch's intra-op threads (a pool of
+// their own would fight torch's spinning workers for the cores).
+template <typename S>
+void forward(int64_t threads, int64_t B, int64_t T, int64_t D, int64_t N, int64_t chunk, const S* u,
+             const S* delta, const S* A_t, const S* Bm, const S* Cm, const S* keep, const S* h0, S* y,
+             S* checkpoints, S* h_final) {
+  threads = std::max<int64_t>(1, std::min(threads, B));
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t worker = 0; worker < threads; ++worker)
+    forward_rows(B * worker / threads, B * (worker + 1) / threads, T, D, N, chunk, u, delta, A_t, Bm, Cm, keep,
+                 h0, y, checkpoints, h_final);
+}
+
+// Each thread adds its rows' grad A^T into its own [N, D] buffer; the buffers are summed into grad_A_t.
+template <typename S>
+void backward(int64_t threads, int64_t B, int64_t T, int64_t D, int64_t N, int64_t chunk, const S* u,
+              const S* delta, const S* A_t, const S* Bm, const S* Cm, const S* keep, const S* checkpoints,
+              const S* grad_y, const S* grad_final, S* grad_u, S* grad_delta, S* grad_A_t, S* grad_B,
+              S* grad_C, S* grad_h0) {
+  threads = std::max<int64_t>(1, std::min(threads, B));
+  std::vector<S> grad_A_parts(threads * N * D, S(0));
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t worker = 0; worker < threads; ++worker)
+    backward_rows(B * worker / threads, B * (worker + 1) / threads, T, D, N, chunk, u, delta, A_t, Bm, Cm, keep,
+                  checkpoints, grad_y, grad_final, grad_u, grad_delta, grad_A_parts.data() + worker * N * D,
+                  grad_B, grad_C, grad_h0);
+  for (int64_t i = 0; i < N * D; ++i) {
+    S total = 0;
+    for (int64_t worker = 0; worker < threads; ++worker) total += grad_A_parts[worker * N * D + i];
+    grad_A_t[i] = total;
+  }
+}
+
 }  // namespace
 
 #define MEMRL_SELECTIVE_SCAN(S, SUFFIX)                                                                      \
   extern "C" void memrl_selective_scan_forward_##SUFFIX(                                                   \
-      int64_t b0, int64_t b1, int64_t T, int64_t D, int64_t N, int64_t chunk, const S* u, const S* delta,   \
-      const S* A_t, const S* Bm, const S* Cm, const S* keep, const S* h0, S* y, S* checkpoints,             \
-      S* h_final) {                                                                                         \
-    forward<S>(b0, b1, T, D, N, chunk, u, delta, A_t, Bm, Cm, keep, h0, y, checkpoints, h_final);          \
+      int64_t threads, int64_t B, int64_t T, int64_t D, int64_t N, int64_t chunk, const S* u,               \
+      const S* delta, const S* A_t, const S* Bm, const S* Cm, const S* keep, const S* h0, S* y,             \
+      S* checkpoints, S* h_final) {                                                                         \
+    forward<S>(threads, B, T, D, N, chunk, u, delta, A_t, Bm, Cm, keep, h0, y, checkpoints, h_final);       \
   }                                                                                                         \
   extern "C" void memrl_selective_scan_backward_##SUFFIX(                                                  \
-      int64_t b0, int64_t b1, int64_t T, int64_t D, int64_t N, int64_t chunk, const S* u, const S* delta,   \
-      const S* A_t, const S* Bm, const S* Cm, const S* keep, const S* checkpoints, const S* grad_y,         \
-      const S* grad_final, S* grad_u, S* grad_delta, S* grad_A_t, S* grad_B, S* grad_C, S* grad_h0) {      \
-    backward<S>(b0, b1, T, D, N, chunk, u, delta, A_t, Bm, Cm, keep, checkpoints, grad_y, grad_final,       \
+      int64_t threads, int64_t B, int64_t T, int64_t D, int64_t N, int64_t chunk, const S* u,               \
+      const S* delta, const S* A_t, const S* Bm, const S* Cm, const S* keep, const S* checkpoints,          \
+      const S* grad_y, const S* grad_final, S* grad_u, S* grad_delta, S* grad_A_t, S* grad_B, S* grad_C,    \
+      S* grad_h0) {                                                                                         \
+    backward<S>(threads, B, T, D, N, chunk, u, delta, A_t, Bm, Cm, keep, checkpoints, grad_y, grad_final,   \
                 grad_u, grad_delta, grad_A_t, grad_B, grad_C, grad_h0);                                     \
   }
 

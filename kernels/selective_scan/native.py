@@ -4,8 +4,8 @@ Per batch row and step, one loop over the [N, D] state does the decay, the updat
 (exp, two multiply-adds and a product for C): one pass where the PyTorch loop makes five forward and
 ten backward. The forward pass keeps the state entering each chunk of CHUNK steps (not every state);
 the backward pass recomputes a chunk's states and decays from it, then runs the chunk backwards.
-float32 and float64. One thread: a second one, split over batch rows, gained nothing on a 2-core machine
-(torch's OpenMP workers spin on the other core between ops).
+Batch rows are split over torch.get_num_threads() threads (started inside the library) when the work pays
+for them. float32 and float64.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import torch
 from kernels.native import library, pointer
 
 CHUNK = 16
+MIN_WORK_PER_THREAD = 1 << 18  # state updates (rows x steps x D x N): starting a thread costs tens of microseconds
 _SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
 
 
@@ -30,6 +31,11 @@ def _function(kind: str, dtype: torch.dtype):
 
 def _int(value: int) -> ctypes.c_int64:
     return ctypes.c_int64(value)
+
+
+def _threads(rows: int, work_per_row: int) -> ctypes.c_int64:
+    """torch's thread count, fewer where a thread would get under MIN_WORK_PER_THREAD state updates."""
+    return _int(max(1, min(torch.get_num_threads(), rows * work_per_row // MIN_WORK_PER_THREAD)))
 
 
 class _NativeSelectiveScan(torch.autograd.Function):
@@ -47,7 +53,7 @@ class _NativeSelectiveScan(torch.autograd.Function):
         function = _function("forward", u.dtype)
         sizes = [_int(length), _int(channels), _int(state_size), _int(CHUNK)]
         arrays = [pointer(x) for x in (u, delta, A_transposed, B, C, keep, initial_state, y, checkpoints, final_state)]
-        function(_int(0), _int(batch_size), *sizes, *arrays)
+        function(_threads(batch_size, length * channels * state_size), _int(batch_size), *sizes, *arrays)
         ctx.save_for_backward(u, delta, A_transposed, B, C, keep, checkpoints)
         return y, final_state
 
@@ -65,8 +71,8 @@ class _NativeSelectiveScan(torch.autograd.Function):
         grad_A_transposed = torch.zeros_like(A_transposed)
         arrays = [pointer(x) for x in (u, delta, A_transposed, B, C, keep, checkpoints, grad_y, grad_final, grad_u,
                                        grad_delta, grad_A_transposed, grad_B, grad_C, grad_initial)]
-        _function("backward", u.dtype)(_int(0), _int(batch_size), _int(length), _int(channels), _int(state_size),
-                                       _int(CHUNK), *arrays)
+        _function("backward", u.dtype)(_threads(batch_size, length * channels * state_size), _int(batch_size),
+                                       _int(length), _int(channels), _int(state_size), _int(CHUNK), *arrays)
         grad_A = grad_A_transposed.T
         return grad_u, grad_delta, grad_A, grad_B, grad_C, None, grad_initial
 
@@ -84,3 +90,23 @@ def selective_scan_native(
     CPU in float32 or float64 -> (sum_n C_t h_t [B, T, D], final state [B, D, N]), without the D skip and
     the z gate. Needs `available()`."""
     return _NativeSelectiveScan.apply(u, delta, A, B, C, reset, initial_state)
+
+
+def selective_scan_step_native(
+    u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, reset: torch.Tensor,
+    state: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step without autograd (a rollout's): u, delta [B, D]; A [D, N]; B, C [B, N]; reset bool [B];
+    state [B, D, N] -> (sum_n C h [B, D], next state [B, D, N]). Needs `available()`."""
+    if torch.is_grad_enabled() and any(x.requires_grad for x in (u, delta, A, B, C, state)):
+        raise ValueError("selective_scan_step_native has no backward: call it under torch.no_grad()")
+    batch_size, channels = u.shape
+    state_size = A.shape[1]
+    # Every tensor whose address is handed over stays referenced here until the call returns.
+    u, delta, B, C, state = (x.contiguous() for x in (u, delta, B, C, state))
+    A_transposed, keep = A.T.contiguous(), (~reset).to(u.dtype)
+    y, next_state = torch.empty_like(u), torch.empty_like(state)
+    checkpoint = u.new_empty(batch_size, state_size, channels)
+    arrays = [pointer(x) for x in (u, delta, A_transposed, B, C, keep, state, y, checkpoint, next_state)]
+    _function("forward", u.dtype)(_int(1), _int(batch_size), _int(1), _int(channels), _int(state_size), _int(1), *arrays)
+    return y, next_state

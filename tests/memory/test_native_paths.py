@@ -1,16 +1,20 @@
-"""S4's native CPU paths against its PyTorch ones: the episode-masked convolution (forward and gradients)
-and the rollout step."""
+"""The backbones' native CPU paths against their PyTorch ones: S4's episode-masked convolution (forward and
+gradients), S4's and Mamba's rollout steps. (The selective scan itself: tests/kernels/test_selective_scan_reference.py.)"""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+import memory.mamba as mamba
 import memory.s4 as s4
 from kernels.native import unavailable_reason
 from memory import make_backbone
 
-pytestmark = pytest.mark.skipif(unavailable_reason("s4") is not None, reason=str(unavailable_reason("s4")))
+pytestmark = pytest.mark.skipif(
+    unavailable_reason("s4") is not None or unavailable_reason("selective_scan") is not None,
+    reason=str(unavailable_reason("s4") or unavailable_reason("selective_scan")),
+)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
@@ -40,24 +44,35 @@ def test_native_convolution_refuses_what_it_cannot_run():
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
-def test_native_step_matches_the_torch_step(dtype, monkeypatch):
+@pytest.mark.parametrize("module", [s4, mamba], ids=["s4", "mamba"])
+def test_native_step_matches_the_torch_step(module, dtype, monkeypatch):
     torch.manual_seed(0)
-    backbone = make_backbone("s4", input_dim=6, hidden_dim=8, state_size=6).to(dtype)
+    backbone = make_backbone(module.__name__.split(".")[-1], input_dim=6, hidden_dim=8, state_size=6).to(dtype)
     state = {name: torch.randn_like(value) for name, value in backbone.initial_state(5).items()}
     x = torch.randn(5, 6, dtype=dtype)
     reset = torch.tensor([True, False, False, True, False])
     with torch.no_grad():
         y_native, state_native = backbone.step(x, state, reset)
-        monkeypatch.setattr(s4, "_native_step_fits", lambda *args: False)
+        monkeypatch.setattr(module, "_native_step_fits", lambda *args: False)
         y_torch, state_torch = backbone.step(x, state, reset)
     tolerance = {"rtol": 1e-12, "atol": 1e-12} if dtype == torch.float64 else {"rtol": 1e-5, "atol": 1e-5}
     torch.testing.assert_close(y_native, y_torch, **tolerance)
-    torch.testing.assert_close(state_native["ssm"], state_torch["ssm"], **tolerance)
+    assert state_native.keys() == state_torch.keys()
+    for name in state_native:
+        torch.testing.assert_close(state_native[name], state_torch[name], **tolerance, msg=name)
 
 
-def test_a_step_that_needs_gradients_takes_the_torch_path():
-    backbone = make_backbone("s4", input_dim=4, hidden_dim=8, state_size=4)
-    assert not s4._native_step_fits(torch.randn(2, 8), backbone.mixers[0].D)  # grad mode is on here
+@pytest.mark.parametrize("name", ["s4", "mamba"])
+def test_a_step_that_needs_gradients_takes_the_torch_path(name):
+    backbone = make_backbone(name, input_dim=4, hidden_dim=8, state_size=4)
     y, _ = backbone.step(torch.randn(2, 4), backbone.initial_state(2), torch.zeros(2, dtype=torch.bool))
     y.sum().backward()
-    assert backbone.mixers[0].log_step.grad is not None
+    assert all(parameter.grad is not None for parameter in backbone.mixers[0].parameters())
+
+
+def test_the_native_step_refuses_inputs_that_need_gradients():
+    from kernels.selective_scan.native import selective_scan_step_native
+    u = torch.randn(2, 3, requires_grad=True)
+    with pytest.raises(ValueError, match="has no backward: call it under torch.no_grad"):
+        selective_scan_step_native(u, torch.rand(2, 3), -torch.rand(3, 4), torch.randn(2, 4), torch.randn(2, 4),
+                                   torch.zeros(2, dtype=torch.bool), torch.zeros(2, 3, 4))
