@@ -1,8 +1,8 @@
 """Fused ops for memrl's backbones, each in its own folder beside its pure-PyTorch reference.
 
 Imports nothing else of memrl's. Each op exposes one public function with
-`impl="auto" | "triton" | "naive"` (plus, where it exists, "parallel": a log-depth torch
-version used on the CPU).
+`impl="auto" | "triton" | "naive"` (plus, where they exist, "parallel": a log-depth torch
+version, and "native": a C++ loop for the CPU from `kernels/native`, compiled on first use).
 """
 
 from __future__ import annotations

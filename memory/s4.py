@@ -48,13 +48,19 @@ INITS = ("lin", "inv")
 MODES = ("auto", "scan", "convolution")
 
 
+def _episode_start(reset: torch.Tensor) -> torch.Tensor:
+    """reset bool [B, T] -> int64 [B, T]: the first step of each step's episode inside the window (0 if none)."""
+    times = torch.arange(reset.shape[1], device=reset.device)
+    return torch.where(reset, times, 0).cummax(dim=1).values
+
+
 def _same_episode_masks(reset: torch.Tensor, dtype: torch.dtype) -> list[torch.Tensor]:
     """For lags 1, 2, ..: [B, T - lag, 1] masks, 1 where steps t and t - lag lie in one episode (reset bool [B, T]).
 
     The list stops at the longest lag that any step reaches inside its episode: beyond it every mask is zero.
     """
     times = torch.arange(reset.shape[1], device=reset.device)
-    episode_start = torch.where(reset, times, 0).cummax(dim=1).values  # [B, T]
+    episode_start = _episode_start(reset)
     longest_lag = int((times - episode_start).max())
     return [
         (episode_start[:, lag:] <= times[lag:] - lag).to(dtype)[..., None] for lag in range(1, longest_lag + 1)
@@ -99,8 +105,7 @@ class _NativeEpisodeMaskedConvolution(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, kernel, reset):
         u, kernel = u.contiguous(), kernel.contiguous()
-        times = torch.arange(u.shape[1], device=u.device)
-        episode_start = torch.where(reset, times, 0).cummax(dim=1).values.contiguous()  # [B, T] int64
+        episode_start = _episode_start(reset).contiguous()
         y = torch.empty_like(u)
         _native_function("forward", u.dtype)(*_sizes(u), pointer(u), pointer(kernel), pointer(episode_start), pointer(y))
         ctx.save_for_backward(u, kernel, episode_start)
