@@ -18,14 +18,15 @@ Stack: x + block(LayerNorm(x)) per layer.
 
 from __future__ import annotations
 
+import ctypes
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels.selective_scan import native, selective_scan
-from kernels.selective_scan.native import selective_scan_step_native
+from kernels.native import library, pointer
+from kernels.selective_scan import selective_scan
 from memory.base import State, StateSpec, matvec
 from memory.ssm_common import ResidualSSMStack, check_positive, check_step_range, log_uniform
 
@@ -63,10 +64,13 @@ def same_episode_conv_step(
     return (window * weight.T).sum(1) + bias, window[:, 1:]
 
 
-def _native_step_fits(x: torch.Tensor) -> bool:
+_SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
+
+
+def _native_step_fits(u: torch.Tensor, parameter: torch.Tensor) -> bool:
     """The C++ step runs where nothing needs a gradient (it has no backward), on CPU float32/float64, where it builds."""
-    return (not torch.is_grad_enabled() and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
-            and native.available())
+    return (not torch.is_grad_enabled() and u.device.type == "cpu" and u.dtype in _SUFFIX
+            and parameter.dtype == u.dtype and library("mamba") is not None)
 
 
 class MambaMixer(nn.Module):
@@ -123,19 +127,35 @@ class MambaMixer(nn.Module):
         return self.out_proj(y), {"ssm": ssm_state, "conv": conv_state}
 
     def step(self, u: torch.Tensor, state: State, reset: torch.Tensor) -> tuple[torch.Tensor, State]:
+        if _native_step_fits(u, self.D):
+            return self._step_native(u, state, reset)
         x, z = self.in_proj(u).chunk(2, dim=-1)
         x, conv_state = same_episode_conv_step(x, state["conv"], reset, self.conv_weight, self.conv_bias)
         x = F.silu(x)
         delta, B, C = self._selective_inputs(x)
-        if _native_step_fits(x):
-            y, ssm_state = selective_scan_step_native(x, delta, -torch.exp(self.A_log), B, C, reset, state["ssm"])
-        else:
-            # exp(delta A), zero where the episode restarts: the carried state is dropped (exactly; it is finite).
-            decay = torch.exp(delta[..., None] * -torch.exp(self.A_log)) * (~reset).to(x.dtype)[:, None, None]
-            ssm_state = torch.addcmul(decay * state["ssm"], (delta * x)[..., None], B[:, None])
-            y = matvec(ssm_state, C)
-        y = (y + self.D * x) * F.silu(z)
+        # exp(delta A), zero where the episode restarts: the carried state is dropped (exactly; it is finite).
+        decay = torch.exp(delta[..., None] * -torch.exp(self.A_log)) * (~reset).to(x.dtype)[:, None, None]
+        ssm_state = torch.addcmul(decay * state["ssm"], (delta * x)[..., None], B[:, None])
+        y = (matvec(ssm_state, C) + self.D * x) * F.silu(z)
         return self.out_proj(y), {"ssm": ssm_state, "conv": conv_state}
+
+    def _step_native(self, u: torch.Tensor, state: State, reset: torch.Tensor) -> tuple[torch.Tensor, State]:
+        """`step` as one C++ loop per batch row (kernels/native/mamba.cpp); no autograd: rollouts only."""
+        batch_size, hidden_dim = u.shape
+        inner_dim, kernel = self.conv_weight.shape
+        ssm_state, conv_state = state["ssm"].contiguous(), state["conv"].contiguous()
+        next_ssm, next_conv = torch.empty_like(ssm_state), torch.empty_like(conv_state)
+        output = u.new_empty(batch_size, hidden_dim)
+        # Every tensor whose address is handed over stays referenced here until the call returns.
+        tensors = [u.contiguous(), (~reset).to(u.dtype), self.in_proj.weight.T.contiguous(), self.conv_weight.contiguous(),
+                   self.conv_bias, self.x_proj.weight.T.contiguous(), self.dt_proj.weight.T.contiguous(),
+                   self.dt_proj.bias, (-torch.exp(self.A_log)).T.contiguous(), self.D,
+                   self.out_proj.weight.T.contiguous(), ssm_state, conv_state, next_ssm, next_conv, output]
+        threads = max(1, min(torch.get_num_threads(), batch_size // 16))
+        sizes = (threads, batch_size, hidden_dim, inner_dim, self.state_size, kernel, self.dt_rank)
+        getattr(library("mamba"), f"memrl_mamba_block_step_{_SUFFIX[u.dtype]}")(
+            *(ctypes.c_int64(size) for size in sizes), *(pointer(tensor) for tensor in tensors))
+        return output, {"ssm": next_ssm, "conv": next_conv}
 
 
 class MambaBackbone(ResidualSSMStack):

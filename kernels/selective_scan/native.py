@@ -91,22 +91,3 @@ def selective_scan_native(
     the z gate. Needs `available()`."""
     return _NativeSelectiveScan.apply(u, delta, A, B, C, reset, initial_state)
 
-
-def selective_scan_step_native(
-    u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, reset: torch.Tensor,
-    state: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One step without autograd (a rollout's): u, delta [B, D]; A [D, N]; B, C [B, N]; reset bool [B];
-    state [B, D, N] -> (sum_n C h [B, D], next state [B, D, N]). Needs `available()`."""
-    if torch.is_grad_enabled() and any(x.requires_grad for x in (u, delta, A, B, C, state)):
-        raise ValueError("selective_scan_step_native has no backward: call it under torch.no_grad()")
-    batch_size, channels = u.shape
-    state_size = A.shape[1]
-    # Every tensor whose address is handed over stays referenced here until the call returns.
-    u, delta, B, C, state = (x.contiguous() for x in (u, delta, B, C, state))
-    A_transposed, keep = A.T.contiguous(), (~reset).to(u.dtype)
-    y, next_state = torch.empty_like(u), torch.empty_like(state)
-    checkpoint = u.new_empty(batch_size, state_size, channels)
-    arrays = [pointer(x) for x in (u, delta, A_transposed, B, C, keep, state, y, checkpoint, next_state)]
-    _function("forward", u.dtype)(_int(1), _int(batch_size), _int(1), _int(channels), _int(state_size), _int(1), *arrays)
-    return y, next_state

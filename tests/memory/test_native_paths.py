@@ -1,5 +1,5 @@
 """The backbones' native CPU paths against their PyTorch ones: S4's episode-masked convolution (forward and
-gradients), S4's and Mamba's rollout steps. (The selective scan itself: tests/kernels/test_selective_scan_reference.py.)"""
+gradients), S4's and Mamba's rollout steps (Mamba's whole block step is one C++ loop). (The selective scan itself: tests/kernels/test_selective_scan_reference.py.)"""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from kernels.native import unavailable_reason
 from memory import make_backbone
 
 pytestmark = pytest.mark.skipif(
-    unavailable_reason("s4") is not None or unavailable_reason("selective_scan") is not None,
-    reason=str(unavailable_reason("s4") or unavailable_reason("selective_scan")),
+    unavailable_reason("s4") is not None or unavailable_reason("mamba") is not None,
+    reason=str(unavailable_reason("s4") or unavailable_reason("mamba")),
 )
 
 
@@ -44,10 +44,13 @@ def test_native_convolution_refuses_what_it_cannot_run():
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
-@pytest.mark.parametrize("module", [s4, mamba], ids=["s4", "mamba"])
-def test_native_step_matches_the_torch_step(module, dtype, monkeypatch):
+@pytest.mark.parametrize(("module", "options"), [
+    (s4, {}), (mamba, {}), (mamba, {"conv_kernel": 1, "dt_rank": 3, "expand": 1}), (mamba, {"conv_kernel": 2}),
+], ids=["s4", "mamba", "mamba-no-conv-window", "mamba-conv-2"])
+def test_native_step_matches_the_torch_step(module, options, dtype, monkeypatch):
     torch.manual_seed(0)
-    backbone = make_backbone(module.__name__.split(".")[-1], input_dim=6, hidden_dim=8, state_size=6).to(dtype)
+    backbone = make_backbone(module.__name__.split(".")[-1], input_dim=6, hidden_dim=8, state_size=6, **options)
+    backbone = backbone.to(dtype)
     state = {name: torch.randn_like(value) for name, value in backbone.initial_state(5).items()}
     x = torch.randn(5, 6, dtype=dtype)
     reset = torch.tensor([True, False, False, True, False])
@@ -69,10 +72,3 @@ def test_a_step_that_needs_gradients_takes_the_torch_path(name):
     y.sum().backward()
     assert all(parameter.grad is not None for parameter in backbone.mixers[0].parameters())
 
-
-def test_the_native_step_refuses_inputs_that_need_gradients():
-    from kernels.selective_scan.native import selective_scan_step_native
-    u = torch.randn(2, 3, requires_grad=True)
-    with pytest.raises(ValueError, match="has no backward: call it under torch.no_grad"):
-        selective_scan_step_native(u, torch.rand(2, 3), -torch.rand(3, 4), torch.randn(2, 4), torch.randn(2, 4),
-                                   torch.zeros(2, dtype=torch.bool), torch.zeros(2, 3, 4))
