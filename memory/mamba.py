@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels.native import library, pointer
+from kernels.native import function, native_step_fits, pointer
 from kernels.selective_scan import selective_scan
 from memory.base import State, StateSpec, matvec
 from memory.ssm_common import ResidualSSMStack, check_positive, check_step_range, log_uniform
@@ -64,13 +64,8 @@ def same_episode_conv_step(
     return (window * weight.T).sum(1) + bias, window[:, 1:]
 
 
-_SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
-
-
 def _native_step_fits(u: torch.Tensor, parameter: torch.Tensor) -> bool:
-    """The C++ step runs where nothing needs a gradient (it has no backward), on CPU float32/float64, where it builds."""
-    return (not torch.is_grad_enabled() and u.device.type == "cpu" and u.dtype in _SUFFIX
-            and parameter.dtype == u.dtype and library("mamba") is not None)
+    return native_step_fits("mamba", u, parameter)
 
 
 class MambaMixer(nn.Module):
@@ -153,7 +148,7 @@ class MambaMixer(nn.Module):
                    self.out_proj.weight.T.contiguous(), ssm_state, conv_state, next_ssm, next_conv, output]
         threads = max(1, min(torch.get_num_threads(), batch_size // 16))
         sizes = (threads, batch_size, hidden_dim, inner_dim, self.state_size, kernel, self.dt_rank)
-        getattr(library("mamba"), f"memrl_mamba_block_step_{_SUFFIX[u.dtype]}")(
+        function("mamba", "mamba_block_step", u.dtype)(
             *(ctypes.c_int64(size) for size in sizes), *(pointer(tensor) for tensor in tensors))
         return output, {"ssm": next_ssm, "conv": next_conv}
 

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kernels.linear_scan import linear_scan
-from kernels.native import library, pointer, unavailable_reason
+from kernels.native import DTYPES, function, library, native_step_fits, pointer, unavailable_reason
 from memory.base import State, StateSpec
 from memory.ssm_common import (
     ResidualSSMStack,
@@ -107,7 +107,7 @@ class _NativeEpisodeMaskedConvolution(torch.autograd.Function):
         u, kernel = u.contiguous(), kernel.contiguous()
         episode_start = _episode_start(reset).contiguous()
         y = torch.empty_like(u)
-        _native_function("forward", u.dtype)(*_sizes(u), pointer(u), pointer(kernel), pointer(episode_start), pointer(y))
+        function("s4", "episode_convolution_forward", u.dtype)(*_sizes(u), pointer(u), pointer(kernel), pointer(episode_start), pointer(y))
         ctx.save_for_backward(u, kernel, episode_start)
         return y
 
@@ -117,22 +117,14 @@ class _NativeEpisodeMaskedConvolution(torch.autograd.Function):
         u, kernel, episode_start = ctx.saved_tensors
         grad_y = grad_y.contiguous()
         grad_u, grad_kernel = torch.empty_like(u), torch.empty_like(kernel)
-        _native_function("backward", u.dtype)(*_sizes(u), pointer(u), pointer(kernel), pointer(episode_start),
-                                              pointer(grad_y), pointer(grad_u), pointer(grad_kernel))
+        function("s4", "episode_convolution_backward", u.dtype)(
+            *_sizes(u), pointer(u), pointer(kernel), pointer(episode_start), pointer(grad_y), pointer(grad_u),
+            pointer(grad_kernel))
         return grad_u, grad_kernel, None
 
 
-_SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
-
-
-def _native_function(kind: str, dtype: torch.dtype):
-    return getattr(library("s4"), f"memrl_episode_convolution_{kind}_{_SUFFIX[dtype]}")
-
-
 def _native_step_fits(u: torch.Tensor, parameter: torch.Tensor) -> bool:
-    """The C++ step runs where nothing needs a gradient (it has no backward), on CPU float32/float64, where it builds."""
-    return (not torch.is_grad_enabled() and u.device.type == "cpu" and u.dtype in _SUFFIX
-            and parameter.dtype == u.dtype and library("s4") is not None)
+    return native_step_fits("s4", u, parameter)
 
 
 def _sizes(u: torch.Tensor) -> list[ctypes.c_int64]:
@@ -155,7 +147,7 @@ def episode_masked_convolution(
     """
     if impl not in CONVOLUTION_IMPLEMENTATIONS:
         raise ValueError(f"impl must be one of {CONVOLUTION_IMPLEMENTATIONS}, got {impl!r}")
-    native_fits = u.device.type == "cpu" and u.dtype in (torch.float32, torch.float64) and kernel.dtype == u.dtype
+    native_fits = u.device.type == "cpu" and u.dtype in DTYPES and kernel.dtype == u.dtype
     if impl == "native" and not native_fits:
         raise ValueError(f"impl='native' takes float32 or float64 CPU tensors, got {u.dtype} on {u.device}")
     if impl == "native" and library("s4") is None:
@@ -241,10 +233,9 @@ class S4DMixer(nn.Module):
         from_carried = torch.complex(powers_real[length], powers_imag[length]) * initial_state
         return y, final + from_carried * carries_initial[:, -1, None, None]
 
-    def _nonlinearity_step_native(
-        self, u: torch.Tensor, state: torch.Tensor, reset: torch.Tensor
-    ) -> tuple[torch.Tensor, State]:
-        """`step` as one C++ loop (discretisation, state update and read-out); no autograd: rollouts only."""
+    def _step_native(self, u: torch.Tensor, state: torch.Tensor, reset: torch.Tensor) -> tuple[torch.Tensor, State]:
+        """`step` with the SSM part (discretisation, state update, read-out) as one C++ loop; no autograd: rollouts
+        only."""
         u, state = u.contiguous(), state.contiguous()
         keep = (~reset).to(u.dtype)
         next_state, y = torch.empty_like(state), torch.empty_like(u)
@@ -252,7 +243,7 @@ class S4DMixer(nn.Module):
         sizes = [ctypes.c_int64(size) for size in (batch_size, channels, self.imag.shape[1])]
         # Every tensor whose address is handed over stays referenced here until the call returns.
         parameters = [x.detach().contiguous() for x in (self.log_neg_real, self.imag, self.log_step, self.C, self.D)]
-        getattr(library("s4"), f"memrl_s4_step_{_SUFFIX[u.dtype]}")(
+        function("s4", "s4_step", u.dtype)(
             *sizes, *(pointer(x) for x in (*parameters, u, keep)),
             pointer(torch.view_as_real(state)), pointer(torch.view_as_real(next_state)), pointer(y))
         return self._nonlinearity(y), {"ssm": next_state}
@@ -269,7 +260,7 @@ class S4DMixer(nn.Module):
 
     def step(self, u: torch.Tensor, state: State, reset: torch.Tensor) -> tuple[torch.Tensor, State]:
         if _native_step_fits(u, self.D):
-            return self._nonlinearity_step_native(u, state["ssm"], reset)
+            return self._step_native(u, state["ssm"], reset)
         A_bar, B_bar = self.discretise()
         # One fresh [B, H, N/2] tensor, updated in place: each fresh complex temporary of that size costs more
         # on a CPU than the arithmetic. A reset multiplies the (finite) carried state by zero.

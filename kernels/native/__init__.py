@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 SOURCE_DIR = Path(__file__).parent
+DTYPES = {torch.float32: "f32", torch.float64: "f64"}  # every kernel comes in these two, named memrl_<op>_<suffix>
 _failures: dict[str, str] = {}
 
 
@@ -82,6 +83,18 @@ def library(name: str) -> ctypes.CDLL | None:
 def unavailable_reason(name: str) -> str | None:
     """Why `library(name)` is None, or None when it loads."""
     return None if library(name) is not None else _failures[name]
+
+
+def function(name: str, op: str, dtype: torch.dtype):
+    """The entry point `memrl_<op>_<f32|f64>` of library `name` (which must load) for `dtype`."""
+    return getattr(library(name), f"memrl_{op}_{DTYPES[dtype]}")
+
+
+def native_step_fits(name: str, u: torch.Tensor, parameter: torch.Tensor) -> bool:
+    """Whether a backbone's C++ rollout step (library `name`) may run: nothing needs a gradient (it has no
+    backward), `u` is a float32/float64 CPU tensor of the parameters' dtype, and the library builds here."""
+    return (not torch.is_grad_enabled() and u.device.type == "cpu" and u.dtype in DTYPES
+            and parameter.dtype == u.dtype and library(name) is not None)
 
 
 def pointer(tensor: torch.Tensor | None) -> ctypes.c_void_p:

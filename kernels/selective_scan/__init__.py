@@ -49,7 +49,7 @@ def _selective_scan_parallel(u, delta, A, B, C, D, z, reset, initial_state):
     return _skip_and_gate(y, u, D, z), final_state.reshape_as(initial_state)
 
 
-def native_applies(u: torch.Tensor) -> bool:
+def _native_applies(u: torch.Tensor) -> bool:
     """Whether "auto" takes the native C++ loop for `u`: a CPU tensor, and the kernel builds here."""
     return u.device.type == "cpu" and native.available()
 
@@ -129,7 +129,7 @@ def selective_scan(
             raise ValueError(f"impl='native' runs on CPU tensors, got u on {u.device}")
         if not native.available():
             raise ValueError(f"impl='native': {unavailable_reason('selective_scan')}")
-    if impl == "native" or (impl == "auto" and native_applies(u)):
+    if impl == "native" or (impl == "auto" and _native_applies(u)):
         y, final_state = selective_scan_native(u, delta, A, B, C, reset, initial_state)
         return _skip_and_gate(y, u, D, z), final_state
     if impl == "sequential" or (impl == "auto" and u.device.type == "cpu"):
@@ -151,5 +151,4 @@ def selective_scan(
     return _selective_scan_parallel(u, delta, A, B, C, D, z, reset, initial_state)
 
 
-__all__ = ["native_applies", "selective_scan", "selective_scan_naive", "selective_scan_native",
-           "selective_scan_sequential"]
+__all__ = ["selective_scan", "selective_scan_naive", "selective_scan_native", "selective_scan_sequential"]

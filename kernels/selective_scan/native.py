@@ -4,8 +4,7 @@ Per batch row and step, one loop over the [N, D] state does the decay, the updat
 (exp, two multiply-adds and a product for C): one pass where the PyTorch loop makes five forward and
 ten backward. The forward pass keeps the state entering each chunk of CHUNK steps (not every state);
 the backward pass recomputes a chunk's states and decays from it, then runs the chunk backwards.
-Batch rows are split over torch.get_num_threads() threads (started inside the library) when the work pays
-for them. float32 and float64.
+Batch rows are split over torch's OpenMP threads when the work pays for waking them. float32 and float64.
 """
 
 from __future__ import annotations
@@ -14,19 +13,14 @@ import ctypes
 
 import torch
 
-from kernels.native import library, pointer
+from kernels.native import function, library, pointer
 
 CHUNK = 16
-MIN_WORK_PER_THREAD = 1 << 18  # state updates (rows x steps x D x N): starting a thread costs tens of microseconds
-_SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
+MIN_WORK_PER_THREAD = 1 << 18  # state updates (rows x steps x D x N) that pay for waking one more thread
 
 
 def available() -> bool:
     return library("selective_scan") is not None
-
-
-def _function(kind: str, dtype: torch.dtype):
-    return getattr(library("selective_scan"), f"memrl_selective_scan_{kind}_{_SUFFIX[dtype]}")
 
 
 def _int(value: int) -> ctypes.c_int64:
@@ -50,10 +44,10 @@ class _NativeSelectiveScan(torch.autograd.Function):
         y = torch.empty_like(u)
         checkpoints = u.new_empty(batch_size, chunks, state_size, channels)
         final_state = torch.empty_like(initial_state)
-        function = _function("forward", u.dtype)
-        sizes = [_int(length), _int(channels), _int(state_size), _int(CHUNK)]
+        sizes = [_int(batch_size), _int(length), _int(channels), _int(state_size), _int(CHUNK)]
         arrays = [pointer(x) for x in (u, delta, A_transposed, B, C, keep, initial_state, y, checkpoints, final_state)]
-        function(_threads(batch_size, length * channels * state_size), _int(batch_size), *sizes, *arrays)
+        function("selective_scan", "selective_scan_forward", u.dtype)(
+            _threads(batch_size, length * channels * state_size), *sizes, *arrays)
         ctx.save_for_backward(u, delta, A_transposed, B, C, keep, checkpoints)
         return y, final_state
 
@@ -71,8 +65,9 @@ class _NativeSelectiveScan(torch.autograd.Function):
         grad_A_transposed = torch.zeros_like(A_transposed)
         arrays = [pointer(x) for x in (u, delta, A_transposed, B, C, keep, checkpoints, grad_y, grad_final, grad_u,
                                        grad_delta, grad_A_transposed, grad_B, grad_C, grad_initial)]
-        _function("backward", u.dtype)(_threads(batch_size, length * channels * state_size), _int(batch_size),
-                                       _int(length), _int(channels), _int(state_size), _int(CHUNK), *arrays)
+        sizes = [_int(batch_size), _int(length), _int(channels), _int(state_size), _int(CHUNK)]
+        function("selective_scan", "selective_scan_backward", u.dtype)(
+            _threads(batch_size, length * channels * state_size), *sizes, *arrays)
         grad_A = grad_A_transposed.T
         return grad_u, grad_delta, grad_A, grad_B, grad_C, None, grad_initial
 
@@ -90,4 +85,3 @@ def selective_scan_native(
     CPU in float32 or float64 -> (sum_n C_t h_t [B, T, D], final state [B, D, N]), without the D skip and
     the z gate. Needs `available()`."""
     return _NativeSelectiveScan.apply(u, delta, A, B, C, reset, initial_state)
-
