@@ -142,10 +142,10 @@ class MambaMixer(nn.Module):
         next_ssm, next_conv = torch.empty_like(ssm_state), torch.empty_like(conv_state)
         output = u.new_empty(batch_size, hidden_dim)
         # Every tensor whose address is handed over stays referenced here until the call returns.
-        tensors = [u.contiguous(), (~reset).to(u.dtype), self.in_proj.weight.T.contiguous(), self.conv_weight.contiguous(),
-                   self.conv_bias, self.x_proj.weight.T.contiguous(), self.dt_proj.weight.T.contiguous(),
-                   self.dt_proj.bias, (-torch.exp(self.A_log)).T.contiguous(), self.D,
-                   self.out_proj.weight.T.contiguous(), ssm_state, conv_state, next_ssm, next_conv, output]
+        weights = [layer.weight.contiguous() for layer in (self.in_proj, self.x_proj, self.dt_proj, self.out_proj)]
+        tensors = [u.contiguous(), (~reset).to(u.dtype), weights[0], self.conv_weight.contiguous(), self.conv_bias,
+                   weights[1], weights[2], self.dt_proj.bias, (-torch.exp(self.A_log)).T.contiguous(), self.D,
+                   weights[3], ssm_state, conv_state, next_ssm, next_conv, output]
         threads = max(1, min(torch.get_num_threads(), batch_size // 16))
         sizes = (threads, batch_size, hidden_dim, inner_dim, self.state_size, kernel, self.dt_rank)
         function("mamba", "mamba_block_step", u.dtype)(
