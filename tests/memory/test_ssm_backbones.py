@@ -163,15 +163,21 @@ def test_s4d_convolution_skips_lags_beyond_every_episode_and_still_equals_the_sc
         torch.testing.assert_close(grad_conv, grad_scan, rtol=1e-9, atol=1e-9)
 
 
-def test_s4d_auto_mode_takes_the_convolution_for_windows_up_to_the_state_size(monkeypatch):
+def test_s4d_auto_mode_takes_the_convolution_on_the_cpu_at_any_length_elsewhere_up_to_the_state_size(monkeypatch):
     calls = []
     original = memory.s4.linear_scan
     monkeypatch.setattr(memory.s4, "linear_scan", lambda *args, **kwargs: calls.append(1) or original(*args, **kwargs))
     backbone = build("s4", state_size=8, num_layers=1)
-    backbone(torch.randn(2, 8, INPUT_DIM, dtype=torch.float64), backbone.initial_state(2), no_reset(2, 8))
+    for length in (8, 9, 40):
+        backbone(torch.randn(2, length, INPUT_DIM, dtype=torch.float64), backbone.initial_state(2), no_reset(2, length))
     assert calls == []
-    backbone(torch.randn(2, 9, INPUT_DIM, dtype=torch.float64), backbone.initial_state(2), no_reset(2, 9))
-    assert calls == [1]
+    mixer = backbone.mixers[0]
+    assert [mixer.uses_convolution(length, torch.device("cuda")) for length in (1, 8, 9)] == [True, True, False]
+    assert mixer.uses_convolution(40, torch.device("cpu"))
+    scan_only = build("s4", state_size=8, num_layers=1, mode="scan").mixers[0]
+    convolution_only = build("s4", state_size=8, num_layers=1, mode="convolution").mixers[0]
+    assert not scan_only.uses_convolution(2, torch.device("cpu"))
+    assert convolution_only.uses_convolution(1000, torch.device("cuda"))
 
 
 # -- S5 ---------------------------------------------------------------------------------------
