@@ -86,8 +86,9 @@ class GatedDeltaNetMixer(nn.Module):
         }
 
     def _heads(self, mixed: torch.Tensor, u: torch.Tensor):
-        """Conv output [.., 3H] and block input u -> q, k, v [.., heads, head_dim], beta, log alpha [.., heads]."""
-        query, key, value = F.silu(mixed).unflatten(-1, (3, self.num_heads, self.head_dim)).unbind(-3)
+        """Activated conv output [.., 3H] and block input u -> q, k, v [.., heads, head_dim], beta, log alpha
+        [.., heads]."""
+        query, key, value = mixed.unflatten(-1, (3, self.num_heads, self.head_dim)).unbind(-3)
         query = F.normalize(query, dim=-1) / math.sqrt(self.head_dim)
         key = F.normalize(key, dim=-1)
         beta_logit, alpha_logit = self.gates(u).chunk(2, dim=-1)
@@ -99,7 +100,7 @@ class GatedDeltaNetMixer(nn.Module):
 
     def sequence(self, u: torch.Tensor, state: State, reset: torch.Tensor) -> tuple[torch.Tensor, State]:
         mixed, conv_state = same_episode_conv(
-            self.query_key_value(u), state["conv"], reset, self.conv_weight, self.conv_bias
+            self.query_key_value(u), state["conv"], reset, self.conv_weight, self.conv_bias, silu=True
         )
         query, key, value, beta, log_alpha = self._heads(mixed, u)
         memory, outputs = state["delta"], []
@@ -111,7 +112,7 @@ class GatedDeltaNetMixer(nn.Module):
 
     def step(self, u: torch.Tensor, state: State, reset: torch.Tensor) -> tuple[torch.Tensor, State]:
         mixed, conv_state = same_episode_conv_step(
-            self.query_key_value(u), state["conv"], reset, self.conv_weight, self.conv_bias
+            self.query_key_value(u), state["conv"], reset, self.conv_weight, self.conv_bias, silu=True
         )
         query, key, value, beta, log_alpha = self._heads(mixed, u)
         carried = torch.where(reset[:, None, None, None], torch.zeros_like(state["delta"]), state["delta"])

@@ -25,20 +25,32 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels.native import function, native_step_fits, pointer
+from kernels.native import function, native_step_fits, pointer, use_native
 from kernels.selective_scan import selective_scan
 from memory.base import State, StateSpec, matvec
 from memory.ssm_common import ResidualSSMStack, check_positive, check_step_range, log_uniform
 
 
 def same_episode_conv(
-    x: torch.Tensor, conv_state: torch.Tensor, reset: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
+    x: torch.Tensor, conv_state: torch.Tensor, reset: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+    silu: bool = False, impl: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Causal depthwise conv whose taps read zero before the latest reset.
 
     x [B, T, C], conv_state [B, K-1, C] (inputs at times -(K-1)..-1), weight [C, K], bias [C] ->
-    (conv output [B, T, C], last K-1 inputs with pre-reset ones zeroed).
+    (conv output [B, T, C], SiLU applied if `silu`; last K-1 inputs with pre-reset ones zeroed).
+    impl: "auto" ("native" for float32/float64 CPU tensors where the C++ kernel builds, else "torch"),
+    "native" (kernels/native/depthwise_conv.cpp: one loop per batch row, the SiLU fused in) or "torch".
     """
+    if use_native("depthwise_conv", impl, x, conv_state, weight, bias):
+        return _NativeSameEpisodeConv.apply(x, conv_state, reset, weight, bias, silu)
+    output, next_state = _same_episode_conv_torch(x, conv_state, reset, weight, bias)
+    return (F.silu(output) if silu else output), next_state
+
+
+def _same_episode_conv_torch(
+    x: torch.Tensor, conv_state: torch.Tensor, reset: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     kernel = weight.shape[1]
     length = x.shape[1]
     padded = torch.cat([conv_state, x], dim=1)  # padded[:, t + k] is the input at time t - (K-1) + k
@@ -55,13 +67,54 @@ def same_episode_conv(
     return output, next_state
 
 
+class _NativeSameEpisodeConv(torch.autograd.Function):
+    """`same_episode_conv` as one C++ loop per batch row; the backward recomputes the pre-activation."""
+
+    @staticmethod
+    def forward(ctx, x, conv_state, reset, weight, bias, silu):
+        batch_size, length, channels = x.shape
+        if x.stride(2) != 1 or x.stride(0) != length * x.stride(1):
+            x = x.contiguous()  # rows must be evenly strided; a slice of a wider projection is
+        conv_state, reset, bias = conv_state.contiguous(), reset.contiguous(), bias.contiguous()
+        weight_taps = weight.T.contiguous()  # [K, C]
+        output, next_state = x.new_empty(batch_size, length, channels), torch.empty_like(conv_state)
+        function("depthwise_conv", "same_episode_conv_forward", x.dtype)(
+            *_conv_sizes(x, weight_taps, silu),
+            *(pointer(t) for t in (x, conv_state, reset, weight_taps, bias, output, next_state)))
+        ctx.save_for_backward(x, conv_state, reset, weight_taps, bias)
+        ctx.silu = silu
+        return output, next_state
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_output, grad_next_state):
+        x, conv_state, reset, weight_taps, bias = ctx.saved_tensors
+        grad_output = x.new_zeros(x.shape) if grad_output is None else grad_output.contiguous()
+        grad_next_state = None if grad_next_state is None else grad_next_state.contiguous()
+        grad_x, grad_state = x.new_empty(x.shape), torch.empty_like(conv_state)
+        grad_weight_taps, grad_bias = torch.empty_like(weight_taps), torch.empty_like(bias)
+        function("depthwise_conv", "same_episode_conv_backward", x.dtype)(
+            *_conv_sizes(x, weight_taps, ctx.silu),
+            *(pointer(t) for t in (x, conv_state, reset, weight_taps, bias, grad_output, grad_next_state, grad_x,
+                                   grad_state, grad_weight_taps, grad_bias)))
+        return grad_x, grad_state, None, grad_weight_taps.T, grad_bias, None
+
+
+def _conv_sizes(x: torch.Tensor, weight_taps: torch.Tensor, silu: bool) -> list[ctypes.c_int64]:
+    """(threads, B, T, C, K, x's row stride, silu): torch's threads, one where the window is too small to share."""
+    threads = max(1, min(torch.get_num_threads(), x.numel() // (1 << 16)))
+    return [ctypes.c_int64(size) for size in (threads, *x.shape, weight_taps.shape[0], x.stride(1), int(silu))]
+
+
 def same_episode_conv_step(
-    x: torch.Tensor, conv_state: torch.Tensor, reset: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
+    x: torch.Tensor, conv_state: torch.Tensor, reset: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+    silu: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One step of `same_episode_conv`: x [B, C], conv_state [B, K-1, C], reset [B] -> (output [B, C], next state)."""
     conv_state = torch.where(reset[:, None, None], torch.zeros_like(conv_state), conv_state)
     window = torch.cat([conv_state, x[:, None]], dim=1)
-    return (window * weight.T).sum(1) + bias, window[:, 1:]
+    output = (window * weight.T).sum(1) + bias
+    return (F.silu(output) if silu else output), window[:, 1:]
 
 
 def _native_step_fits(u: torch.Tensor, parameter: torch.Tensor) -> bool:
@@ -106,15 +159,14 @@ class MambaMixer(nn.Module):
         return F.softplus(self.dt_proj(dt)), B, C
 
     def same_episode_conv(
-        self, x: torch.Tensor, conv_state: torch.Tensor, reset: torch.Tensor
+        self, x: torch.Tensor, conv_state: torch.Tensor, reset: torch.Tensor, silu: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """`same_episode_conv` with this block's weights."""
-        return same_episode_conv(x, conv_state, reset, self.conv_weight, self.conv_bias)
+        return same_episode_conv(x, conv_state, reset, self.conv_weight, self.conv_bias, silu=silu)
 
     def sequence(self, u: torch.Tensor, state: State, reset: torch.Tensor) -> tuple[torch.Tensor, State]:
         x, z = self.in_proj(u).chunk(2, dim=-1)
-        x, conv_state = self.same_episode_conv(x, state["conv"], reset)
-        x = F.silu(x)
+        x, conv_state = self.same_episode_conv(x, state["conv"], reset, silu=True)
         delta, B, C = self._selective_inputs(x)
         y, ssm_state = selective_scan(
             x, delta, -torch.exp(self.A_log), B, C, self.D, z, reset=reset, initial_state=state["ssm"]
@@ -125,8 +177,7 @@ class MambaMixer(nn.Module):
         if _native_step_fits(u, self.D):
             return self._step_native(u, state, reset)
         x, z = self.in_proj(u).chunk(2, dim=-1)
-        x, conv_state = same_episode_conv_step(x, state["conv"], reset, self.conv_weight, self.conv_bias)
-        x = F.silu(x)
+        x, conv_state = same_episode_conv_step(x, state["conv"], reset, self.conv_weight, self.conv_bias, silu=True)
         delta, B, C = self._selective_inputs(x)
         # exp(delta A), zero where the episode restarts: the carried state is dropped (exactly; it is finite).
         decay = torch.exp(delta[..., None] * -torch.exp(self.A_log)) * (~reset).to(x.dtype)[:, None, None]

@@ -65,8 +65,9 @@ class Mamba2Mixer(nn.Module):
         return self.in_proj(u).split([self.inner_dim, self.conv_weight.shape[0], self.num_heads], dim=-1)
 
     def _ssm_inputs(self, conv_output: torch.Tensor, dt: torch.Tensor):
-        """(x [.., heads, P], B [.., N], C [.., N], dt [.., heads], log decay dt * A [.., heads])."""
-        x, B, C = F.silu(conv_output).split([self.inner_dim, self.state_size, self.state_size], dim=-1)
+        """(x [.., heads, P], B [.., N], C [.., N], dt [.., heads], log decay dt * A [.., heads]) from the
+        activated conv output."""
+        x, B, C = conv_output.split([self.inner_dim, self.state_size, self.state_size], dim=-1)
         dt = F.softplus(dt + self.dt_bias)
         return x.unflatten(-1, (self.num_heads, self.head_dim)), B, C, dt, -dt * torch.exp(self.A_log)
 
@@ -76,7 +77,7 @@ class Mamba2Mixer(nn.Module):
 
     def sequence(self, u: torch.Tensor, state: State, reset: torch.Tensor) -> tuple[torch.Tensor, State]:
         z, xBC, dt = self._split(u)
-        conv_output, conv_state = same_episode_conv(xBC, state["conv"], reset, self.conv_weight, self.conv_bias)
+        conv_output, conv_state = same_episode_conv(xBC, state["conv"], reset, self.conv_weight, self.conv_bias, silu=True)
         x, B, C, dt, log_decay = self._ssm_inputs(conv_output, dt)
         heads = (-1, -1, self.num_heads, -1)
         key, query, value = B[:, :, None].expand(heads), C[:, :, None].expand(heads), x * dt[..., None]
@@ -90,7 +91,8 @@ class Mamba2Mixer(nn.Module):
 
     def step(self, u: torch.Tensor, state: State, reset: torch.Tensor) -> tuple[torch.Tensor, State]:
         z, xBC, dt = self._split(u)
-        conv_output, conv_state = same_episode_conv_step(xBC, state["conv"], reset, self.conv_weight, self.conv_bias)
+        conv_output, conv_state = same_episode_conv_step(xBC, state["conv"], reset, self.conv_weight, self.conv_bias,
+                                                           silu=True)
         x, B, C, dt, log_decay = self._ssm_inputs(conv_output, dt)
         carried = torch.where(reset[:, None, None, None], torch.zeros_like(state["ssm"]), state["ssm"])
         ssm = torch.exp(log_decay)[..., None, None] * carried + (x * dt[..., None])[..., None] * B[:, None, None]

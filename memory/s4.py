@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kernels.linear_scan import linear_scan
-from kernels.native import DTYPES, function, library, native_step_fits, pointer, unavailable_reason
+from kernels.native import function, native_step_fits, pointer, use_native
 from memory.base import State, StateSpec
 from memory.ssm_common import (
     ResidualSSMStack,
@@ -134,9 +134,6 @@ def _sizes(u: torch.Tensor) -> list[ctypes.c_int64]:
     return [ctypes.c_int64(size) for size in (threads, *u.shape)]
 
 
-CONVOLUTION_IMPLEMENTATIONS = ("auto", "native", "torch")
-
-
 def episode_masked_convolution(
     u: torch.Tensor, kernel: torch.Tensor, reset: torch.Tensor, impl: str = "auto"
 ) -> torch.Tensor:
@@ -146,14 +143,7 @@ def episode_masked_convolution(
     impl: "auto" ("native" for float32/float64 CPU tensors where the C++ kernel builds, else "torch"),
     "native" (the C++ loop) or "torch" (the lag loop of tensor ops).
     """
-    if impl not in CONVOLUTION_IMPLEMENTATIONS:
-        raise ValueError(f"impl must be one of {CONVOLUTION_IMPLEMENTATIONS}, got {impl!r}")
-    native_fits = u.device.type == "cpu" and u.dtype in DTYPES and kernel.dtype == u.dtype
-    if impl == "native" and not native_fits:
-        raise ValueError(f"impl='native' takes float32 or float64 CPU tensors, got {u.dtype} on {u.device}")
-    if impl == "native" and library("s4") is None:
-        raise ValueError(f"impl='native': {unavailable_reason('s4')}")
-    if impl == "native" or (impl == "auto" and native_fits and library("s4") is not None):
+    if use_native("s4", impl, u, kernel):
         return _NativeEpisodeMaskedConvolution.apply(u, kernel, reset)
     return _EpisodeMaskedConvolution.apply(u, kernel, reset)
 

@@ -3,8 +3,8 @@
 On a CPU the hot loops of some backbones (Mamba's selective scan, S4's episode-masked convolution)
 are element-wise work on tensors that a chain of PyTorch ops streams through memory many times per
 step; one fused loop per step does it in one pass. Each source is compiled once per machine into
-`$MEMRL_NATIVE_CACHE` (default `~/.cache/memrl/native`), under a name that hashes the source and the
-flags, with `-O3 -ffast-math` (reassociated sums, so that the loops vectorise) and `-fopenmp`; the shared
+`$MEMRL_NATIVE_CACHE` (default `~/.cache/memrl/native`), under a name that hashes the source, the
+folder's headers and the flags, with `-O3 -ffast-math` (reassociated sums, so that the loops vectorise) and `-fopenmp`; the shared
 library is linked without -ffast-math, so loading it leaves the process's floating-point modes alone. Its
 OpenMP calls bind to the libgomp already in the process, torch's, so its parallel loops run on torch's
 intra-op threads.
@@ -50,7 +50,8 @@ def _build(name: str) -> Path:
         raise RuntimeError("no C++ compiler found (set CXX or install g++)")
     source = SOURCE_DIR / f"{name}.cpp"
     flags = _compile_flags()
-    digest = hashlib.sha256(source.read_bytes() + " ".join([compiler, *flags]).encode()).hexdigest()[:16]
+    headers = b"".join(header.read_bytes() for header in sorted(SOURCE_DIR.glob("*.h")))
+    digest = hashlib.sha256(source.read_bytes() + headers + " ".join([compiler, *flags]).encode()).hexdigest()[:16]
     cache = _cache_dir()
     target = cache / f"{name}-{digest}.so"
     if target.exists():
@@ -88,6 +89,25 @@ def unavailable_reason(name: str) -> str | None:
 def function(name: str, op: str, dtype: torch.dtype):
     """The entry point `memrl_<op>_<f32|f64>` of library `name` (which must load) for `dtype`."""
     return getattr(library(name), f"memrl_{op}_{DTYPES[dtype]}")
+
+
+IMPLEMENTATIONS = ("auto", "native", "torch")  # the `impl` choices of an op with a native kernel and a torch path
+
+
+def use_native(name: str, impl: str, *tensors: torch.Tensor) -> bool:
+    """Whether an op runs library `name`'s kernel on `tensors` for `impl`: "native" (a ValueError naming what
+    stops it where it cannot run), "auto" (where the tensors are float32/float64 CPU tensors of one dtype and
+    the library builds) or "torch" (never)."""
+    if impl not in IMPLEMENTATIONS:
+        raise ValueError(f"impl must be one of {IMPLEMENTATIONS}, got {impl!r}")
+    first = tensors[0]
+    fits = first.dtype in DTYPES and all(t.device.type == "cpu" and t.dtype == first.dtype for t in tensors)
+    if impl == "native" and not fits:
+        raise ValueError(f"impl='native' takes float32 or float64 CPU tensors of one dtype, got {first.dtype} "
+                         f"on {first.device}")
+    if impl == "native" and library(name) is None:
+        raise ValueError(f"impl='native': {unavailable_reason(name)}")
+    return impl != "torch" and fits and library(name) is not None
 
 
 def native_step_fits(name: str, u: torch.Tensor, parameter: torch.Tensor) -> bool:

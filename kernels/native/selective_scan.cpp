@@ -9,31 +9,9 @@
 #include <cstring>
 #include <vector>
 
+#include "exp_inline.h"
+
 namespace {
-
-// exp(x) for float32 in plain arithmetic, so that it inlines into the vectorised loops (several times faster
-// there than a call to the vector math library): x = n ln2 + r with |r| <= ln2 / 2 (ln2 split in two for
-// exactness), exp(r) by a degree-6 polynomial (Cephes' expf coefficients, about 1 ulp), 2^n built in the
-// exponent bits. x is clamped to [-87, 88], where 2^n stays a normal float: exp(-87) ~ 1.6e-38 stands for
-// anything smaller (a decay that small has dropped the state as surely as zero).
-inline float exp_inline(float x) {
-  x = std::fmin(std::fmax(x, -87.0f), 88.0f);
-  const float n = std::floor(x * 1.44269504088896341f + 0.5f);
-  const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  const float result = p * r * r + r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof scale);
-  return result * scale;
-}
-
-inline double exp_inline(double x) { return std::exp(x); }
 
 template <typename S>
 void load_transposed(const S* state_dn, S* state_nd, int64_t D, int64_t N) {
@@ -70,7 +48,7 @@ void forward_rows(int64_t b0, int64_t b1, int64_t T, int64_t D, int64_t N, int64
         const S* a_n = A_t + n * D;
         S* h_n = h.data() + n * D;
         for (int64_t d = 0; d < D; ++d) {
-          const S value = exp_inline(delta_row[d] * a_n[d]) * k * h_n[d] + delta_row[d] * u_row[d] * b_n;
+          const S value = memrl::exp_inline(delta_row[d] * a_n[d]) * k * h_n[d] + delta_row[d] * u_row[d] * b_n;
           h_n[d] = value;
           y_row[d] += c_n * value;
         }
@@ -108,7 +86,7 @@ void backward_rows(int64_t b0, int64_t b1, int64_t T, int64_t D, int64_t N, int6
           S* after = states.data() + (i + 1) * size + n * D;
           S* decay = decays.data() + i * size + n * D;
           for (int64_t d = 0; d < D; ++d) {
-            const S decay_value = exp_inline(delta_row[d] * a_n[d]) * k;
+            const S decay_value = memrl::exp_inline(delta_row[d] * a_n[d]) * k;
             decay[d] = decay_value;
             after[d] = decay_value * before[d] + delta_row[d] * u_row[d] * b_n;
           }

@@ -1,5 +1,7 @@
-"""The backbones' native CPU paths against their PyTorch ones: S4's episode-masked convolution (forward and
-gradients), S4's and Mamba's rollout steps (Mamba's whole block step is one C++ loop). (The selective scan itself: tests/kernels/test_selective_scan_reference.py.)"""
+"""The backbones' native CPU paths against their PyTorch ones: S4's episode-masked convolution and the
+same-episode depthwise conv of Mamba, Mamba-2 and Gated DeltaNet (forward and gradients), S4's and Mamba's rollout
+steps (Mamba's whole block step is one C++ loop). (The selective scan itself:
+tests/kernels/test_selective_scan_reference.py.)"""
 
 from __future__ import annotations
 
@@ -11,9 +13,10 @@ import memory.s4 as s4
 from kernels.native import unavailable_reason
 from memory import make_backbone
 
+LIBRARIES = ("s4", "mamba", "depthwise_conv")
 pytestmark = pytest.mark.skipif(
-    unavailable_reason("s4") is not None or unavailable_reason("mamba") is not None,
-    reason=str(unavailable_reason("s4") or unavailable_reason("mamba")),
+    any(unavailable_reason(name) is not None for name in LIBRARIES),
+    reason=" ".join(str(unavailable_reason(name)) for name in LIBRARIES if unavailable_reason(name) is not None),
 )
 
 
@@ -37,10 +40,62 @@ def test_native_convolution_matches_the_lag_loop(batch, length, channels, reset_
 
 def test_native_convolution_refuses_what_it_cannot_run():
     u, kernel = torch.randn(1, 3, 2, dtype=torch.float16), torch.randn(3, 2, dtype=torch.float16)
-    with pytest.raises(ValueError, match="impl='native' takes float32 or float64 CPU tensors, got torch.float16 on cpu"):
+    with pytest.raises(ValueError,
+                       match="impl='native' takes float32 or float64 CPU tensors of one dtype, got torch.float16 on cpu"):
         s4.episode_masked_convolution(u, kernel, torch.zeros(1, 3, dtype=torch.bool), impl="native")
     with pytest.raises(ValueError, match=r"impl must be one of \('auto', 'native', 'torch'\)"):
         s4.episode_masked_convolution(u, kernel, torch.zeros(1, 3, dtype=torch.bool), impl="c")
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("silu", [False, True], ids=["linear", "silu"])
+@pytest.mark.parametrize(("batch", "length", "channels", "kernel", "reset_probability"), [
+    (3, 17, 5, 4, 0.2), (2, 1, 3, 4, 0.0), (2, 2, 3, 4, 0.5), (4, 64, 7, 4, 0.05), (3, 30, 9, 4, 1.0),
+    (2, 9, 6, 1, 0.1), (2, 5, 3, 2, 0.3),
+])
+def test_native_same_episode_conv_matches_the_torch_path(batch, length, channels, kernel, reset_probability, silu,
+                                                         dtype):
+    """Outputs and every gradient (x, carried conv state, weight, bias; upstream on both outputs), x given as a
+    strided slice of a wider projection as the backbones pass it."""
+    generator = torch.Generator().manual_seed(length * kernel)
+    projection = torch.randn(batch, length, 2 * channels, generator=generator, dtype=dtype, requires_grad=True)
+    conv_state = torch.randn(batch, kernel - 1, channels, generator=generator, dtype=dtype, requires_grad=True)
+    weight = torch.randn(channels, kernel, generator=generator, dtype=dtype, requires_grad=True)
+    bias = torch.randn(channels, generator=generator, dtype=dtype, requires_grad=True)
+    reset = torch.rand(batch, length, generator=generator) < reset_probability
+    upstream = (torch.randn(batch, length, channels, generator=generator, dtype=dtype),
+                torch.randn(batch, kernel - 1, channels, generator=generator, dtype=dtype))
+    results = {}
+    for impl in ("torch", "native"):
+        x = projection[..., channels:]
+        output, next_state = mamba.same_episode_conv(x, conv_state, reset, weight, bias, silu=silu, impl=impl)
+        gradients = torch.autograd.grad((output, next_state), (projection, conv_state, weight, bias), upstream)
+        results[impl] = (output, next_state, *gradients)
+    tolerance = {"rtol": 1e-12, "atol": 1e-12} if dtype == torch.float64 else {"rtol": 1e-5, "atol": 1e-5}
+    names = ("output", "next state", "grad x", "grad conv state", "grad weight", "grad bias")
+    for name, native, reference in zip(names, results["native"], results["torch"]):
+        torch.testing.assert_close(native, reference, **tolerance, msg=name)
+
+
+def test_native_same_episode_conv_without_an_upstream_gradient_on_its_output():
+    x = torch.randn(2, 6, 3, dtype=torch.float64, requires_grad=True)
+    conv_state, weight, bias = torch.randn(2, 3, 3, dtype=torch.float64), torch.randn(3, 4), torch.randn(3)
+    reset = torch.tensor([[False, False, True, False, False, False]] * 2)
+    gradients = {}
+    for impl in ("torch", "native"):
+        _, next_state = mamba.same_episode_conv(x, conv_state, reset, weight.double(), bias.double(), impl=impl)
+        gradients[impl] = torch.autograd.grad(next_state.sum(), x)[0]
+    torch.testing.assert_close(gradients["native"], gradients["torch"], rtol=1e-12, atol=1e-12)
+    assert gradients["native"][:, :3].abs().sum() == 0  # only the last 3 inputs are carried
+
+
+def test_native_same_episode_conv_refuses_what_it_cannot_run():
+    x, conv_state = torch.randn(1, 3, 2), torch.randn(1, 3, 2, dtype=torch.float64)
+    weight, bias, reset = torch.randn(2, 4), torch.randn(2), torch.zeros(1, 3, dtype=torch.bool)
+    with pytest.raises(ValueError, match="impl='native' takes float32 or float64 CPU tensors of one dtype"):
+        mamba.same_episode_conv(x, conv_state, reset, weight, bias, impl="native")
+    with pytest.raises(ValueError, match=r"impl must be one of \('auto', 'native', 'torch'\)"):
+        mamba.same_episode_conv(x, conv_state.float(), reset, weight, bias, impl="triton")
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
