@@ -37,3 +37,19 @@ def test_memrl_native_0_turns_the_kernels_off(monkeypatch):
     monkeypatch.setattr(native, "_failures", {})
     assert native.library.__wrapped__("selective_scan") is None
     assert native._failures["selective_scan"] == "MEMRL_NATIVE=0 turns the native CPU kernels off"
+
+
+def test_a_changed_header_builds_a_new_library(tmp_path, monkeypatch):
+    """The library's name hashes the folder's headers too: an edit to one cannot leave a stale build in use."""
+    needs_a_compiler()
+    sources = tmp_path / "sources"
+    sources.mkdir()
+    for name in ("depthwise_conv.cpp", "exp_inline.h"):
+        (sources / name).write_bytes((native.SOURCE_DIR / name).read_bytes())
+    monkeypatch.setattr(native, "SOURCE_DIR", sources)
+    monkeypatch.setenv("MEMRL_NATIVE_CACHE", str(tmp_path / "cache"))
+    first = native._build("depthwise_conv")
+    with (sources / "exp_inline.h").open("a") as header:
+        header.write("// edited\n")
+    second = native._build("depthwise_conv")
+    assert second != first and first.exists() and second.exists()
