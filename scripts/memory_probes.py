@@ -193,8 +193,13 @@ def majority_baseline(train_labels: torch.Tensor, test_labels: torch.Tensor) -> 
     return float((test_labels.long() == majority).float().mean())
 
 
-def probe_rows(recording: Recording, train_episodes: int, max_k: int, l2_grid: list[float]) -> list[dict]:
-    """Fit every probe at every k: episodes < train_episodes train (the L2 coefficient chosen among
+def probed_ks(max_k: int, k_step: int) -> list[int]:
+    """k = 0, k_step, 2 k_step, .. up to max_k, and max_k itself (the junction, where the cue is needed)."""
+    return sorted({*range(0, max_k + 1, k_step), max_k})
+
+
+def probe_rows(recording: Recording, train_episodes: int, ks: list[int], l2_grid: list[float]) -> list[dict]:
+    """Fit every probe at every k of `ks`: episodes < train_episodes train (the L2 coefficient chosen among
     `l2_grid` on a validation part of them), the rest test. A (probe, k) with no train or no test
     sample is left out."""
     in_train = recording.episode < train_episodes
@@ -204,7 +209,7 @@ def probe_rows(recording: Recording, train_episodes: int, max_k: int, l2_grid: l
               ("superseded", recording.previous_cue, after_first))
     rows = []
     for probe, labels, eligible in probes:
-        for k in range(max_k + 1):
+        for k in ks:
             selected = eligible & (recording.steps_since_cue == k)
             train, test = selected & in_train, selected & ~in_train
             if not (bool(train.any()) and bool(test.any())):
@@ -310,6 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--episodes", type=int, default=512, help="greedy episodes recorded per run")
     parser.add_argument("--train-fraction", type=float, default=0.75, help="share of the episodes the probes fit on")
     parser.add_argument("--max-k", type=int, default=None, help="largest k probed; None means the corridor length")
+    parser.add_argument("--k-step", type=int, default=1,
+                        help="probe every k-step-th k from 0 (and max-k itself): fewer fits on long corridors")
     parser.add_argument("--l2", type=float, nargs="+", default=[1e-4, 1e-3, 1e-2, 1e-1, 1.0],
                         help="L2 coefficients on the probe weights; with several, each probe takes the one that "
                              "does best on a validation quarter of the train episodes")
@@ -329,6 +336,8 @@ def run_probes(args: argparse.Namespace) -> dict:
                          f"out of {args.episodes}; choose a fraction in (0, 1)")
     if args.max_k is not None and args.max_k < 0:
         raise UsageError(f"--max-k must be 0 or more, got {args.max_k}")
+    if args.k_step < 1:
+        raise UsageError(f"--k-step must be 1 or more, got {args.k_step}")
     if min(args.l2) < 0:
         raise UsageError(f"--l2 values must be 0 or more, got {args.l2}")
     if args.torch_threads < 0:
@@ -352,7 +361,7 @@ def run_probes(args: argparse.Namespace) -> dict:
         recording = record_rollout(agent, env, max_k)
         run.update(label=label, feature_dim=recording.features.shape[1], max_k=max_k,
                    rollout_success_rate=recording.success_rate)
-        for row in probe_rows(recording, train_episodes, max_k, args.l2):
+        for row in probe_rows(recording, train_episodes, probed_ks(max_k, args.k_step), args.l2):
             rows.append({"label": label, "backbone": run["backbone"], "agent": run["agent"], "env": run["env"],
                          "run_dir": run["run_dir"], **row})
         print(f"memory_probes: {label}: {len(recording.episode)} recorded steps, "

@@ -172,6 +172,13 @@ def test_probes_of_a_trained_run_are_written(tiny_run, tmp_path):
     assert sorted(path.name for path in out_dir.iterdir()) == ["probes.csv", "probes.json", "probes.png"]
 
 
+def test_probes_at_every_k_step_th_k_keep_the_junction(tiny_run, tmp_path):
+    out_dir = tmp_path / "out"
+    assert main([str(tiny_run), "--out-dir", str(out_dir), "--episodes", "16", "--l2", "1.0", "--k-step", "4"]) == 0
+    with open(out_dir / "probes.csv", newline="") as handle:
+        assert [int(row["k"]) for row in csv.DictReader(handle)] == [0, 4, 8, 10]
+
+
 def fake_run(path, env: str):
     path.mkdir()
     (path / "config.json").write_text(json.dumps({"run": {"env": env, "backbone": "gru", "agent": "ppo"}}))
@@ -184,6 +191,7 @@ def fake_run(path, env: str):
     ("other-env", "was trained on 'color-cubes'; memory probes need a T-maze or Endless T-Maze run"),
     ("mixed-tasks", "are on different tasks"),
     ("episodes", "--episodes must be at least 2"),
+    ("k-step", "--k-step must be 1 or more, got 0"),
 ])
 def test_bad_input_is_one_sentence_and_exit_code_2(tmp_path, capsys, case, message):
     arguments = {
@@ -191,6 +199,7 @@ def test_bad_input_is_one_sentence_and_exit_code_2(tmp_path, capsys, case, messa
         "other-env": [str(fake_run(tmp_path / "cubes", "color-cubes"))],
         "mixed-tasks": [str(fake_run(tmp_path / "a", "memory-retention")), str(fake_run(tmp_path / "b", "memory-rewrite"))],
         "episodes": [str(fake_run(tmp_path / "c", "tmaze")), "--episodes", "1"],
+        "k-step": [str(fake_run(tmp_path / "d", "tmaze")), "--k-step", "0"],
     }[case]
     with pytest.raises(SystemExit) as exit_info:
         main([*arguments, "--out-dir", str(tmp_path / "out")])
