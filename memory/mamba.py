@@ -73,16 +73,17 @@ class _NativeSameEpisodeConv(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, conv_state, reset, weight, bias, silu):
         batch_size, length, channels = x.shape
-        if x.stride(2) != 1 or x.stride(0) != length * x.stride(1):
-            x = x.contiguous()  # rows must be evenly strided; a slice of a wider projection is
+        # Rows (b, t) must start at (b T + t) * row_stride, as in a slice of a wider projection; else a copy.
+        row_stride = x.stride(1)
+        if x.stride(2) != 1 or x.stride(0) != length * row_stride:
+            x, row_stride = x.contiguous(), channels
         conv_state, reset, bias = conv_state.contiguous(), reset.contiguous(), bias.contiguous()
         weight_taps = weight.T.contiguous()  # [K, C]
         output, next_state = x.new_empty(batch_size, length, channels), torch.empty_like(conv_state)
+        ctx.sizes = _conv_sizes(x, weight_taps, row_stride, silu)
         function("depthwise_conv", "same_episode_conv_forward", x.dtype)(
-            *_conv_sizes(x, weight_taps, silu),
-            *(pointer(t) for t in (x, conv_state, reset, weight_taps, bias, output, next_state)))
+            *ctx.sizes, *(pointer(t) for t in (x, conv_state, reset, weight_taps, bias, output, next_state)))
         ctx.save_for_backward(x, conv_state, reset, weight_taps, bias)
-        ctx.silu = silu
         return output, next_state
 
     @staticmethod
@@ -94,16 +95,16 @@ class _NativeSameEpisodeConv(torch.autograd.Function):
         grad_x, grad_state = x.new_empty(x.shape), torch.empty_like(conv_state)
         grad_weight_taps, grad_bias = torch.empty_like(weight_taps), torch.empty_like(bias)
         function("depthwise_conv", "same_episode_conv_backward", x.dtype)(
-            *_conv_sizes(x, weight_taps, ctx.silu),
+            *ctx.sizes,
             *(pointer(t) for t in (x, conv_state, reset, weight_taps, bias, grad_output, grad_next_state, grad_x,
                                    grad_state, grad_weight_taps, grad_bias)))
         return grad_x, grad_state, None, grad_weight_taps.T, grad_bias, None
 
 
-def _conv_sizes(x: torch.Tensor, weight_taps: torch.Tensor, silu: bool) -> list[ctypes.c_int64]:
-    """(threads, B, T, C, K, x's row stride, silu): torch's threads, one where the window is too small to share."""
+def _conv_sizes(x: torch.Tensor, weight_taps: torch.Tensor, row_stride: int, silu: bool) -> list[ctypes.c_int64]:
+    """(threads, B, T, C, K, row stride, silu): torch's threads, one where the window is too small to share."""
     threads = max(1, min(torch.get_num_threads(), x.numel() // (1 << 16)))
-    return [ctypes.c_int64(size) for size in (threads, *x.shape, weight_taps.shape[0], x.stride(1), int(silu))]
+    return [ctypes.c_int64(size) for size in (threads, *x.shape, weight_taps.shape[0], row_stride, int(silu))]
 
 
 def same_episode_conv_step(

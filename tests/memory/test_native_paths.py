@@ -77,6 +77,20 @@ def test_native_same_episode_conv_matches_the_torch_path(batch, length, channels
         torch.testing.assert_close(native, reference, **tolerance, msg=name)
 
 
+def test_native_same_episode_conv_reads_inputs_of_any_layout():
+    """A one-step window whose size-1 time dimension carries an arbitrary stride, and a transposed x."""
+    weight, bias = torch.randn(4, 3, dtype=torch.float64), torch.randn(4, dtype=torch.float64)
+    conv_state = torch.randn(2, 2, 4, dtype=torch.float64)
+    odd_stride = torch.randn(2, 4, dtype=torch.float64).as_strided((2, 1, 4), (4, 7, 1))
+    transposed = torch.randn(2, 4, 5, dtype=torch.float64).transpose(1, 2)
+    for x in (odd_stride, transposed):
+        reset = torch.zeros(x.shape[:2], dtype=torch.bool)
+        native = mamba.same_episode_conv(x, conv_state, reset, weight, bias, silu=True, impl="native")
+        reference = mamba.same_episode_conv(x, conv_state, reset, weight, bias, silu=True, impl="torch")
+        for got, expected in zip(native, reference):
+            torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+
+
 def test_native_same_episode_conv_without_an_upstream_gradient_on_its_output():
     x = torch.randn(2, 6, 3, dtype=torch.float64, requires_grad=True)
     conv_state, weight, bias = torch.randn(2, 3, 3, dtype=torch.float64), torch.randn(3, 4), torch.randn(3)
