@@ -77,7 +77,8 @@ class Mamba2Mixer(nn.Module):
 
     def sequence(self, u: torch.Tensor, state: State, reset: torch.Tensor) -> tuple[torch.Tensor, State]:
         z, xBC, dt = self._split(u)
-        conv_output, conv_state = same_episode_conv(xBC, state["conv"], reset, self.conv_weight, self.conv_bias, silu=True)
+        conv_output, conv_state = same_episode_conv(xBC, state["conv"], reset, self.conv_weight, self.conv_bias,
+                                                    silu=True)
         x, B, C, dt, log_decay = self._ssm_inputs(conv_output, dt)
         heads = (-1, -1, self.num_heads, -1)
         key, query, value = B[:, :, None].expand(heads), C[:, :, None].expand(heads), x * dt[..., None]

@@ -108,7 +108,8 @@ class _NativeEpisodeMaskedConvolution(torch.autograd.Function):
         u, kernel = u.contiguous(), kernel.contiguous()
         episode_start = _episode_start(reset).contiguous()
         y = torch.empty_like(u)
-        function("s4", "episode_convolution_forward", u.dtype)(*_sizes(u), pointer(u), pointer(kernel), pointer(episode_start), pointer(y))
+        function("s4", "episode_convolution_forward", u.dtype)(
+            *_sizes(u), pointer(u), pointer(kernel), pointer(episode_start), pointer(y))
         ctx.save_for_backward(u, kernel, episode_start)
         return y
 

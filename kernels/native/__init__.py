@@ -1,10 +1,11 @@
 """CPU kernels in C++ (this folder's *.cpp), compiled on first use with the system's C++ compiler.
 
-On a CPU the hot loops of some backbones (Mamba's selective scan, S4's episode-masked convolution)
-are element-wise work on tensors that a chain of PyTorch ops streams through memory many times per
-step; one fused loop per step does it in one pass. Each source is compiled once per machine into
-`$MEMRL_NATIVE_CACHE` (default `~/.cache/memrl/native`), under a name that hashes the source, the
-folder's headers and the flags, with `-O3 -ffast-math` (reassociated sums, so that the loops vectorise) and `-fopenmp`; the shared
+On a CPU the hot loops of some backbones (Mamba's selective scan, S4's episode-masked convolution, the
+same-episode depthwise conv of Mamba, Mamba-2 and Gated DeltaNet) are element-wise work on tensors that a
+chain of PyTorch ops streams through memory many times per step; one fused loop per step does it in one
+pass. Each source is compiled once per machine into `$MEMRL_NATIVE_CACHE` (default
+`~/.cache/memrl/native`), under a name that hashes the source, the folder's headers and the flags, with
+`-O3 -ffast-math` (reassociated sums, so that the loops vectorise) and `-fopenmp`; the shared
 library is linked without -ffast-math, so loading it leaves the process's floating-point modes alone. Its
 OpenMP calls bind to the libgomp already in the process, torch's, so its parallel loops run on torch's
 intra-op threads.
@@ -113,8 +114,7 @@ def use_native(name: str, impl: str, *tensors: torch.Tensor) -> bool:
 def native_step_fits(name: str, u: torch.Tensor, parameter: torch.Tensor) -> bool:
     """Whether a backbone's C++ rollout step (library `name`) may run: nothing needs a gradient (it has no
     backward), `u` is a float32/float64 CPU tensor of the parameters' dtype, and the library builds here."""
-    return (not torch.is_grad_enabled() and u.device.type == "cpu" and u.dtype in DTYPES
-            and parameter.dtype == u.dtype and library(name) is not None)
+    return not torch.is_grad_enabled() and use_native(name, "auto", u, parameter)
 
 
 def pointer(tensor: torch.Tensor | None) -> ctypes.c_void_p:

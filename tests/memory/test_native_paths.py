@@ -40,8 +40,8 @@ def test_native_convolution_matches_the_lag_loop(batch, length, channels, reset_
 
 def test_native_convolution_refuses_what_it_cannot_run():
     u, kernel = torch.randn(1, 3, 2, dtype=torch.float16), torch.randn(3, 2, dtype=torch.float16)
-    with pytest.raises(ValueError,
-                       match="impl='native' takes float32 or float64 CPU tensors of one dtype, got torch.float16 on cpu"):
+    refusal = "impl='native' takes float32 or float64 CPU tensors of one dtype, got torch.float16 on cpu"
+    with pytest.raises(ValueError, match=refusal):
         s4.episode_masked_convolution(u, kernel, torch.zeros(1, 3, dtype=torch.bool), impl="native")
     with pytest.raises(ValueError, match=r"impl must be one of \('auto', 'native', 'torch'\)"):
         s4.episode_masked_convolution(u, kernel, torch.zeros(1, 3, dtype=torch.bool), impl="c")
