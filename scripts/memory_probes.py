@@ -20,10 +20,13 @@ last quarter of the train episodes. Probes, for k = 0 .. `--max-k` (default the 
   and the previous corridor's cue, k steps after the current cue was shown: a backbone that
   rewrites its memory loses the superseded cue, one that accumulates keeps it. (PPO's memory
   reads observations only; Dreamer's also reads the previous action, which at a corridor's first
-  step is the turn the superseded cue asked for.)
+  step is the turn the superseded cue asked for.) With `--superseded-depth D` the superseded
+  probe also reads the cues 2 .. D corridors back (column `corridors_back`; rows need a corridor
+  index >= that depth): how many rewrites an old cue survives.
 
 Writes `probes.csv`, `probes.json` (rows plus per-run details) and `probes.png` (accuracy vs k,
-chance drawn, one line per run labelled by its backbone) into `--out-dir`, each atomically.
+chance drawn, one line per run labelled by its backbone; with a depth above 1 also accuracy vs
+corridors back at k = 0) into `--out-dir`, each atomically.
 Cues are uniform over left/right, so chance is 1/2; each row also reports the majority baseline
 (the train split's most frequent cue scored on the test split), which a small or lopsided cell can raise.
 """
@@ -51,8 +54,8 @@ NUM_CUES = 2
 CHANCE = 1.0 / NUM_CUES
 LEGEND_COLUMNS = 3
 PROBED_TASKS = (TMaze, PassiveTMaze, EndlessTMaze)
-COLUMNS = ("label", "backbone", "agent", "env", "run_dir", "probe", "k", "accuracy", "train_accuracy", "l2",
-           "train_samples", "test_samples", "chance", "majority_baseline")
+COLUMNS = ("label", "backbone", "agent", "env", "run_dir", "probe", "corridors_back", "k", "accuracy",
+           "train_accuracy", "l2", "train_samples", "test_samples", "chance", "majority_baseline")
 
 
 class UsageError(ValueError):
@@ -88,8 +91,8 @@ class Recording:
 
     features [M, F]; episode [M] (the env index: each env's first episode is kept);
     steps_since_cue [M] (0 where the observation shows the current corridor's cue); cue [M] of the
-    current corridor; corridor [M], its index in the episode; previous_cue [M], the cue of the
-    corridor before (-1 in the first corridor).
+    current corridor; corridor [M], its index in the episode; earlier_cues [M, D], column j - 1 the
+    cue of the corridor j back (-1 where the episode has no such corridor).
     """
 
     features: torch.Tensor
@@ -97,20 +100,21 @@ class Recording:
     steps_since_cue: torch.Tensor
     cue: torch.Tensor
     corridor: torch.Tensor
-    previous_cue: torch.Tensor
+    earlier_cues: torch.Tensor
     success_rate: float
 
 
 @torch.no_grad()
-def record_rollout(agent, env, max_k: int) -> Recording:
+def record_rollout(agent, env, max_k: int, depth: int = 1) -> Recording:
     """Play one episode in every env of `env` with `agent.act(..., deterministic=True)`; keep the steps
-    with steps_since_cue <= max_k. `env` provides `memory_labels()` -> {"cue", "corridor"} [N]."""
+    with steps_since_cue <= max_k, labelled with the cues of up to `depth` earlier corridors.
+    `env` provides `memory_labels()` -> {"cue", "corridor"} [N]."""
     device = env.device
     obs, info = env.reset()
     is_first = info["is_first"]
     labels = env.memory_labels()
     cue, corridor = labels["cue"], labels["corridor"]
-    previous_cue = torch.full_like(cue, -1)
+    earlier_cues = torch.full((env.num_envs, depth), -1, dtype=cue.dtype, device=device)
     steps_since_cue = torch.zeros_like(cue)
     episode = torch.arange(env.num_envs, device=device)
     finished = torch.zeros(env.num_envs, dtype=torch.bool, device=device)
@@ -125,14 +129,15 @@ def record_rollout(agent, env, max_k: int) -> Recording:
             rows.append({name: value.cpu()[keep] for name, value in (
                 ("features", state_features(state, env.num_envs)), ("episode", episode),
                 ("steps_since_cue", steps_since_cue), ("cue", cue), ("corridor", corridor),
-                ("previous_cue", previous_cue))})
+                ("earlier_cues", earlier_cues))})
         obs, _, _, _, info = env.step(action)
         successes |= info["success"] & ~finished
         finished |= info["episode_done"]
         is_first = info["is_first"]
         labels = env.memory_labels()
         cue_shown = is_first | (labels["corridor"] != corridor)
-        previous_cue = torch.where(is_first, -1, torch.where(cue_shown, cue, previous_cue))
+        shifted = torch.cat([cue[:, None], earlier_cues[:, :-1]], dim=1)
+        earlier_cues = torch.where(is_first[:, None], -1, torch.where(cue_shown[:, None], shifted, earlier_cues))
         steps_since_cue = torch.where(cue_shown, 0, steps_since_cue + 1)
         cue, corridor = labels["cue"], labels["corridor"]
     columns = {name: torch.cat([row[name] for row in rows]) for name in rows[0]}
@@ -205,10 +210,11 @@ def probe_rows(recording: Recording, train_episodes: int, ks: list[int], l2_grid
     in_train = recording.episode < train_episodes
     after_first = recording.corridor >= 1
     everywhere = torch.ones_like(in_train)
-    probes = (("retention", recording.cue, everywhere), ("current", recording.cue, after_first),
-              ("superseded", recording.previous_cue, after_first))
+    probes = [("retention", 0, recording.cue, everywhere), ("current", 0, recording.cue, after_first)]
+    probes += [("superseded", back, recording.earlier_cues[:, back - 1], recording.corridor >= back)
+               for back in range(1, recording.earlier_cues.shape[1] + 1)]
     rows = []
-    for probe, labels, eligible in probes:
+    for probe, corridors_back, labels, eligible in probes:
         for k in ks:
             selected = eligible & (recording.steps_since_cue == k)
             train, test = selected & in_train, selected & ~in_train
@@ -217,9 +223,10 @@ def probe_rows(recording: Recording, train_episodes: int, ks: list[int], l2_grid
             l2 = choose_l2(recording.features[train], labels[train], recording.episode[train], l2_grid)
             accuracy, train_accuracy = train_probe(recording.features[train], labels[train],
                                                    recording.features[test], labels[test], l2=l2)
-            rows.append({"probe": probe, "k": k, "accuracy": accuracy, "train_accuracy": train_accuracy,
-                         "l2": l2, "train_samples": int(train.sum()), "test_samples": int(test.sum()),
-                         "chance": CHANCE, "majority_baseline": majority_baseline(labels[train], labels[test])})
+            rows.append({"probe": probe, "corridors_back": corridors_back, "k": k, "accuracy": accuracy,
+                         "train_accuracy": train_accuracy, "l2": l2, "train_samples": int(train.sum()),
+                         "test_samples": int(test.sum()), "chance": CHANCE,
+                         "majority_baseline": majority_baseline(labels[train], labels[test])})
     return rows
 
 
@@ -252,17 +259,22 @@ def legend_labels(runs: list[dict]) -> list[str]:
 
 
 def plot(rows: list[dict], labels: list[str], title: str) -> bytes:
-    """PNG: retention accuracy vs k per run and, when there are such rows, current vs superseded."""
+    """PNG: retention accuracy vs k per run and, when there are such rows, current vs superseded (the
+    cue one corridor back) and the superseded cue's accuracy at k = 0 vs how many corridors back it is."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     has_rewrite = any(row["probe"] != "retention" for row in rows)
+    deepest = max((row["corridors_back"] for row in rows), default=0)
     panels = [("retention: cue shown k steps ago", "k (steps since the cue)", (("retention", "-"),))]
     if has_rewrite:
         panels.append(("rewrite: current vs superseded cue", "k (steps since the current cue)",
                        (("current", "-"), ("superseded", "--"))))
+    if deepest > 1:
+        panels.append(("superseded cue, k = 0: how many rewrites it survives", "corridors back",
+                       (("depth", "-"),)))
     # Each panel's legend gets its own row below the plots, sized to its entries, so it never covers them.
     legend_rows = max(math.ceil((len(labels) * len(probes) + 1) / LEGEND_COLUMNS) for _, _, probes in panels)
     figure = plt.figure(figsize=(5.5 * len(panels), 3.8 + 0.2 * legend_rows), layout="constrained")
@@ -276,8 +288,12 @@ def plot(rows: list[dict], labels: list[str], title: str) -> bytes:
             for probe_index, (probe, style) in enumerate(probes):
                 # Curves are dodged sideways a little so that equal ones (all at 1.0, say) stay visible.
                 dodge = 0.05 * (index * len(probes) + probe_index - (series - 1) / 2)
-                points = [(row["k"] + dodge, row["accuracy"]) for row in rows
-                          if row["label"] == label and row["probe"] == probe]
+                if probe == "depth":
+                    points = [(row["corridors_back"] + dodge, row["accuracy"]) for row in rows
+                              if row["label"] == label and row["probe"] == "superseded" and row["k"] == 0]
+                else:
+                    points = [(row["k"] + dodge, row["accuracy"]) for row in rows
+                              if row["label"] == label and row["probe"] == probe and row["corridors_back"] <= 1]
                 if points:
                     ks, accuracies = zip(*points)
                     name = label if len(probes) == 1 else f"{label}: {probe}"
@@ -317,11 +333,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-k", type=int, default=None, help="largest k probed; None means the corridor length")
     parser.add_argument("--k-step", type=int, default=1,
                         help="probe every k-step-th k from 0 (and max-k itself): fewer fits on long corridors")
+    parser.add_argument("--superseded-depth", type=int, default=1,
+                        help="Endless T-Maze: probe the cues of up to this many earlier corridors "
+                             "(1: the previous one)")
     parser.add_argument("--l2", type=float, nargs="+", default=[1e-4, 1e-3, 1e-2, 1e-1, 1.0],
                         help="L2 coefficients on the probe weights; with several, each probe takes the one that "
                              "does best on a validation quarter of the train episodes")
     parser.add_argument("--torch-threads", type=int, default=1,
-                        help="torch CPU threads (0 keeps torch's default; the probes are small, more threads rarely help)")
+                        help="torch CPU threads (0 keeps torch's default; the probes are small, more threads "
+                             "rarely help)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the probe episodes")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     return parser
@@ -338,6 +358,8 @@ def run_probes(args: argparse.Namespace) -> dict:
         raise UsageError(f"--max-k must be 0 or more, got {args.max_k}")
     if args.k_step < 1:
         raise UsageError(f"--k-step must be 1 or more, got {args.k_step}")
+    if args.superseded_depth < 1:
+        raise UsageError(f"--superseded-depth must be 1 or more, got {args.superseded_depth}")
     if min(args.l2) < 0:
         raise UsageError(f"--l2 values must be 0 or more, got {args.l2}")
     if args.torch_threads < 0:
@@ -358,7 +380,7 @@ def run_probes(args: argparse.Namespace) -> dict:
         agent, _ = load_trained_agent(Path(run["run_dir"]), device)
         env = make_training_env(run["env"], args.episodes, device, args.seed)
         max_k = corridor_length(env) if args.max_k is None else args.max_k
-        recording = record_rollout(agent, env, max_k)
+        recording = record_rollout(agent, env, max_k, args.superseded_depth)
         run.update(label=label, feature_dim=recording.features.shape[1], max_k=max_k,
                    rollout_success_rate=recording.success_rate)
         for row in probe_rows(recording, train_episodes, probed_ks(max_k, args.k_step), args.l2):
@@ -368,7 +390,7 @@ def run_probes(args: argparse.Namespace) -> dict:
               f"{recording.features.shape[1]} state features, greedy success {recording.success_rate:.2f}",
               file=sys.stderr)
     settings = {"episodes": args.episodes, "train_episodes": train_episodes, "l2_grid": args.l2, "seed": args.seed,
-                "chance": CHANCE}
+                "superseded_depth": args.superseded_depth, "chance": CHANCE}
     args.out_dir.mkdir(parents=True, exist_ok=True)
     write_atomically(args.out_dir / "probes.csv", csv_bytes(rows))
     write_json(args.out_dir / "probes.json", {"settings": settings, "runs": runs, "probes": rows})

@@ -14,9 +14,12 @@ from envs.endless_tmaze import FORWARD, RIGHT, EndlessTMaze
 from envs.tmaze import LEFT, TMaze
 from scripts.memory_probes import (
     COLUMNS,
+    Recording,
     choose_l2,
     main,
     majority_baseline,
+    plot,
+    probe_rows,
     record_rollout,
     state_features,
     train_probe,
@@ -105,14 +108,14 @@ def rows_of(recording, episode: int) -> dict[str, list]:
     keep = recording.episode == episode
     return {"count": recording.features[keep, 0].long().tolist(), "obs": recording.features[keep, 1:],
             "steps_since_cue": recording.steps_since_cue[keep].tolist(), "cue": recording.cue[keep].tolist(),
-            "corridor": recording.corridor[keep].tolist(), "previous_cue": recording.previous_cue[keep].tolist()}
+            "corridor": recording.corridor[keep].tolist(), "earlier_cues": recording.earlier_cues[keep].tolist()}
 
 
 def test_endless_tmaze_labels_follow_corridors_and_stop_after_the_first_episode():
     env = EndlessTMaze(num_envs=2, seed=3, num_corridors=3, corridor_length=2)
     # env 0: the oracle passes three corridors (9 observations); env 1 turns wrong at its first junction.
     agent = ScriptedAgent(env, [[], [FORWARD, FORWARD, WRONG_TURN]])
-    recording = record_rollout(agent, env, max_k=2)
+    recording = record_rollout(agent, env, max_k=2, depth=2)
     oracle = rows_of(recording, 0)
     cues = [int(oracle["obs"][t, 2]) for t in (0, 3, 6)]  # obs = [x / L, cue_left, cue_right], cue shown at x = 0
     assert oracle["count"] == list(range(1, 10))
@@ -120,11 +123,11 @@ def test_endless_tmaze_labels_follow_corridors_and_stop_after_the_first_episode(
     assert oracle["steps_since_cue"] == [0, 1, 2] * 3
     assert oracle["corridor"] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
     assert oracle["cue"] == [cues[0]] * 3 + [cues[1]] * 3 + [cues[2]] * 3
-    assert oracle["previous_cue"] == [-1] * 3 + [cues[0]] * 3 + [cues[1]] * 3
+    assert oracle["earlier_cues"] == [[-1, -1]] * 3 + [[cues[0], -1]] * 3 + [[cues[1], cues[0]]] * 3
     wrong = rows_of(recording, 1)
     assert wrong["count"] == [1, 2, 3]  # its second episode is not recorded
     assert wrong["steps_since_cue"] == [0, 1, 2] and wrong["corridor"] == [0, 0, 0]
-    assert wrong["cue"] == [int(wrong["obs"][0, 2])] * 3 and wrong["previous_cue"] == [-1] * 3
+    assert wrong["cue"] == [int(wrong["obs"][0, 2])] * 3 and wrong["earlier_cues"] == [[-1, -1]] * 3
     assert recording.success_rate == 0.5
 
 
@@ -137,8 +140,35 @@ def test_tmaze_labels_count_steps_since_the_cue_including_stalls():
     assert rows["count"] == [1, 2, 3, 4]
     assert rows["obs"][:, 0].tolist() == pytest.approx([0, 0, 1 / 3, 2 / 3])
     assert rows["steps_since_cue"] == [0, 1, 2, 3]
-    assert rows["cue"] == [cue] * 4 and rows["corridor"] == [0] * 4 and rows["previous_cue"] == [-1] * 4
+    assert rows["cue"] == [cue] * 4 and rows["corridor"] == [0] * 4 and rows["earlier_cues"] == [[-1]] * 4
     assert recording.success_rate == 1.0
+
+
+def test_superseded_probes_read_each_earlier_corridor_only_where_the_episode_has_it():
+    # 200 episodes of 4 corridors, one step each; the state holds the current cue and the one 1 corridor
+    # back (as +-1 features plus noise), nothing of the cues 2 or 3 back.
+    generator = torch.Generator().manual_seed(5)
+    episodes, corridors = 200, 4
+    cues = torch.randint(2, (episodes, corridors), generator=generator)
+    corridor = torch.arange(corridors).repeat(episodes)
+    episode = torch.arange(episodes).repeat_interleave(corridors)
+    cue = cues.flatten()
+    earlier = torch.stack([torch.where(corridor >= back, cues[episode, (corridor - back).clamp(min=0)], -1)
+                           for back in (1, 2, 3)], dim=1)
+    features = torch.randn(len(cue), 6, generator=generator)
+    features[:, 0] += 4.0 * (2 * cue - 1)
+    features[:, 1] += 4.0 * (2 * earlier[:, 0].clamp(min=0) - 1)
+    recording = Recording(features=features, episode=episode, steps_since_cue=torch.zeros_like(cue), cue=cue,
+                          corridor=corridor, earlier_cues=earlier, success_rate=1.0)
+    rows = probe_rows(recording, train_episodes=150, ks=[0], l2_grid=[1e-3])
+    by_probe = {(row["probe"], row["corridors_back"]): row for row in rows}
+    assert sorted(by_probe) == [("current", 0), ("retention", 0), ("superseded", 1), ("superseded", 2),
+                                ("superseded", 3)]
+    assert [by_probe["superseded", back]["test_samples"] for back in (1, 2, 3)] == [150, 100, 50]
+    assert by_probe["current", 0]["accuracy"] > 0.97 and by_probe["superseded", 1]["accuracy"] > 0.97
+    assert by_probe["superseded", 2]["accuracy"] < 0.7 and by_probe["superseded", 3]["accuracy"] < 0.75
+    labelled = [{"label": "synthetic", **row} for row in rows]
+    assert plot(labelled, ["synthetic"], "three panels").startswith(b"\x89PNG")
 
 
 @pytest.fixture(scope="module")
@@ -192,14 +222,17 @@ def fake_run(path, env: str):
     ("mixed-tasks", "are on different tasks"),
     ("episodes", "--episodes must be at least 2"),
     ("k-step", "--k-step must be 1 or more, got 0"),
+    ("depth", "--superseded-depth must be 1 or more, got 0"),
 ])
 def test_bad_input_is_one_sentence_and_exit_code_2(tmp_path, capsys, case, message):
     arguments = {
         "missing": [str(tmp_path / "nowhere")],
         "other-env": [str(fake_run(tmp_path / "cubes", "color-cubes"))],
-        "mixed-tasks": [str(fake_run(tmp_path / "a", "memory-retention")), str(fake_run(tmp_path / "b", "memory-rewrite"))],
+        "mixed-tasks": [str(fake_run(tmp_path / "a", "memory-retention")),
+                        str(fake_run(tmp_path / "b", "memory-rewrite"))],
         "episodes": [str(fake_run(tmp_path / "c", "tmaze")), "--episodes", "1"],
         "k-step": [str(fake_run(tmp_path / "d", "tmaze")), "--k-step", "0"],
+        "depth": [str(fake_run(tmp_path / "e", "endless-tmaze")), "--superseded-depth", "0"],
     }[case]
     with pytest.raises(SystemExit) as exit_info:
         main([*arguments, "--out-dir", str(tmp_path / "out")])
