@@ -111,3 +111,19 @@ def test_color_cubes_trivial_gets_its_measured_preset(env):
     assert (run.total_steps, run.num_envs, config.num_steps, config.hidden_dim) == (3_000_000, 64, 64, 64)
     assert (config.learning_rate, config.num_minibatches, config.ent_coef) == (1e-3, 2, 0.01)
     assert config.encoder_width == 256 and config.bootstrap_truncated is False
+
+
+def test_the_wide_color_cubes_dagger_preset_is_the_measured_student():
+    # benchmarks/hard_tasks.md: with these settings a gru student uses Medium's map updates (0.75-0.76, above the
+    # first-map ceiling); the run was made with the narrow preset plus these flags, so the two must stay equal.
+    from agents.train import build_parser, resolve_config
+
+    wide = build_parser().parse_args(["--agent", "dagger", "--preset", "color-cubes-wide", "--env", "color-cubes-medium",
+                                      "--backbone", "gru"])
+    flags = build_parser().parse_args(["--agent", "dagger", "--preset", "color-cubes", "--env", "color-cubes-medium",
+                                       "--backbone", "gru", "--hidden-dim", "128", "--head-width", "512",
+                                       "--total-steps", "2457600"])
+    (wide_run, wide_config, preset), (flags_run, flags_config, _) = resolve_config(wide), resolve_config(flags)
+    assert preset == "dagger:color-cubes-wide"
+    assert (wide_run.total_steps, wide_config.hidden_dim, wide_config.head_width) == (2_457_600, 128, 512)
+    assert wide_config == flags_config and wide_run.total_steps == flags_run.total_steps
