@@ -118,8 +118,8 @@ def test_the_wide_color_cubes_dagger_preset_is_the_measured_student():
     # first-map ceiling); the run was made with the narrow preset plus these flags, so the two must stay equal.
     from agents.train import build_parser, resolve_config
 
-    wide = build_parser().parse_args(["--agent", "dagger", "--preset", "color-cubes-wide", "--env", "color-cubes-medium",
-                                      "--backbone", "gru"])
+    wide = build_parser().parse_args(["--agent", "dagger", "--preset", "color-cubes-wide",
+                                      "--env", "color-cubes-medium", "--backbone", "gru"])
     flags = build_parser().parse_args(["--agent", "dagger", "--preset", "color-cubes", "--env", "color-cubes-medium",
                                        "--backbone", "gru", "--hidden-dim", "128", "--head-width", "512",
                                        "--total-steps", "2457600"])
