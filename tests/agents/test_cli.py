@@ -114,7 +114,7 @@ def test_color_cubes_trivial_gets_its_measured_preset(env):
 
 
 def test_the_wide_color_cubes_dagger_preset_is_the_measured_student():
-    # benchmarks/hard_tasks.md: with these settings a gru student uses Medium's map updates (0.75-0.76, above the
+    # benchmarks/hard_tasks.md: with these settings a gru student uses Medium's map updates (0.75-0.79, above the
     # first-map ceiling); the run was made with the narrow preset plus these flags, so the two must stay equal.
     from agents.train import build_parser, resolve_config
 
