@@ -134,9 +134,9 @@ PRESETS: dict[str, dict] = {
     # per 4,096-step window: imitating Medium's oracle this way takes s5 to 0.55-0.59 greedy success (hard_tasks.md).
     "dagger:color-cubes": {"total_steps": 1_228_800, "num_envs": 64, "num_steps": 64, "hidden_dim": 64,
                            "learning_rate": 1e-3, "num_minibatches": 4, "update_epochs": 4, "encoder_width": 256},
-    # The same with a state of 128, a torso of two ReLU layers of 512 after the memory and twice the budget: the
-    # width binds the remembered target colour to the cell of that colour in a later map, which every student of
-    # the narrower network misses. A gru student reaches 0.75-0.79 on Medium (3 seeds), above what the first map
+    # The same with a state of 128, a torso of two ReLU layers of 512 after the memory and twice the budget: with
+    # it a student learns to find the remembered target colour's cell in a later map, which every student of the
+    # narrower network misses. A gru student reaches 0.75-0.79 on Medium (3 seeds), above what the first map
     # alone allows (0.711), and loses 0.06-0.09 when the later maps are hidden (hard_tasks.md).
     "dagger:color-cubes-wide": {"total_steps": 2_457_600, "num_envs": 64, "num_steps": 64, "hidden_dim": 128,
                                 "head_width": 512, "learning_rate": 1e-3, "num_minibatches": 4, "update_epochs": 4,
