@@ -12,7 +12,9 @@ An env may come from one study only (two budgets of one env are two studies' bus
 Writes into `--output-dir`, each atomically: `summary.csv` (one row per env x agent x backbone: the metric,
 its mean over seeds, the seeds, the env steps, the study it came from), `summary.md` (a table with a row per
 backbone and a column per env, the env's metric, steps and seeds in the header) and, with matplotlib installed,
-`summary.png` (the same grid as a heatmap).
+`summary.png` (the same grid as a heatmap). Each `--readme FILE` gets the same table written in place of
+whatever stands between its two marker lines (TABLE_START, TABLE_END), so that a README's copy cannot drift
+from the results; every file is checked before anything is written.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ RESULTS_NAME = "results.csv"
 SUMMARY_COLUMNS = ("env", "agent", "backbone", "metric", "score", "seeds", "global_step", "study")
 METRIC_COLUMNS = {"success": "success_mean", "normalised MMER": "mmer_normalised_mean"}
 """Metric name -> the results.csv column (a mean over seeds) it is read from."""
+TABLE_START = "<!-- summarise-studies table: start -->"
+TABLE_END = "<!-- summarise-studies table: end -->"
 
 
 class UsageError(ValueError):
@@ -100,6 +104,23 @@ def summary_markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def check_readme(path: Path) -> str:
+    """The README's text, refused unless it holds TABLE_START and then TABLE_END, once each."""
+    if not path.is_file():
+        raise UsageError(f"--readme {path} is not a file: give a markdown file holding the two table markers")
+    text = path.read_text()
+    if text.count(TABLE_START) != 1 or text.count(TABLE_END) != 1 or text.index(TABLE_START) > text.index(TABLE_END):
+        raise UsageError(f"--readme {path} must hold the line {TABLE_START} and after it {TABLE_END}, once each")
+    return text
+
+
+def with_table(text: str, table: str) -> str:
+    """The text with everything between the markers replaced by the table."""
+    before, rest = text.split(TABLE_START)
+    after = rest.split(TABLE_END)[1]
+    return f"{before}{TABLE_START}\n{table}{TABLE_END}{after}"
+
+
 def write_summary(rows: list[dict], output_dir: Path) -> list[Path]:
     """summary.csv, summary.md and (with matplotlib) summary.png; returns the files written."""
     written = [output_dir / "summary.csv", output_dir / "summary.md"]
@@ -118,6 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Put the results of several compare-backbones output dirs side by side, backbone x env.")
     parser.add_argument("studies", nargs="+", type=Path, help="compare-backbones output dirs (each with results.csv)")
     parser.add_argument("--output-dir", type=Path, required=True, help="where summary.csv, .md and .png are written")
+    parser.add_argument("--readme", type=Path, action="append", default=[],
+                        help=f"a markdown file whose lines {TABLE_START} and {TABLE_END} get the table between them "
+                             "(repeatable)")
     return parser
 
 
@@ -126,9 +150,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         rows = collect(args.studies)
+        readmes = {path: check_readme(path) for path in args.readme}
     except UsageError as error:
         parser.exit(2, f"summarise-studies: error: {error}\n")
     written = write_summary(rows, args.output_dir)
+    table = summary_markdown(rows)
+    for path, text in readmes.items():
+        write_atomically(path, with_table(text, table).encode())
+        written.append(path)
     print(f"summarise-studies: wrote {', '.join(str(path) for path in written)}")
     return 0
 

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from scripts.summarise_studies import main
+from scripts.summarise_studies import TABLE_END, TABLE_START, main
 
 RESULT_COLUMNS = ("env", "agent", "backbone", "seeds", "success_mean", "mmer_normalised_mean", "global_step")
 
@@ -52,18 +52,40 @@ def test_each_env_is_scored_by_its_fields_metric_in_one_row_per_backbone(two_stu
     assert (out / "summary.png").exists() == (importlib.util.find_spec("matplotlib") is not None)
 
 
+def test_readme_gets_the_table_between_its_markers_and_nothing_else_changes(two_studies, tmp_path):
+    maze, popgym = two_studies
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# Study\n\nIntro.\n{TABLE_START}\n| stale | table |\n{TABLE_END}\n\nFindings.\n")
+    arguments = [str(maze), str(popgym), "--output-dir", str(tmp_path / "out"), "--readme", str(readme)]
+    assert main(arguments) == 0
+    table = (tmp_path / "out" / "summary.md").read_text()
+    expected = f"# Study\n\nIntro.\n{TABLE_START}\n{table}{TABLE_END}\n\nFindings.\n"
+    assert readme.read_text() == expected
+    assert main(arguments) == 0
+    assert readme.read_text() == expected
+
+
 @pytest.mark.parametrize("case, message", [
     ("no results", "has no results.csv: give output dirs written by compare-backbones"),
     ("env twice", "env endless-tmaze-fixed-l10-n3 is in both"),
+    ("readme without markers", f"must hold the line {TABLE_START} and after it {TABLE_END}, once each"),
+    ("readme missing", "is not a file: give a markdown file holding the two table markers"),
 ])
 def test_bad_input_is_one_sentence_and_exit_code_2(two_studies, tmp_path, case, message):
-    maze, _ = two_studies
+    maze, popgym = two_studies
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# Study\n{TABLE_END}\n{TABLE_START}\n")
+    extra = []
     if case == "no results":
         studies = [str(maze), str(tmp_path / "missing")]
-    else:
+    elif case == "env twice":
         studies = [str(maze), str(maze)]
+    else:
+        studies = [str(maze), str(popgym)]
+        extra = ["--readme", str(readme if case == "readme without markers" else tmp_path / "absent.md")]
     result = subprocess.run([sys.executable, "-m", "scripts.summarise_studies", *studies, "--output-dir",
-                             str(tmp_path / "out")], capture_output=True, text=True)
+                             str(tmp_path / "out"), *extra], capture_output=True, text=True)
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "out").exists()
+    assert readme.read_text() == f"# Study\n{TABLE_END}\n{TABLE_START}\n"
