@@ -20,8 +20,9 @@ steps, so it lies in [0, 1]), POPGym's MMER (the best mean episodic return over 
 its normalised form, steps per second, trainable parameters and peak memory, each
 with its IQM and mean and 95% stratified-bootstrap intervals (`agents.scores`). Written to
 the output dir: `results.csv` (one row per env x agent x backbone), `runs.csv` (one row per
-run), `curves.csv` (each run's training success per 1% of its steps), `results.md` (a table per env and agent, with date, commit, command, machine and
-budgets, an MMER table per env and, over several envs, a backbone x env MMER matrix) and four
+run), `curves.csv` (each run's training success per 1% of its steps), `results.md` (date, commit,
+command, machine and budgets; per env and agent a table over seeds and one of each run's final success;
+an MMER table per env and, over several envs, a backbone x env MMER matrix) and four
 plots: `learning_curves.png`, `final_success_heatmap.png`, `mmer_heatmap.png` (normalised MMER)
 and `speed_vs_success.png`.
 """
@@ -503,7 +504,21 @@ def results_markdown(rows: list[dict], records: list[dict], runs: list[GridRun],
                     f"{_interval(row, 'success_mean')} | {_interval(row, 'return_mean')} | {_interval(row, 'auc_iqm')} | "
                     f"{_count(row['sps'])} | {_count(row['parameters'])} | {_count(row['peak_memory_mb'])} |"
                 )
+        lines += seed_success_markdown([record for record in records
+                                        if (record["env"], record["agent"]) == (env, agent)])
     return "\n".join(lines + mmer_markdown(rows, records)) + "\n"
+
+
+def seed_success_markdown(records: list[dict]) -> list[str]:
+    """Each run's final success, a row per backbone and a column per seed (— for a run not finished)."""
+    seeds = sorted({record["seed"] for record in records})
+    success = {(record["backbone"], record["seed"]): record["success_rate"] for record in records}
+    lines = ["", "Final success of each run:", "",
+             "| backbone | " + " | ".join(f"seed {seed}" for seed in seeds) + " |", "|---|" + "---:|" * len(seeds)]
+    for backbone in dict.fromkeys(record["backbone"] for record in records):
+        cells = [f"{success[backbone, seed]:.3f}" if (backbone, seed) in success else "—" for seed in seeds]
+        lines.append(f"| {backbone} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def mmer_markdown(rows: list[dict], records: list[dict]) -> list[str]:

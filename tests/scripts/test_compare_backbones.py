@@ -205,6 +205,10 @@ def test_a_tiny_study_trains_aggregates_plots_and_resumes(tmp_path, capsys):
     assert "commit" in markdown and "compare-backbones --backbones none gru" in markdown
     assert "torch" in markdown and "1,024 env steps per run, preset smoke" in markdown
     assert "## MMER (POPGym's score)" in markdown and "| memory-retention | ppo | gru |" in markdown
+    per_seed = {(row["backbone"], row["seed"]): f"{float(row['success_rate']):.3f}" for row in runs}
+    assert "| backbone | seed 1 | seed 2 |" in markdown
+    for backbone in ("none", "gru"):
+        assert f"| {backbone} | {per_seed[backbone, '1']} | {per_seed[backbone, '2']} |" in markdown
     assert "for 4 of the 4 runs as RLlib's" in markdown
     for name in compare_backbones.PLOT_NAMES:
         assert (output / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
