@@ -2,7 +2,7 @@
 
     python -m scripts.summarise_studies benchmarks/studies/endless-tmaze-fixed-l10-n3 \\
         benchmarks/studies/endless-tmaze-uniform-l10-n3 benchmarks/studies/popgym-medium \\
-        --output-dir benchmarks/studies/hard
+        --output-dir benchmarks/studies/hard --readme benchmarks/studies/hard/README.md
 
 Each argument is an output dir of `compare-backbones` (its `results.csv` is read; nothing is retrained).
 Every env is scored with the metric its field reports, as the mean over the study's seeds: POPGym envs
@@ -121,11 +121,16 @@ def with_table(text: str, table: str) -> str:
     return f"{before}{TABLE_START}\n{table}{TABLE_END}{after}"
 
 
-def write_summary(rows: list[dict], output_dir: Path) -> list[Path]:
-    """summary.csv, summary.md and (with matplotlib) summary.png; returns the files written."""
+def write_summary(rows: list[dict], output_dir: Path, readmes: dict[Path, str]) -> list[Path]:
+    """summary.csv, summary.md, (with matplotlib) summary.png and the table in each README (path -> its checked
+    text); returns the files written."""
     written = [output_dir / "summary.csv", output_dir / "summary.md"]
     write_csv(written[0], rows, list(SUMMARY_COLUMNS))
-    write_atomically(written[1], summary_markdown(rows).encode())
+    table = summary_markdown(rows)
+    write_atomically(written[1], table.encode())
+    for path, text in readmes.items():
+        write_atomically(path, with_table(text, table).encode())
+        written.append(path)
     if importlib.util.find_spec("matplotlib") is not None:
         heatmap_rows = [{**row, "env": f"{row['env']}\n({row['metric']})"} for row in rows]
         plot_heatmap(heatmap_rows, output_dir / "summary.png", "score", "mean over seeds")
@@ -153,11 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         readmes = {path: check_readme(path) for path in args.readme}
     except UsageError as error:
         parser.exit(2, f"summarise-studies: error: {error}\n")
-    written = write_summary(rows, args.output_dir)
-    table = summary_markdown(rows)
-    for path, text in readmes.items():
-        write_atomically(path, with_table(text, table).encode())
-        written.append(path)
+    written = write_summary(rows, args.output_dir, readmes)
     print(f"summarise-studies: wrote {', '.join(str(path) for path in written)}")
     return 0
 
