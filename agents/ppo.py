@@ -103,6 +103,7 @@ class RecurrentActorCritic(nn.Module):
                  backbone: str, hidden_dim: int, backbone_options: dict | None = None, encoder_width: int = 0,
                  head_width: int = 0):
         super().__init__()
+        self.backbone_name = backbone
         if not isinstance(head_width, int) or head_width < 0:
             raise ValueError(f"head width must be an integer >= 0 (0: linear heads on the memory's output), got {head_width!r}")
         self.encoder = make_encoder(observation_space, hidden_dim, encoder_width)
@@ -122,6 +123,26 @@ class RecurrentActorCritic(nn.Module):
             return memory
         return self.torso(torch.cat([memory, encoded], dim=-1))
 
+    def _policy(self, features: torch.Tensor, encoded: torch.Tensor, memory: torch.Tensor, state: State):
+        """The actor's distribution over `features`. torch's distributions reject nan/inf parameters with a
+        ValueError; when the encoded observation or the memory's output is what went non-finite (trainers keep
+        the weights finite), that becomes TrainingDiverged naming it, at no cost to steps that are fine."""
+        try:
+            return self.actor(features)
+        except ValueError as error:
+            if not bool(encoded.isfinite().all()):
+                cause = "the encoded observation became nan or inf"
+            elif not bool(memory.isfinite().all()):
+                values = torch.cat([value.detach().flatten().float() for value in state.values()])
+                finite = values[values.isfinite()]
+                largest = finite.abs().max().item() if finite.numel() else float("nan")
+                cause = (f"the {self.backbone_name} memory's output became nan or inf: its state holds "
+                         f"{int((~values.isfinite()).sum())} nan/inf entries and finite ones up to {largest:.1e} "
+                         "in magnitude (the memory overflowed)")
+            else:
+                raise
+            raise TrainingDiverged(f"{cause}; training stopped and the last good checkpoint was kept") from error
+
     def initial_state(self, batch_size: int, device: torch.device | None = None) -> State:
         return self.backbone.initial_state(batch_size, device)
 
@@ -130,7 +151,7 @@ class RecurrentActorCritic(nn.Module):
         encoded = self.encoder(obs)
         memory, state = self.backbone.step(encoded, state, is_first)
         features = self._features(memory, encoded)
-        return self.actor(features), self.critic(features).squeeze(-1), state
+        return self._policy(features, encoded, memory, state), self.critic(features).squeeze(-1), state
 
     def act(self, obs: Observation, state: State, is_first: torch.Tensor, deterministic: bool = False):
         """The policy interface `evaluate` uses: obs [B, ...], is_first [B] -> (action [B, ...], next state)."""
@@ -146,9 +167,9 @@ class RecurrentActorCritic(nn.Module):
     def forward(self, obs: Observation, state: State, is_first: torch.Tensor):
         """obs [B, T, ...], is_first [B, T] -> (action distribution over [B, T], values [B, T])."""
         encoded = self.encoder(obs)
-        memory, _ = self.backbone(encoded, state, is_first)
+        memory, final_state = self.backbone(encoded, state, is_first)
         features = self._features(memory, encoded)
-        return self.actor(features), self.critic(features).squeeze(-1)
+        return self._policy(features, encoded, memory, final_state), self.critic(features).squeeze(-1)
 
 
 def compute_gae(rewards: torch.Tensor, values: torch.Tensor, terminated: torch.Tensor, truncated: torch.Tensor,

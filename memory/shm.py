@@ -15,6 +15,14 @@ random every step so that no calibration is applied at every step; random rows w
 `forward` and `step` disagree, so here the row is the step's index within its episode modulo L
 (the table is walked through, one row per step), kept in the state as 'episode_step'. Initialisation
 (the paper's): Theta Xavier-uniform, projections Kaiming-uniform without bias, memory zero.
+
+Nothing bounds the memory. Under a repeated input v_c, entry (i, j) is scaled per step by
+exp(mean over rows r of log(1 + tanh(Theta[r, i] v_c[j]))) in the long run, walked or sampled alike (the
+authors' released code draws `uniform_(0, 1).long()`: always row 0). Measured on the Endless T-Maze
+inputs (benchmarks/studies/endless-tmaze-uniform-l10-n10) with `calibration_exponent`, the largest
+exponent is +0.013-0.025 at initialisation and +0.24 after 4.5M PPO steps (seed 3): a 660-step episode
+scales by e^159, past float32, and PPO stops with TrainingDiverged naming the memory.
+
 The recurrence is element-wise linear in M, so `forward` runs it on `kernels.linear_scan` over
 [d, d] channels (parallel over T; Triton kernel on CUDA).
 """
@@ -56,6 +64,13 @@ class SHMBackbone(Backbone):
     def state_spec(self) -> StateSpec:
         dtype = self.thetas.dtype
         return {"memory": ((self.memory_dim, self.memory_dim), dtype), "episode_step": ((), torch.int64)}
+
+    def calibration_exponent(self, x: torch.Tensor) -> torch.Tensor:
+        """x [B, D_in] -> [B, d, d]: the per-step log-scale the calibration applies to each memory entry when
+        x repeats, averaged over the table's rows (exact over whole cycles of num_thetas steps); > 0 grows."""
+        calibration_value = self.calibration_value(self.input_norm(x))
+        factors = 1 + torch.tanh(self.thetas[None, :, :, None] * calibration_value[:, None, None, :])
+        return factors.log().mean(dim=1)
 
     def _forward(self, x: torch.Tensor, state: State, reset: torch.Tensor) -> tuple[torch.Tensor, State]:
         length = x.shape[1]

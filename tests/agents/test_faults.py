@@ -74,6 +74,31 @@ def test_nan_in_a_dreamer_backbone_stops_before_acting_with_the_last_good_checkp
     assert all(bool(value.isfinite().all()) for value in payload["agent"].values() if value.is_floating_point())
 
 
+# -- a memory that overflows with finite weights --------------------------------------------
+
+
+def test_an_overflowing_memory_stops_ppo_in_one_sentence_with_the_last_good_checkpoint(tmp_path):
+    trainer = make_trainer(tmp_path, "shm")
+
+    def fill_the_memory_to_float32s_edge(trainer, metrics):
+        if trainer.update == 2:  # 3e38 of float32's 3.4e38: the next calibration factor above 1 overflows it
+            trainer.state["memory"].fill_(3e38)
+
+    with pytest.raises(TrainingDiverged, match=r"the shm memory's output became nan or inf: its state holds \d+ "
+                                               r"nan/inf entries .*\(the memory overflowed\); training stopped") as error:
+        trainer.train(on_update=fill_the_memory_to_float32s_edge)
+    assert "\n" not in str(error.value)
+    assert all(bool(parameter.isfinite().all()) for parameter in trainer.agent.parameters())
+    assert load_checkpoint(tmp_path)["update"] == 2
+
+
+def test_a_non_finite_observation_is_named_as_the_cause():
+    trainer = make_trainer(None, "gru")
+    obs = torch.full_like(trainer.next_obs, float("nan"))
+    with pytest.raises(TrainingDiverged, match="^the encoded observation became nan or inf; training stopped"):
+        trainer.agent.step(obs, trainer.state, trainer.next_is_first)
+
+
 # -- a disk that fills up mid-write ----------------------------------------------------------
 
 
