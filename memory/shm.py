@@ -23,8 +23,15 @@ inputs (benchmarks/studies/endless-tmaze-uniform-l10-n10) with `calibration_expo
 exponent is +0.013-0.025 at initialisation and +0.24 after 4.5M PPO steps (seed 3): a 660-step episode
 scales by e^159, past float32, and PPO stops with TrainingDiverged naming the memory.
 
+The authors' code adds two things the paper's equations do not have; each is an option, off by default:
+`memory_bound` b > 0 clamps every entry of M_t to [-b, b] after each step (their pomdp-baselines
+`torchkit/shm.py` clamps to 100, which keeps the memory finite whatever the calibration learns), and
+`input_shortcut` adds a linear map of u to the read before the output layer (y_t = Linear(M_t q + W_s u + b_s),
+in both their pomdp-baselines and POPGym models).
+
 The recurrence is element-wise linear in M, so `forward` runs it on `kernels.linear_scan` over
-[d, d] channels (parallel over T; Triton kernel on CUDA).
+[d, d] channels (parallel over T; Triton kernel on CUDA). The clamp is not linear: with a bound,
+`forward` runs the steps one after another.
 """
 
 from __future__ import annotations
@@ -47,18 +54,28 @@ def projection(input_dim: int, output_dim: int) -> nn.Linear:
 class SHMBackbone(Backbone):
     """One SHM cell; state {'memory': [B, d, d], 'episode_step': int64 [B]} (step index mod num_thetas).
 
-    Options: memory_dim (d), num_thetas (L, rows of the calibration table).
+    Options: memory_dim (d), num_thetas (L, rows of the calibration table), memory_bound (b > 0 clamps the
+    memory to [-b, b] after each step; 0, the default, leaves it unbounded as in the paper), input_shortcut
+    (add a linear map of the normalised input to the read).
     """
 
-    def __init__(self, input_dim: int, hidden_dim: int = 128, memory_dim: int = 24, num_thetas: int = 128):
+    def __init__(self, input_dim: int, hidden_dim: int = 128, memory_dim: int = 24, num_thetas: int = 128,
+                 memory_bound: float = 0.0, input_shortcut: bool = False):
         super().__init__(input_dim, output_dim=hidden_dim)
         check_positive(hidden_dim=hidden_dim, memory_dim=memory_dim, num_thetas=num_thetas)
+        if isinstance(memory_bound, bool) or not isinstance(memory_bound, (int, float)) or not memory_bound >= 0 \
+                or memory_bound == float("inf"):
+            raise ValueError(f"memory_bound must be a finite number >= 0 (0: unbounded), got {memory_bound!r}")
+        if not isinstance(input_shortcut, bool):
+            raise ValueError(f"input_shortcut must be true or false, got {input_shortcut!r}")
         self.memory_dim, self.num_thetas = memory_dim, num_thetas
+        self.memory_bound = float(memory_bound)
         self.input_norm = nn.LayerNorm(input_dim)
         self.value, self.key, self.query = (projection(input_dim, memory_dim) for _ in range(3))
         self.calibration_value = projection(input_dim, memory_dim)
         self.write_gate = projection(input_dim, 1)
         self.thetas = nn.Parameter(nn.init.xavier_uniform_(torch.empty(num_thetas, memory_dim)))
+        self.shortcut = nn.Linear(input_dim, memory_dim) if input_shortcut else None
         self.output = nn.Linear(memory_dim, hidden_dim)
 
     def state_spec(self) -> StateSpec:
@@ -90,7 +107,22 @@ class SHMBackbone(Backbone):
         query = query / (1e-5 + query.sum(-1, keepdim=True))
         calibration = 1 + torch.tanh(theta[..., :, None] * self.calibration_value(u)[..., None, :])
         update = torch.sigmoid(self.write_gate(u))[..., None] * value[..., :, None] * key[..., None, :]
-        memories, final = linear_scan(calibration, update, reset, state["memory"])
+        if self.memory_bound > 0:
+            memories, final = self._bounded_scan(calibration, update, reset, state["memory"])
+        else:
+            memories, final = linear_scan(calibration, update, reset, state["memory"])
         read = matvec(memories, query)
+        if self.shortcut is not None:
+            read = read + self.shortcut(u)
         next_step = (episode_step[:, -1] + 1) % self.num_thetas
         return self.output(read), {"memory": final, "episode_step": next_step}
+
+    def _bounded_scan(self, calibration: torch.Tensor, update: torch.Tensor, reset: torch.Tensor,
+                      memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """M_t = clamp(M_{t-1} * C_t + U_t, -b, b), M_{t-1} dropped to zero where reset_t; one step at a time."""
+        memories = []
+        for t in range(calibration.shape[1]):
+            memory = torch.where(reset[:, t, None, None], 0.0, memory)
+            memory = (memory * calibration[:, t] + update[:, t]).clamp(-self.memory_bound, self.memory_bound)
+            memories.append(memory)
+        return torch.stack(memories, dim=1), memory

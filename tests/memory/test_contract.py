@@ -12,11 +12,15 @@ from memory import BACKBONES, make_backbone
 
 INPUT_DIM, HIDDEN_DIM = 6, 16
 NAMES = sorted(BACKBONES)
+VARIANTS = {"shm-bounded": ("shm", {"memory_bound": 0.2, "input_shortcut": True})}
+"""Options that change how a backbone computes (shm's clamp runs its steps one by one): held to the contract too."""
+CASES = NAMES + sorted(VARIANTS)
 
 
-def build(name: str, seed: int = 0):
+def build(case: str, seed: int = 0):
+    name, options = VARIANTS.get(case, (case, {}))
     torch.manual_seed(seed)
-    backbone = make_backbone(name, INPUT_DIM, HIDDEN_DIM).double()
+    backbone = make_backbone(name, INPUT_DIM, HIDDEN_DIM, **options).double()
     return backbone
 
 
@@ -39,7 +43,7 @@ def to_state_dtype(state):
     return {key: value.clone() for key, value in state.items()}
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", CASES)
 @pytest.mark.parametrize("length", [1, 63, 100])
 def test_forward_equals_repeated_step(name, length):
     backbone = build(name)
@@ -61,7 +65,7 @@ def test_forward_equals_repeated_step(name, length):
         torch.testing.assert_close(final_sequence[key], step_state[key], rtol=1e-7, atol=1e-7)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", CASES)
 def test_reset_forgets_everything_before_it(name):
     backbone = build(name)
     batch_size, length, reset_at = 2, 24, 11
@@ -84,7 +88,7 @@ def test_reset_forgets_everything_before_it(name):
         torch.testing.assert_close(final[key], final_changed[key], rtol=1e-9, atol=1e-9)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", CASES)
 def test_no_gradient_crosses_a_reset(name):
     backbone = build(name)
     batch_size, length, reset_at = 2, 20, 9
@@ -105,7 +109,7 @@ def test_no_gradient_crosses_a_reset(name):
             assert value.grad is None or torch.count_nonzero(value.grad) == 0, key
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", CASES)
 def test_gradient_flows_without_reset(name):
     backbone = build(name)
     x, _ = random_batch(2, 12)
@@ -122,7 +126,7 @@ def test_gradient_flows_without_reset(name):
         assert first_step_gradient > 1e-8, "a memory backbone's last output must depend on its first input"
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", CASES)
 @pytest.mark.parametrize("batch_size", [1, 4])
 def test_state_is_batch_first_fixed_size_and_picklable(name, batch_size):
     backbone = build(name)
@@ -144,7 +148,7 @@ def test_state_is_batch_first_fixed_size_and_picklable(name, batch_size):
         torch.testing.assert_close(restored[key], state[key], rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", CASES)
 def test_module_survives_a_pickle_round_trip(name):
     backbone = build(name)
     restored = cloudpickle.loads(cloudpickle.dumps(backbone))
@@ -155,7 +159,7 @@ def test_module_survives_a_pickle_round_trip(name):
     torch.testing.assert_close(y, y_restored, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", CASES)
 def test_bad_inputs_raise_clear_errors(name):
     backbone = build(name)
     x, reset = random_batch(2, 5)
