@@ -258,14 +258,24 @@ def legend_labels(runs: list[dict]) -> list[str]:
             for label, run in zip(labels, runs)]
 
 
+def informative_rows(rows: list[dict]) -> list[dict]:
+    """The rows whose test split holds both cues (majority baseline strictly between 0 and 1). In the
+    others every test label is the same cue, typically because only episodes with that cue got so far
+    (a memoryless agent that always turns left passes a junction only after a left cue), so their
+    accuracy cannot tell decoding from guessing."""
+    return [row for row in rows if 0.0 < row["majority_baseline"] < 1.0]
+
+
 def plot(rows: list[dict], labels: list[str], title: str) -> bytes:
     """PNG: retention accuracy vs k per run and, when there are such rows, current vs superseded (the
-    cue one corridor back) and the superseded cue's accuracy at k = 0 vs how many corridors back it is."""
+    cue one corridor back) and the superseded cue's accuracy at k = 0 vs how many corridors back it is.
+    Only `informative_rows` are drawn; the CSV keeps every row."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    rows = informative_rows(rows)
     has_rewrite = any(row["probe"] != "retention" for row in rows)
     deepest = max((row["corridors_back"] for row in rows), default=0)
     panels = [("retention: cue shown k steps ago", "k (steps since the cue)", (("retention", "-"),))]

@@ -16,6 +16,7 @@ from scripts.memory_probes import (
     COLUMNS,
     Recording,
     choose_l2,
+    informative_rows,
     main,
     majority_baseline,
     plot,
@@ -245,3 +246,8 @@ def test_bad_input_is_one_sentence_and_exit_code_2(tmp_path, capsys, case, messa
 def test_majority_baseline_scores_the_most_frequent_train_label_on_the_test_split():
     assert majority_baseline(torch.tensor([1, 1, 0]), torch.tensor([1, 1, 1, 0])) == 0.75
     assert majority_baseline(torch.tensor([0, 0]), torch.tensor([1, 1])) == 0.0
+
+
+def test_rows_whose_test_cues_are_all_one_are_not_informative():
+    rows = [{"probe": "superseded", "majority_baseline": baseline} for baseline in (1.0, 0.0, 0.52, 0.9)]
+    assert [row["majority_baseline"] for row in informative_rows(rows)] == [0.52, 0.9]
