@@ -15,7 +15,11 @@ Online Learning", with a per-step mixture):
   mistakes lead to; the teacher's action is recorded at every step, whichever was executed;
 - learn: `update_epochs` passes of `num_minibatches` slices of the env axis, minimising the negative
   log-likelihood of the teacher's actions under the student's policy, with whole windows re-run
-  through the backbone from their stored start state (as PPO's update does).
+  through the backbone from their stored start state (as PPO's update does). The loss averages over
+  every step, or with `sum_loss_over_time` sums over each window's steps. Adam's step does not depend on
+  the loss's scale, the gradient-norm clip does: summed, every gradient is clipped to `max_grad_norm`.
+  That is what teaches s5 the passive T-maze's turn at L = 100 (one step in 101), which it never learns
+  with the average (`benchmarks/studies/tmaze-passive-l500/README.md`).
 
 Everything else — network, rollout windows, checkpoints, resume, logs, progress — is PPO's
 (`agents.ppo.PPOTrainer`); the critic is built (so the weights fit PPO's network) but not trained.
@@ -38,6 +42,7 @@ class DAggerConfig(RecurrentPolicyConfig):
     """DAgger's settings: the network, windows and optimiser it shares with PPO, and the teacher's share."""
 
     teacher_prob: float = field(default=1.0, metadata={"help": "probability that an env executes the teacher's action at the first update; it falls linearly to 0 at the last (the student acts otherwise)"})
+    sum_loss_over_time: bool = field(default=False, metadata={"help": "sum each window's imitation loss over its steps (then average over envs) instead of averaging over every step; Adam ignores the loss's scale but the gradient-norm clip (max_grad_norm) does not, so summed, every gradient is clipped: with it s5 learns the passive T-maze's turn, one step in L + 1, which it does not with the average"})
 
 
 def has_oracle(env) -> bool:
@@ -93,7 +98,8 @@ class DAggerTrainer(PPOTrainer):
         return rollout
 
     def learn(self, rollout: Rollout) -> dict[str, float]:
-        """Negative log-likelihood of the teacher's actions, minibatches along the env axis."""
+        """Negative log-likelihood of the teacher's actions (per step, or per window with
+        `sum_loss_over_time`), minibatches along the env axis."""
         config = self.config
         with torch.no_grad():
             distribution, _ = self.agent(rollout.obs, rollout.start_state, rollout.is_first)
@@ -101,7 +107,8 @@ class DAggerTrainer(PPOTrainer):
         for minibatches in self.epochs(rollout):
             for envs, inputs in minibatches:
                 distribution, _ = self.agent(*inputs)
-                loss = -self.agent.actor.log_prob(distribution, rollout.actions[envs]).mean()
+                log_likelihood = self.agent.actor.log_prob(distribution, rollout.actions[envs])
+                loss = -(log_likelihood.sum(dim=1) if config.sum_loss_over_time else log_likelihood).mean()
                 if not torch.isfinite(loss):
                     raise TrainingDiverged(f"the imitation loss became {loss.item()} at update {self.update + 1} "
                                            f"(step {self.global_step}); training stopped and the last good "

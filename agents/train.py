@@ -145,6 +145,12 @@ PRESETS: dict[str, dict] = {
     # (teacher agreement 1.00) by 3-8k env steps on seeds 1-4, half of this budget.
     "dagger:memory-rewrite": {"total_steps": 12_288, "num_envs": 16, "num_steps": 16, "hidden_dim": 64,
                               "learning_rate": 3e-3, "num_minibatches": 1, "update_epochs": 8},
+    # The passive T-maze (Ni et al.) at L = 100, PPO's memory-retention network and windows (one window = one
+    # episode), with the loss summed over each window: the one turn per episode is what the student must learn.
+    # s5 imitates the oracle perfectly by about 150 of its 372 updates; with the per-step average it stays at chance
+    # (benchmarks/studies/tmaze-passive-l500/README.md). For longer corridors set --num-steps L + 1.
+    "dagger:memory-retention": {"total_steps": 1_200_000, "num_envs": 32, "num_steps": 101, "hidden_dim": 64,
+                                "learning_rate": 1e-3, "num_minibatches": 2, "sum_loss_over_time": True},
     "dagger:smoke": {"total_steps": 2_048, "num_envs": 8, "num_steps": 32, "hidden_dim": 16, "num_minibatches": 2,
                      "update_epochs": 2, "eval_episodes": 8, "checkpoint_every": 2},
     # DreamerV3's Atari100k setting (arXiv 2301.04104v1): model size S (GRU and MLP widths 512, CNN depth 32,

@@ -127,3 +127,16 @@ def test_the_wide_color_cubes_dagger_preset_is_the_measured_student():
     assert preset == "dagger:color-cubes-wide"
     assert (wide_run.total_steps, wide_config.hidden_dim, wide_config.head_width) == (2_457_600, 128, 512)
     assert wide_config == flags_config and wide_run.total_steps == flags_run.total_steps
+
+
+def test_the_passive_t_maze_dagger_preset_sums_the_loss_and_keeps_the_measured_setting():
+    # benchmarks/studies/tmaze-passive-l500/README.md: with these settings an s5 student learns the L = 100 turn,
+    # which it never does with the loss averaged over the steps; `--preset auto` must pick them for the env.
+    from agents.train import build_parser, resolve_config
+
+    run, config, preset = resolve_config(build_parser().parse_args(
+        ["--agent", "dagger", "--env", "memory-retention", "--backbone", "s5"]))
+    assert preset == "dagger:memory-retention"
+    assert (run.total_steps, run.num_envs, config.num_steps, config.hidden_dim) == (1_200_000, 32, 101, 64)
+    assert (config.learning_rate, config.num_minibatches, config.update_epochs) == (1e-3, 2, 4)
+    assert config.sum_loss_over_time is True and config.max_grad_norm == 0.5 and config.head_width == 0

@@ -8,6 +8,7 @@ student cannot, since which way to turn was shown only at the corridor's start.
 from __future__ import annotations
 
 import dataclasses
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -40,6 +41,17 @@ def test_a_memoryless_student_stays_near_chance(tmp_path):
                    run_dir=tmp_path / "run", quiet=True)
     # 200 episodes, chance 1/8: 0.125 + 4 standard errors (0.023 each) = 0.22.
     assert result.eval["success_rate"] <= 0.22, result.eval
+
+
+def test_s5_learns_the_passive_t_maze_turn_with_the_loss_summed_over_time(tmp_path):
+    # One step in 31 is the turn the cue decides; summed over each window, 100 updates teach s5 the cue on seeds
+    # 1-3 (averaged over the steps, seeds 1 and 3 still turn at chance there: 0.58, 0.47).
+    result = train(agent="dagger", backbone="s5", env="tmaze-passive-l30", preset="memory-retention", num_envs=16,
+                   num_steps=31, total_steps=100 * 16 * 31, device="cpu", torch_threads=1, eval_episodes=64,
+                   run_dir=tmp_path / "run", quiet=True)
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["dagger"]["sum_loss_over_time"] is True
+    # 64 episodes; turning at chance would give 0.5 +- 0.0625.
+    assert result.eval["success_rate"] >= 0.9, result.eval
 
 
 def make_trainer(teacher_prob: float, total_steps: int = 4 * 8 * 16, run_dir: Path | None = None) -> DAggerTrainer:
