@@ -42,7 +42,11 @@ class DAggerConfig(RecurrentPolicyConfig):
     """DAgger's settings: the network, windows and optimiser it shares with PPO, and the teacher's share."""
 
     teacher_prob: float = field(default=1.0, metadata={"help": "probability that an env executes the teacher's action at the first update; it falls linearly to 0 at the last (the student acts otherwise)"})
-    sum_loss_over_time: bool = field(default=False, metadata={"help": "sum each window's imitation loss over its steps (then average over envs) instead of averaging over every step; Adam ignores the loss's scale but the gradient-norm clip (max_grad_norm) does not, so summed, every gradient is clipped: with it s5 learns the passive T-maze's turn, one step in L + 1, which it does not with the average"})
+    sum_loss_over_time: bool = field(default=False, metadata={"help": (
+        "sum each window's imitation loss over its steps (then average over envs) instead of averaging over every "
+        "step; Adam ignores the loss's scale but the gradient-norm clip (max_grad_norm) does not, so summed, every "
+        "gradient is clipped: with it s5 learns the passive T-maze's turn, one step in L + 1, which it does not "
+        "with the average")})
 
 
 def has_oracle(env) -> bool:
