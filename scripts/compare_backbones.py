@@ -12,7 +12,8 @@ Runs go to a local pool of `--workers` processes, or to a Ray cluster with `--ra
 (every Ray node needs memrl installed and the study dir on a shared filesystem). A study split
 across machines (or sessions whose run dirs are gone) is aggregated whole with `--earlier-runs
 <output dir>/runs.csv`: a run with no finished run dir here is taken from that file and the
-`curves.csv` beside it.
+`curves.csv` beside it. A curriculum trains one env first, then the others with `--init-from-env <that env>`:
+each of their new runs starts from the weights of its own run (same agent, backbone and seed) on that env.
 
 Then, per env x agent x backbone, over the seeds: final eval success and return, sample
 efficiency (area under the training success-rate curve over [0, steps], divided by the
@@ -124,12 +125,31 @@ def status_counts(statuses: list[str]) -> str:
     return counts + (f", {statuses.count('earlier')} from --earlier-runs" if "earlier" in statuses else "")
 
 
-def train_agent_arguments(run: GridRun, train_args: list[str], resume: bool) -> list[str]:
+def curriculum_source(run: GridRun, env: str) -> Path:
+    """The run dir of the same agent, backbone and seed on `env` in the same study dir."""
+    return run.run_dir.parents[2] / env.replace("/", "_") / run.label / run.run_dir.name
+
+
+def train_agent_arguments(run: GridRun, train_args: list[str], resume: bool, init_from_env: str | None = None
+                          ) -> list[str]:
     """The train-agent flags of one run (on --resume train-agent reads the config from the
-    checkpoint and honours only --total-steps)."""
+    checkpoint and honours only --total-steps); a new run with `init_from_env` starts from the weights
+    of its curriculum source."""
     arguments = ["--agent", run.agent, "--backbone", run.backbone, "--env", run.env, "--seed", str(run.seed),
                  "--run-dir", str(run.run_dir), "--quiet", *train_args]
-    return [*arguments, "--resume"] if resume else arguments
+    if resume:
+        return [*arguments, "--resume"]
+    return [*arguments, "--init-from", str(curriculum_source(run, init_from_env))] if init_from_env else arguments
+
+
+def check_curriculum_sources(runs: list[GridRun], init_from_env: str) -> None:
+    """Refuse, in one sentence, a study whose new runs would start from a run on `init_from_env` that has not
+    finished."""
+    for run in runs:
+        source = curriculum_source(run, init_from_env)
+        if run_status(run.run_dir) == "new" and not (source / "eval.json").exists():
+            raise UsageError(f"--init-from-env {init_from_env}: {source} is not a finished run (no eval.json); "
+                             f"train {init_from_env} with the same agents, backbones and seeds in this study dir first")
 
 
 def execute(arguments: list[str], log_path: str, torch_threads: int) -> tuple[int, float]:
@@ -163,13 +183,14 @@ def report(position: int, total: int, run: GridRun, returncode: int, seconds: fl
 
 
 def run_grid(runs: list[GridRun], train_args: list[str], workers: int, torch_threads: int,
-             ray_address: str | None = None, ray_gpus_per_run: float = 0.0) -> int:
-    """Train every run that is not done (resuming those with a checkpoint); returns the number that failed."""
+             ray_address: str | None = None, ray_gpus_per_run: float = 0.0, init_from_env: str | None = None) -> int:
+    """Train every run that is not done (resuming those with a checkpoint; a new one from its run on
+    `init_from_env` when given); returns the number that failed."""
     jobs = []
     for run in runs:
         status = run_status(run.run_dir)
         if status != "done":
-            arguments = train_agent_arguments(run, train_args, resume=status == "resume")
+            arguments = train_agent_arguments(run, train_args, resume=status == "resume", init_from_env=init_from_env)
             jobs.append((run, arguments, str(run.run_dir / "train.log")))
     if ray_address is not None:
         finished = _finish_with_ray(jobs, torch_threads, ray_gpus_per_run, ray_address)
@@ -702,6 +723,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="any other train-agent setting for every run, e.g. num_envs=16 (repeatable)")
     parser.add_argument("--dry-run", action="store_true", help="print the grid with each run's status and exit")
     parser.add_argument("--aggregate-only", action="store_true", help="skip training; aggregate the finished runs")
+    parser.add_argument("--init-from-env", default=None, metavar="ENV",
+                        help="a curriculum: start every new run from the weights of the finished run of the same "
+                             "agent, backbone and seed on ENV in --study-dir (train-agent --init-from), e.g. the "
+                             "passive T-maze at L = 100, then at L = 500; ENV is trained first, by its own "
+                             "compare-backbones call")
     parser.add_argument("--earlier-runs", type=Path, default=None,
                         help="the runs.csv of an earlier output dir (its curves.csv beside it): a run with no "
                              "finished run dir under --study-dir is aggregated from there (a study split across machines)")
@@ -762,6 +788,9 @@ def validate_study(args: argparse.Namespace, backbones: list[str], train_args: l
             raise UsageError(f"--{name.replace('_', '-')} must be 1 or more, got {getattr(args, name)}")
     if args.ray_gpus_per_run < 0:
         raise UsageError(f"--ray-gpus-per-run must be 0 or more, got {args.ray_gpus_per_run}")
+    if args.init_from_env is not None and args.init_from_env in args.envs:
+        raise UsageError(f"--init-from-env {args.init_from_env} is also in --envs; train it first, by its own "
+                         "compare-backbones call, then start the other envs from it")
     train_parser = build_train_parser()
     train_parser.exit_on_error = False
     for agent in args.agents:
@@ -804,7 +833,10 @@ def main(argv: list[str] | None = None) -> int:
               f"{args.torch_threads} torch thread(s) each", flush=True)
         to_train = [run for run, status in zip(runs, statuses) if status != "earlier"]
         try:
-            failures = run_grid(to_train, train_args, workers, args.torch_threads, args.ray_address, args.ray_gpus_per_run)
+            if args.init_from_env is not None:
+                check_curriculum_sources(to_train, args.init_from_env)
+            failures = run_grid(to_train, train_args, workers, args.torch_threads, args.ray_address,
+                                args.ray_gpus_per_run, args.init_from_env)
         except (UsageError, ArtifactError) as error:
             parser.exit(2, f"compare-backbones: error: {error}\n")
         except KeyboardInterrupt:

@@ -139,6 +139,41 @@ def test_mmer_matrix_shows_each_env_and_averages_normalised_mmer_only_for_backbo
     assert not any("averaged over" in line for line in mmer_markdown(rows[:2], records[:2]))
 
 
+def test_a_curriculum_starts_each_new_run_from_its_own_run_on_the_earlier_env(tmp_path, monkeypatch):
+    runs = build_grid(["dagger"], ["s5", "gru"], ["tmaze-passive-l500"], 2, tmp_path)
+    runs[0].run_dir.mkdir(parents=True)
+    (runs[0].run_dir / "checkpoint.pt").write_bytes(b"")
+    calls = []
+
+    def fake_execute(arguments, log_path, torch_threads):
+        calls.append(arguments)
+        return 1, 1.0
+
+    monkeypatch.setattr(compare_backbones, "execute", fake_execute)
+    run_grid(runs, [], workers=1, torch_threads=1, init_from_env="memory-retention")
+    by_run = {(call[call.index("--backbone") + 1], call[call.index("--seed") + 1]): call for call in calls}
+    assert "--resume" in by_run["s5", "1"] and "--init-from" not in by_run["s5", "1"]
+    for backbone, seed in [("s5", "2"), ("gru", "1"), ("gru", "2")]:
+        call = by_run[backbone, seed]
+        assert call[call.index("--init-from") + 1] == str(tmp_path / "memory-retention" / f"dagger__{backbone}"
+                                                          / f"seed{seed}")
+
+
+def test_a_curriculum_whose_earlier_runs_are_unfinished_is_refused_in_one_sentence(tmp_path, capsys):
+    study = tmp_path / "study"
+    finished = study / "memory-retention" / "dagger__s5" / "seed1"
+    finished.mkdir(parents=True)
+    (finished / "eval.json").write_text("{}")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--agents", "dagger", "--backbones", "s5", "--envs", "tmaze-passive-l500", "--seeds", "2",
+              "--init-from-env", "memory-retention", "--study-dir", str(study)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"{study / 'memory-retention' / 'dagger__s5' / 'seed2'} is not a finished run (no eval.json)" in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (study / "tmaze-passive-l500").exists()
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -150,8 +185,10 @@ def test_mmer_matrix_shows_each_env_and_averages_normalised_mmer_only_for_backbo
         (["--train-arg", "no_such_setting=1"], "must be KEY=VALUE with KEY a train-agent setting"),
         (["--train-arg", "num_envs=6", "--train-arg", "num_minibatches=4"], "must be divisible by --num-minibatches"),
         (["--eval-episodes", "0"], "--eval-episodes must be 1 or more"),
+        (["--envs", "memory-retention", "--init-from-env", "memory-retention"], "is also in --envs; train it first"),
     ],
-    ids=["backbone", "env", "agent", "seeds", "grid-setting", "unknown-setting", "train-agent-check", "no-eval"],
+    ids=["backbone", "env", "agent", "seeds", "grid-setting", "unknown-setting", "train-agent-check", "no-eval",
+         "curriculum-in-grid"],
 )
 def test_bad_input_is_one_sentence_and_exit_code_2(tmp_path, capsys, args, message):
     with pytest.raises(SystemExit) as exit_info:
