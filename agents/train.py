@@ -147,8 +147,9 @@ PRESETS: dict[str, dict] = {
                               "learning_rate": 3e-3, "num_minibatches": 1, "update_epochs": 8},
     # The passive T-maze (Ni et al.) at L = 100, PPO's memory-retention network and windows (one window = one
     # episode), with the loss summed over each window: the one turn per episode is what the student must learn.
-    # s5 imitates the oracle perfectly by about 150 of its 372 updates; with the per-step average it stays at chance
-    # (benchmarks/studies/tmaze-passive-l500/README.md). For longer corridors set --num-steps L + 1.
+    # s5 imitates the oracle perfectly from update 145 (seed 1) or 52 (seed 2) of 372, lru from 26; with the per-step
+    # average s5 stays at chance (benchmarks/studies/tmaze-passive-l500/README.md). For L = 500, fine-tune such a
+    # student (--init-from) with --num-steps 501: from scratch it does not learn the turn there.
     "dagger:memory-retention": {"total_steps": 1_200_000, "num_envs": 32, "num_steps": 101, "hidden_dim": 64,
                                 "learning_rate": 1e-3, "num_minibatches": 2, "sum_loss_over_time": True},
     "dagger:smoke": {"total_steps": 2_048, "num_envs": 8, "num_steps": 32, "hidden_dim": 16, "num_minibatches": 2,
