@@ -95,10 +95,15 @@ class GridRun:
         return f"{self.agent}__{self.backbone}"
 
 
+def grid_run_dir(study_dir: Path, env: str, agent: str, backbone: str, seed: int) -> Path:
+    """`<study-dir>/<env>/<agent>__<backbone>/seed<k>`."""
+    return study_dir / env.replace("/", "_") / f"{agent}__{backbone}" / f"seed{seed}"
+
+
 def build_grid(agents: list[str], backbones: list[str], envs: list[str], seeds: int, study_dir: Path) -> list[GridRun]:
     """Every env x agent x backbone x seed (seeds 1..`seeds`), in that nesting order."""
     return [
-        GridRun(env, agent, backbone, seed, study_dir / env.replace("/", "_") / f"{agent}__{backbone}" / f"seed{seed}")
+        GridRun(env, agent, backbone, seed, grid_run_dir(study_dir, env, agent, backbone, seed))
         for env in envs for agent in agents for backbone in backbones for seed in range(1, seeds + 1)
     ]
 
@@ -127,7 +132,7 @@ def status_counts(statuses: list[str]) -> str:
 
 def curriculum_source(run: GridRun, env: str) -> Path:
     """The run dir of the same agent, backbone and seed on `env` in the same study dir."""
-    return run.run_dir.parents[2] / env.replace("/", "_") / run.label / run.run_dir.name
+    return grid_run_dir(run.run_dir.parents[2], env, run.agent, run.backbone, run.seed)
 
 
 def train_agent_arguments(run: GridRun, train_args: list[str], resume: bool, init_from_env: str | None = None
