@@ -11,7 +11,8 @@ An env may come from one study only (two budgets of one env are two studies' bus
 
 Writes into `--output-dir`, each atomically: `summary.csv` (one row per env x agent x backbone: the metric,
 its mean over seeds, the seeds, the env steps, the study it came from), `summary.md` (a table with a row per
-backbone and a column per env, the env's metric, steps and seeds in the header) and, with matplotlib installed,
+backbone and a column per env, the env's metric, steps and seeds in the header, and its agent when the envs were
+trained by different agents; a row per agent and backbone only when one env holds several) and, with matplotlib installed,
 `summary.png` (the same grid as a heatmap). Each `--readme FILE` gets the same table written in place of
 whatever stands between its two marker lines (TABLE_START, TABLE_END), so that a README's copy cannot drift
 from the results; every file is checked before anything is written.
@@ -82,10 +83,21 @@ def collect(studies: list[Path]) -> list[dict]:
     return rows
 
 
+def agent_in_header(rows: list[dict]) -> bool:
+    """Whether the columns name their agent: true when the studies use several agents but each env only one
+    (e.g. PPO cells beside a DAgger cell), so that rows stay one per backbone."""
+    agents_of_env: dict[str, set[str]] = {}
+    for row in rows:
+        agents_of_env.setdefault(row["env"], set()).add(row["agent"])
+    return len({row["agent"] for row in rows}) > 1 and all(len(agents) == 1 for agents in agents_of_env.values())
+
+
 def summary_markdown(rows: list[dict]) -> str:
-    """Backbones as rows, envs as columns (metric, steps and seeds in the header)."""
+    """Backbones as rows, envs as columns (metric, steps and seeds in the header, and the agent when the
+    columns differ in it); rows are agent + backbone only when one env holds several agents."""
     envs = list(dict.fromkeys(row["env"] for row in rows))
-    several_agents = len({row["agent"] for row in rows}) > 1
+    named_agents = agent_in_header(rows)
+    several_agents = len({row["agent"] for row in rows}) > 1 and not named_agents
     labels = list(dict.fromkeys(row_label(row, several_agents) for row in rows))
     cell = {(row_label(row, several_agents), row["env"]): row for row in rows}
     header = ["backbone"]
@@ -93,7 +105,8 @@ def summary_markdown(rows: list[dict]) -> str:
         env_rows = [row for row in rows if row["env"] == env]
         fewest, most = min(row["seeds"] for row in env_rows), max(row["seeds"] for row in env_rows)
         seeds = f"{most} seed{'s' if most > 1 else ''}" if fewest == most else f"{fewest}-{most} seeds"
-        header.append(f"{env}<br>{env_rows[0]['metric']}, {env_rows[0]['global_step']:,.0f} steps, {seeds}")
+        agent = f"{env_rows[0]['agent']}, " if named_agents else ""
+        header.append(f"{env}<br>{agent}{env_rows[0]['metric']}, {env_rows[0]['global_step']:,.0f} steps, {seeds}")
     lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * len(envs)]
     for label in labels:
         values = []
@@ -132,7 +145,11 @@ def write_summary(rows: list[dict], output_dir: Path, readmes: dict[Path, str]) 
         write_atomically(path, with_table(text, table).encode())
         written.append(path)
     if importlib.util.find_spec("matplotlib") is not None:
-        heatmap_rows = [{**row, "env": f"{row['env']}\n({row['metric']})"} for row in rows]
+        if agent_in_header(rows):
+            heatmap_rows = [{**row, "env": f"{row['env']}\n({row['agent']}, {row['metric']})", "agent": ""}
+                            for row in rows]
+        else:
+            heatmap_rows = [{**row, "env": f"{row['env']}\n({row['metric']})"} for row in rows]
         plot_heatmap(heatmap_rows, output_dir / "summary.png", "score", "mean over seeds")
         written.append(output_dir / "summary.png")
     return written

@@ -52,6 +52,25 @@ def test_each_env_is_scored_by_its_fields_metric_in_one_row_per_backbone(two_stu
     assert (out / "summary.png").exists() == (importlib.util.find_spec("matplotlib") is not None)
 
 
+def test_columns_name_their_agent_when_envs_differ_in_it_and_rows_do_when_one_env_holds_two(two_studies, tmp_path):
+    maze, _ = two_studies
+    dagger = tmp_path / "dagger"
+    write_results(dagger, [("tmaze-passive-l500", "dagger", "s5", 3, 1.0, 1.0, 300576)])
+    assert main([str(maze), str(dagger), "--output-dir", str(tmp_path / "out")]) == 0
+    table = (tmp_path / "out" / "summary.md").read_text().splitlines()
+    assert "endless-tmaze-fixed-l10-n3<br>ppo, success, 303,104 steps" in table[0]
+    assert "tmaze-passive-l500<br>dagger, success, 300,576 steps" in table[0]
+    assert table[2:] == ["| `s5` | 1.000 | 1.000 |", "| `gru` | 0.125 | — |"]
+    both = tmp_path / "both"
+    write_results(both, [("tmaze-passive-l500", "dagger", "s5", 3, 1.0, 1.0, 300576),
+                         ("tmaze-passive-l500", "ppo", "s5", 3, 0.0, 0.5, 300576)])
+    assert main([str(maze), str(both), "--output-dir", str(tmp_path / "out2")]) == 0
+    table = (tmp_path / "out2" / "summary.md").read_text().splitlines()
+    assert "<br>success, 300,576 steps" in table[0] and "dagger," not in table[0]
+    assert table[2:] == ["| `ppo + s5` | 1.000 | 0.000 |", "| `ppo + gru` | 0.125 | — |",
+                         "| `dagger + s5` | — | 1.000 |"]
+
+
 def test_readme_gets_the_table_between_its_markers_and_nothing_else_changes(two_studies, tmp_path):
     maze, popgym = two_studies
     readme = tmp_path / "README.md"
