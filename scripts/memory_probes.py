@@ -3,13 +3,15 @@
     python -m scripts.memory_probes runs/memory-retention__ppo__*__1__* --out-dir probes/retention
     python -m scripts.memory_probes runs/memory-rewrite__ppo__s5__1__* runs/memory-rewrite__ppo__gru__1__* \
         --out-dir probes/rewrite --episodes 1024
+    python -m scripts.memory_probes runs/popgym-repeat-previous-medium__ppo__s4__1__* --out-dir probes/rp --k-step 4
 
-For each `train-agent` run dir (PPO or Dreamer, on a T-maze or an Endless T-Maze) the agent is
-rebuilt from `checkpoint.pt` and plays `--episodes` episodes greedily in one batched env (each
-env's first episode counts). After the agent reads observation t, its recurrent state (every
-tensor of the state dict flattened into one feature vector, complex as real and imaginary
-parts) is recorded with ground-truth labels read from the env (`memory_labels()`: the current
-corridor's cue and index; never part of an observation). A probe is a logistic regression
+For each `train-agent` run dir (PPO or Dreamer, on a T-maze, an Endless T-Maze or a POPGym card
+sequence: RepeatPrevious, RepeatFirst) the agent is rebuilt from `checkpoint.pt` and plays
+`--episodes` episodes greedily in one batched env (each env's first episode counts). After the
+agent reads observation t, its recurrent state (every tensor of the state dict flattened into one
+feature vector, complex as real and imaginary parts) is recorded with ground-truth labels read
+from the env (`memory_labels()`: the current corridor's cue and index; never part of an
+observation). A probe is a logistic regression
 (full-batch L-BFGS, L2, standardised features) fitted on the first `--train-fraction` of the
 episodes and scored on the others; its L2 coefficient is the one of `--l2` that does best on the
 last quarter of the train episodes. Probes, for k = 0 .. `--max-k` (default the corridor length):
@@ -24,11 +26,17 @@ last quarter of the train episodes. Probes, for k = 0 .. `--max-k` (default the 
   probe also reads the cues 2 .. D corridors back (column `corridors_back`; rows need a corridor
   index >= that depth): how many rewrites an old cue survives.
 
+On the card sequences every step shows a new cue (the card's suit, 4 classes, chance 1/4): the
+retention probe at k reads the suit shown k steps ago, for k = 0 .. `--max-k` (default 2 (k_env - 1)
+on RepeatPrevious, twice the lag its answer needs, so that suits no longer needed show whether they
+are dropped; the episode length on RepeatFirst). Every probe reads the same states: those after
+step t = max-k, max-k + `--record-every`, .. of each episode (earlier steps lack the older suits).
+
 Writes `probes.csv`, `probes.json` (rows plus per-run details) and `probes.png` (accuracy vs k,
 chance drawn, one line per run labelled by its backbone; with a depth above 1 also accuracy vs
 corridors back at k = 0) into `--out-dir`, each atomically.
-Cues are uniform over left/right, so chance is 1/2; each row also reports the majority baseline
-(the train split's most frequent cue scored on the test split), which a small or lopsided cell can raise.
+T-maze cues are uniform over left/right, so chance is 1/2 (1/4 for suits); each row also reports the majority
+baseline (the train split's most frequent cue scored on the test split), which a small or lopsided cell can raise.
 """
 
 from __future__ import annotations
@@ -47,13 +55,17 @@ import torch.nn.functional as F
 from agents.run import ArtifactError, checkpoint_path, read_json, write_atomically, write_json
 from agents.train import load_trained_agent, make_training_env
 from envs.endless_tmaze import EndlessTMaze
+from envs.popgym import SUITS, RepeatFirst, RepeatPrevious
 from envs.registry import presets
 from envs.tmaze import PassiveTMaze, TMaze
 
 NUM_CUES = 2
 CHANCE = 1.0 / NUM_CUES
 LEGEND_COLUMNS = 3
-PROBED_TASKS = (TMaze, PassiveTMaze, EndlessTMaze)
+CUE_TASKS = (TMaze, PassiveTMaze, EndlessTMaze)
+SEQUENCE_TASKS = (RepeatPrevious, RepeatFirst)
+"""Tasks whose observation is the one-hot suit of the card shown: every step shows a new cue."""
+PROBED_TASKS = CUE_TASKS + SEQUENCE_TASKS
 COLUMNS = ("label", "backbone", "agent", "env", "run_dir", "probe", "corridors_back", "k", "accuracy",
            "train_accuracy", "l2", "train_samples", "test_samples", "chance", "majority_baseline")
 
@@ -144,6 +156,55 @@ def record_rollout(agent, env, max_k: int, depth: int = 1) -> Recording:
     return Recording(**columns, success_rate=successes.float().mean().item())
 
 
+@dataclass
+class SequenceRecording:
+    """The states after step t = max_k, max_k + record_every, .. of each env's first episode (on the CPU).
+
+    features [M, F]; episode [M] (the env index); step [M] (t); shown [M, max_k + 1], column k the
+    symbol the observation showed k steps before (column 0: the one just read).
+    """
+
+    features: torch.Tensor
+    episode: torch.Tensor
+    step: torch.Tensor
+    shown: torch.Tensor
+    success_rate: float
+
+
+@torch.no_grad()
+def record_sequence_rollout(agent, env, max_k: int, record_every: int) -> SequenceRecording:
+    """Play one episode in every env of `env` greedily; the symbol shown is the argmax of the one-hot
+    observation. Steps before max_k are played but not recorded (they lack the older symbols)."""
+    obs, info = env.reset()
+    is_first = info["is_first"]
+    history = torch.zeros(env.num_envs, max_k + 1, dtype=torch.int64, device=env.device)
+    episode = torch.arange(env.num_envs, device=env.device)
+    step = torch.zeros(env.num_envs, dtype=torch.int64, device=env.device)
+    finished = torch.zeros(env.num_envs, dtype=torch.bool, device=env.device)
+    successes = torch.zeros(env.num_envs, dtype=torch.bool, device=env.device)
+    state = agent.initial_state(env.num_envs, env.device)
+    rows: list[dict[str, torch.Tensor]] = []
+    while not bool(finished.all()):
+        history = torch.cat([obs.argmax(1, keepdim=True), history[:, :-1]], dim=1)
+        action, state = agent.act(obs, state, is_first, deterministic=True)
+        keep = ~finished & (step >= max_k) & ((step - max_k) % record_every == 0)
+        if bool(keep.any()):
+            keep = keep.cpu()
+            rows.append({name: value.cpu()[keep] for name, value in (
+                ("features", state_features(state, env.num_envs)), ("episode", episode), ("step", step),
+                ("shown", history))})
+        obs, _, _, _, info = env.step(action)
+        successes |= info["success"] & ~finished
+        finished |= info["episode_done"]
+        is_first = info["is_first"]
+        step += 1
+    if not rows:
+        raise UsageError(f"--max-k {max_k} is not below the episode length: no step has the suit "
+                         f"{max_k} steps back")
+    columns = {name: torch.cat([row[name] for row in rows]) for name in rows[0]}
+    return SequenceRecording(**columns, success_rate=successes.float().mean().item())
+
+
 def train_probe(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor,
                 test_labels: torch.Tensor, num_classes: int = NUM_CUES, l2: float = 1e-3,
                 iterations: int = 200) -> tuple[float, float]:
@@ -175,9 +236,11 @@ def train_probe(train_features: torch.Tensor, train_labels: torch.Tensor, test_f
     return test_accuracy, train_accuracy
 
 
-def choose_l2(features: torch.Tensor, labels: torch.Tensor, episode: torch.Tensor, l2_grid: list[float]) -> float:
+def choose_l2(features: torch.Tensor, labels: torch.Tensor, episode: torch.Tensor, l2_grid: list[float],
+              num_classes: int = NUM_CUES) -> float:
     """The L2 coefficient of `l2_grid` whose probe, fitted on the first 3/4 of these (train) episodes, is
-    most accurate on the last 1/4; ties go to the stronger penalty. One value, or one episode: that value."""
+    most accurate on the last 1/4; ties go to the stronger penalty. One value, or one episode: that value.
+    Labels are 0 .. num_classes - 1."""
     episodes = episode.unique()
     grid = sorted(l2_grid, reverse=True)
     if len(grid) == 1 or len(episodes) < 2:
@@ -185,7 +248,7 @@ def choose_l2(features: torch.Tensor, labels: torch.Tensor, episode: torch.Tenso
     fit = episode < episodes[max(1, len(episodes) * 3 // 4)]
     best_l2, best_accuracy = grid[0], -1.0
     for l2 in grid:
-        accuracy, _ = train_probe(features[fit], labels[fit], features[~fit], labels[~fit], l2=l2)
+        accuracy, _ = train_probe(features[fit], labels[fit], features[~fit], labels[~fit], num_classes, l2=l2)
         if accuracy > best_accuracy:
             best_l2, best_accuracy = l2, accuracy
     return best_l2
@@ -196,6 +259,17 @@ def majority_baseline(train_labels: torch.Tensor, test_labels: torch.Tensor) -> 
     with no information scores (above 1/2 when a (probe, k) cell holds mostly one cue)."""
     majority = torch.bincount(train_labels.long(), minlength=NUM_CUES).argmax()
     return float((test_labels.long() == majority).float().mean())
+
+
+def fitted_row(features: torch.Tensor, labels: torch.Tensor, episode: torch.Tensor, train: torch.Tensor,
+               test: torch.Tensor, l2_grid: list[float], num_classes: int) -> dict:
+    """One probe: its L2 chosen on the `train` rows, fitted there, scored on the `test` rows."""
+    l2 = choose_l2(features[train], labels[train], episode[train], l2_grid, num_classes)
+    accuracy, train_accuracy = train_probe(features[train], labels[train], features[test], labels[test],
+                                           num_classes, l2=l2)
+    return {"accuracy": accuracy, "train_accuracy": train_accuracy, "l2": l2, "train_samples": int(train.sum()),
+            "test_samples": int(test.sum()), "chance": 1.0 / num_classes,
+            "majority_baseline": majority_baseline(labels[train], labels[test])}
 
 
 def probed_ks(max_k: int, k_step: int) -> list[int]:
@@ -220,17 +294,28 @@ def probe_rows(recording: Recording, train_episodes: int, ks: list[int], l2_grid
             train, test = selected & in_train, selected & ~in_train
             if not (bool(train.any()) and bool(test.any())):
                 continue
-            l2 = choose_l2(recording.features[train], labels[train], recording.episode[train], l2_grid)
-            accuracy, train_accuracy = train_probe(recording.features[train], labels[train],
-                                                   recording.features[test], labels[test], l2=l2)
-            rows.append({"probe": probe, "corridors_back": corridors_back, "k": k, "accuracy": accuracy,
-                         "train_accuracy": train_accuracy, "l2": l2, "train_samples": int(train.sum()),
-                         "test_samples": int(test.sum()), "chance": CHANCE,
-                         "majority_baseline": majority_baseline(labels[train], labels[test])})
+            rows.append({"probe": probe, "corridors_back": corridors_back, "k": k,
+                         **fitted_row(recording.features, labels, recording.episode, train, test, l2_grid, NUM_CUES)})
     return rows
 
 
-def corridor_length(env) -> int:
+def sequence_probe_rows(recording: SequenceRecording, train_episodes: int, ks: list[int],
+                        l2_grid: list[float]) -> list[dict]:
+    """The retention probe at every k of `ks` (the suit shown k steps ago), each on every recorded state:
+    episodes < train_episodes train, the rest test."""
+    train = recording.episode < train_episodes
+    return [{"probe": "retention", "corridors_back": 0, "k": k,
+             **fitted_row(recording.features, recording.shown[:, k], recording.episode, train, ~train, l2_grid, SUITS)}
+            for k in ks]
+
+
+def default_max_k(env) -> int:
+    """The corridor length on the T-mazes; on RepeatPrevious twice the answer's lag k - 1; on RepeatFirst
+    the last step."""
+    if isinstance(env, RepeatPrevious):
+        return 2 * (env.k - 1)
+    if isinstance(env, RepeatFirst):
+        return env.max_episode_steps - 1
     return env.max_length if isinstance(env, EndlessTMaze) else env.corridor_length
 
 
@@ -245,8 +330,9 @@ def read_run(run_dir: Path) -> dict:
     env_name, backbone, agent = run["env"], run["backbone"], run["agent"]
     if env_name not in presets() or presets()[env_name][0] not in PROBED_TASKS:
         raise UsageError(
-            f"run {run_dir} was trained on {env_name!r}; memory probes need a T-maze or Endless T-Maze run "
-            "(memory-retention, memory-rewrite, tmaze*, endless-tmaze*)"
+            f"run {run_dir} was trained on {env_name!r}; memory probes need a T-maze, Endless T-Maze or POPGym "
+            "RepeatPrevious/RepeatFirst run (memory-retention, memory-rewrite, tmaze*, endless-tmaze*, "
+            "popgym-repeat-previous-*, popgym-repeat-first-*)"
         )
     return {"run_dir": str(run_dir), "env": env_name, "backbone": backbone, "agent": agent}
 
@@ -276,6 +362,7 @@ def plot(rows: list[dict], labels: list[str], title: str) -> bytes:
     import matplotlib.pyplot as plt
 
     rows = informative_rows(rows)
+    chance = rows[0]["chance"] if rows else CHANCE
     has_rewrite = any(row["probe"] != "retention" for row in rows)
     deepest = max((row["corridors_back"] for row in rows), default=0)
     panels = [("retention: cue shown k steps ago", "k (steps since the cue)", (("retention", "-"),))]
@@ -310,7 +397,7 @@ def plot(rows: list[dict], labels: list[str], title: str) -> bytes:
                     axis.plot(ks, accuracies, style, marker=markers[index % len(markers)], markersize=4,
                               color=colours[index % len(colours)], label=name,
                               fillstyle="none" if probe == "superseded" else "full")
-        axis.axhline(CHANCE, color="grey", linestyle=":", label="chance")
+        axis.axhline(chance, color="grey", linestyle=":", label="chance")
         axis.set(title=panel_title, xlabel=x_label, ylabel="held-out probe accuracy", ylim=(-0.02, 1.05))
         legend_axis = figure.add_subplot(grid[1, column])
         legend_axis.axis("off")
@@ -340,9 +427,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out-dir", type=Path, default=Path("probes"), help="where probes.csv/json/png go")
     parser.add_argument("--episodes", type=int, default=512, help="greedy episodes recorded per run")
     parser.add_argument("--train-fraction", type=float, default=0.75, help="share of the episodes the probes fit on")
-    parser.add_argument("--max-k", type=int, default=None, help="largest k probed; None means the corridor length")
+    parser.add_argument("--max-k", type=int, default=None,
+                        help="largest k probed; None means the corridor length (T-mazes), twice the answer's lag "
+                             "(RepeatPrevious) or the last step (RepeatFirst)")
     parser.add_argument("--k-step", type=int, default=1,
                         help="probe every k-step-th k from 0 (and max-k itself): fewer fits on long corridors")
+    parser.add_argument("--record-every", type=int, default=8,
+                        help="card sequences: record the state every this many steps from step max-k on")
     parser.add_argument("--superseded-depth", type=int, default=1,
                         help="Endless T-Maze: probe the cues of up to this many earlier corridors "
                              "(1: the previous one)")
@@ -368,6 +459,8 @@ def run_probes(args: argparse.Namespace) -> dict:
         raise UsageError(f"--max-k must be 0 or more, got {args.max_k}")
     if args.k_step < 1:
         raise UsageError(f"--k-step must be 1 or more, got {args.k_step}")
+    if args.record_every < 1:
+        raise UsageError(f"--record-every must be 1 or more, got {args.record_every}")
     if args.superseded_depth < 1:
         raise UsageError(f"--superseded-depth must be 1 or more, got {args.superseded_depth}")
     if min(args.l2) < 0:
@@ -389,18 +482,25 @@ def run_probes(args: argparse.Namespace) -> dict:
     for run, label in zip(runs, legend_labels(runs)):
         agent, _ = load_trained_agent(Path(run["run_dir"]), device)
         env = make_training_env(run["env"], args.episodes, device, args.seed)
-        max_k = corridor_length(env) if args.max_k is None else args.max_k
-        recording = record_rollout(agent, env, max_k, args.superseded_depth)
+        max_k = default_max_k(env) if args.max_k is None else args.max_k
+        ks = probed_ks(max_k, args.k_step)
+        if isinstance(env, SEQUENCE_TASKS):
+            recording = record_sequence_rollout(agent, env, max_k, args.record_every)
+            fitted = sequence_probe_rows(recording, train_episodes, ks, args.l2)
+        else:
+            recording = record_rollout(agent, env, max_k, args.superseded_depth)
+            fitted = probe_rows(recording, train_episodes, ks, args.l2)
         run.update(label=label, feature_dim=recording.features.shape[1], max_k=max_k,
                    rollout_success_rate=recording.success_rate)
-        for row in probe_rows(recording, train_episodes, probed_ks(max_k, args.k_step), args.l2):
+        for row in fitted:
             rows.append({"label": label, "backbone": run["backbone"], "agent": run["agent"], "env": run["env"],
                          "run_dir": run["run_dir"], **row})
         print(f"memory_probes: {label}: {len(recording.episode)} recorded steps, "
               f"{recording.features.shape[1]} state features, greedy success {recording.success_rate:.2f}",
               file=sys.stderr)
     settings = {"episodes": args.episodes, "train_episodes": train_episodes, "l2_grid": args.l2, "seed": args.seed,
-                "superseded_depth": args.superseded_depth, "chance": CHANCE}
+                "superseded_depth": args.superseded_depth, "record_every": args.record_every,
+                "chance": 1.0 / SUITS if issubclass(tasks[0][0], SEQUENCE_TASKS) else CHANCE}
     args.out_dir.mkdir(parents=True, exist_ok=True)
     write_atomically(args.out_dir / "probes.csv", csv_bytes(rows))
     write_json(args.out_dir / "probes.json", {"settings": settings, "runs": runs, "probes": rows})

@@ -9,12 +9,16 @@ import sys
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from envs.endless_tmaze import FORWARD, RIGHT, EndlessTMaze
+from envs.popgym import RepeatFirst, RepeatPrevious
 from envs.tmaze import LEFT, TMaze
 from scripts.memory_probes import (
     COLUMNS,
     Recording,
+    SequenceRecording,
+    UsageError,
     choose_l2,
     informative_rows,
     main,
@@ -22,6 +26,8 @@ from scripts.memory_probes import (
     plot,
     probe_rows,
     record_rollout,
+    record_sequence_rollout,
+    sequence_probe_rows,
     state_features,
     train_probe,
 )
@@ -82,6 +88,8 @@ def test_state_features_flatten_nested_complex_and_mask_entries():
 
 WRONG_TURN = -1
 """A scripted action: the turn away from the env's current cue."""
+WRONG_SUIT = -2
+"""A scripted action on a card game: the suit after the oracle's answer."""
 
 
 class ScriptedAgent:
@@ -100,7 +108,11 @@ class ScriptedAgent:
         for index, script in enumerate(self.scripts):
             if self.steps < len(script):
                 scripted = script[self.steps]
-                action[index] = RIGHT - self.env.cue[index] if scripted == WRONG_TURN else scripted
+                if scripted == WRONG_TURN:
+                    scripted = RIGHT - self.env.cue[index]
+                elif scripted == WRONG_SUIT:
+                    scripted = (action[index] + 1) % 4
+                action[index] = scripted
         self.steps += 1
         return action, {"count": state["count"] + 1, "obs": obs.clone()}
 
@@ -172,16 +184,59 @@ def test_superseded_probes_read_each_earlier_corridor_only_where_the_episode_has
     assert plot(labelled, ["synthetic"], "three panels").startswith(b"\x89PNG")
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("probes") / "tmaze-gru"
+@pytest.mark.parametrize("env_class, options", [(RepeatPrevious, {"k": 4}), (RepeatFirst, {})])
+def test_sequence_labels_are_the_suits_shown_k_steps_back_from_max_k_on(env_class, options):
+    env = env_class(num_envs=3, seed=6, **options)
+    agent = ScriptedAgent(env, [[], [WRONG_SUIT] * 5, [1, WRONG_SUIT, 0, WRONG_SUIT, 2]])  # then the oracle's
+    recording = record_sequence_rollout(agent, env, max_k=5, record_every=1)
+    length = env.max_episode_steps
+    for episode in range(3):
+        keep = recording.episode == episode
+        count = recording.features[keep, 0].long()
+        shown_now = recording.features[keep, 1:].argmax(1)  # the agent's state holds the observation it read
+        shown = recording.shown[keep]
+        assert recording.step[keep].tolist() == list(range(5, length)) and count.tolist() == list(range(6, length + 1))
+        assert shown[:, 0].tolist() == shown_now.tolist()
+        for k in range(1, 6):
+            assert shown[k:, k].tolist() == shown_now[:-k].tolist()  # column k is the row k steps earlier
+    assert recording.success_rate == pytest.approx(1 / 3)  # only the env that never left the oracle succeeds
+    sparse = record_sequence_rollout(ScriptedAgent(env, []), env, max_k=5, record_every=20)
+    assert sorted(set(sparse.step.tolist())) == list(range(5, length, 20))
+    with pytest.raises(UsageError, match="--max-k 60 is not below the episode length"):
+        record_sequence_rollout(ScriptedAgent(env, []), env, max_k=60, record_every=1)
+
+
+def test_sequence_probes_read_the_suits_the_state_holds_and_not_the_others():
+    # 300 episodes, 3 states each; the state holds the suit shown 0 and 1 steps back (one-hot plus noise),
+    # nothing of the one 2 steps back.
+    generator = torch.Generator().manual_seed(7)
+    states = 900
+    shown = torch.randint(4, (states, 3), generator=generator)
+    features = torch.randn(states, 10, generator=generator)
+    features[:, :4] += 4.0 * F.one_hot(shown[:, 0], 4)
+    features[:, 4:8] += 4.0 * F.one_hot(shown[:, 1], 4)
+    recording = SequenceRecording(features=features, episode=torch.arange(300).repeat_interleave(3),
+                                  step=torch.arange(3).repeat(300), shown=shown, success_rate=0.0)
+    rows = sequence_probe_rows(recording, train_episodes=225, ks=[0, 1, 2], l2_grid=[1e-3, 1e-1])
+    assert [(row["probe"], row["k"], row["train_samples"], row["test_samples"]) for row in rows] == [
+        ("retention", k, 675, 225) for k in (0, 1, 2)]
+    assert rows[0]["accuracy"] > 0.97 and rows[1]["accuracy"] > 0.97 and rows[2]["accuracy"] < 0.4
+    assert all(row["chance"] == 0.25 and 0.0 < row["majority_baseline"] < 0.5 for row in rows)
+
+
+def train_tiny(run_dir, env: str):
     result = subprocess.run(
-        [sys.executable, "-m", "agents.train", "--preset", "smoke", "--env", "tmaze", "--backbone", "gru",
+        [sys.executable, "-m", "agents.train", "--preset", "smoke", "--env", env, "--backbone", "gru",
          "--run-dir", str(run_dir), "--total-steps", "1024", "--eval-episodes", "0", "--torch-threads", "1", "--quiet"],
         check=False, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr
     return run_dir
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    return train_tiny(tmp_path_factory.mktemp("probes") / "tmaze-gru", "tmaze")
 
 
 def test_probes_of_a_trained_run_are_written(tiny_run, tmp_path):
@@ -210,6 +265,22 @@ def test_probes_at_every_k_step_th_k_keep_the_junction(tiny_run, tmp_path):
         assert [int(row["k"]) for row in csv.DictReader(handle)] == [0, 4, 8, 10]
 
 
+def test_probes_of_a_repeat_previous_run_read_suits_up_to_twice_the_answers_lag(tmp_path):
+    run_dir = train_tiny(tmp_path / "repeat-previous-gru", "popgym-repeat-previous-easy")
+    out_dir = tmp_path / "out"
+    assert main([str(run_dir), "--out-dir", str(out_dir), "--episodes", "16", "--l2", "1.0", "--k-step", "4",
+                 "--record-every", "10"]) == 0
+    with open(out_dir / "probes.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    # k = 4: the answer's lag is 3, so k runs to 6; states at steps 6, 16, .., 46 of the 51-step episodes.
+    assert [int(row["k"]) for row in rows] == [0, 4, 6]
+    assert all(row["probe"] == "retention" and float(row["chance"]) == 0.25 for row in rows)
+    assert all(int(row["train_samples"]) == 12 * 5 and int(row["test_samples"]) == 4 * 5 for row in rows)
+    report = json.loads((out_dir / "probes.json").read_text())
+    assert report["settings"]["chance"] == 0.25 and report["runs"][0]["max_k"] == 6
+    assert (out_dir / "probes.png").read_bytes().startswith(b"\x89PNG")
+
+
 def fake_run(path, env: str):
     path.mkdir()
     (path / "config.json").write_text(json.dumps({"run": {"env": env, "backbone": "gru", "agent": "ppo"}}))
@@ -219,11 +290,12 @@ def fake_run(path, env: str):
 
 @pytest.mark.parametrize("case, message", [
     ("missing", "does not exist"),
-    ("other-env", "was trained on 'color-cubes'; memory probes need a T-maze or Endless T-Maze run"),
+    ("other-env", "was trained on 'color-cubes'; memory probes need a T-maze, Endless T-Maze or POPGym"),
     ("mixed-tasks", "are on different tasks"),
     ("episodes", "--episodes must be at least 2"),
     ("k-step", "--k-step must be 1 or more, got 0"),
     ("depth", "--superseded-depth must be 1 or more, got 0"),
+    ("record-every", "--record-every must be 1 or more, got 0"),
 ])
 def test_bad_input_is_one_sentence_and_exit_code_2(tmp_path, capsys, case, message):
     arguments = {
@@ -234,6 +306,7 @@ def test_bad_input_is_one_sentence_and_exit_code_2(tmp_path, capsys, case, messa
         "episodes": [str(fake_run(tmp_path / "c", "tmaze")), "--episodes", "1"],
         "k-step": [str(fake_run(tmp_path / "d", "tmaze")), "--k-step", "0"],
         "depth": [str(fake_run(tmp_path / "e", "endless-tmaze")), "--superseded-depth", "0"],
+        "record-every": [str(fake_run(tmp_path / "f", "popgym-repeat-previous-medium")), "--record-every", "0"],
     }[case]
     with pytest.raises(SystemExit) as exit_info:
         main([*arguments, "--out-dir", str(tmp_path / "out")])
