@@ -175,6 +175,9 @@ class SequenceRecording:
 def record_sequence_rollout(agent, env, max_k: int, record_every: int) -> SequenceRecording:
     """Play one episode in every env of `env` greedily; the symbol shown is the argmax of the one-hot
     observation. Steps before max_k are played but not recorded (they lack the older symbols)."""
+    if max_k >= env.max_episode_steps:
+        raise UsageError(f"--max-k {max_k} is not below the episode length: no step has the suit "
+                         f"{max_k} steps back")
     obs, info = env.reset()
     is_first = info["is_first"]
     history = torch.zeros(env.num_envs, max_k + 1, dtype=torch.int64, device=env.device)
@@ -198,9 +201,6 @@ def record_sequence_rollout(agent, env, max_k: int, record_every: int) -> Sequen
         finished |= info["episode_done"]
         is_first = info["is_first"]
         step += 1
-    if not rows:
-        raise UsageError(f"--max-k {max_k} is not below the episode length: no step has the suit "
-                         f"{max_k} steps back")
     columns = {name: torch.cat([row[name] for row in rows]) for name in rows[0]}
     return SequenceRecording(**columns, success_rate=successes.float().mean().item())
 
