@@ -28,8 +28,8 @@ from memory import BACKBONES
 from scripts.bench_backbones import describe_device
 
 
-def measure(backbone: str, device: torch.device, num_envs: int, updates: int) -> dict:
-    preset = PRESETS["memory-rewrite"]
+def measure(backbone: str, device: torch.device, num_envs: int, updates: int, rollout_steps: int) -> dict:
+    preset = dict(PRESETS["memory-rewrite"], num_steps=rollout_steps)
     config = PPOConfig(**{k: v for k, v in preset.items() if k in {f.name for f in dataclasses.fields(PPOConfig)}})
     seed_everything(0)
     env = make_env("memory-rewrite", num_envs=num_envs, device=device, seed=0)
@@ -60,6 +60,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--num-envs", type=int, default=64)
     parser.add_argument("--updates", type=int, default=3, help="timed updates after one warm-up update")
+    parser.add_argument("--rollout-steps", type=int, default=PRESETS["memory-rewrite"]["num_steps"],
+                        help="env steps per env per update (default: the memory-rewrite preset's)")
     parser.add_argument("--backbones", nargs="*", default=sorted(BACKBONES))
     parser.add_argument("--torch-threads", type=int, default=0, help="torch CPU threads (0 keeps the default)")
     parser.add_argument("--output", default=None, help="also write the table to this file (replacing it)")
@@ -67,24 +69,26 @@ def main(argv: list[str] | None = None) -> None:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.exit(2, "bench_ppo: --device cuda was asked for but torch sees no CUDA device\n")
+    if args.rollout_steps < 1:
+        parser.exit(2, f"bench_ppo: --rollout-steps must be at least 1, got {args.rollout_steps}\n")
     if args.torch_threads > 0:
         torch.set_num_threads(args.torch_threads)
     rows = []
     for backbone in args.backbones:
-        row = measure(backbone, device, args.num_envs, args.updates)
+        row = measure(backbone, device, args.num_envs, args.updates, args.rollout_steps)
         rows.append(row)
         print(f"{backbone:>14}: {row['sps']:9,.0f} SPS  rollout {row['rollout_share']:.0%}  "
               f"update {row['update_seconds']:.2f} s", flush=True)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     command = (f"python -m scripts.bench_ppo --device {args.device} --num-envs {args.num_envs} "
-               f"--updates {args.updates} --torch-threads {args.torch_threads}")
+               f"--updates {args.updates} --rollout-steps {args.rollout_steps} --torch-threads {args.torch_threads}")
     lines = [
         f"# PPO full-loop throughput ({device.type})",
         "",
         f"- device: {describe_device(device)}",
         f"- date: {datetime.date.today().isoformat()}, commit {commit}, torch {torch.__version__}",
         f"- command: `{command}`",
-        f"- env memory-rewrite, {args.num_envs} envs, memory-rewrite preset (rollout 64 steps, hidden 64, "
+        f"- env memory-rewrite, {args.num_envs} envs, memory-rewrite preset (rollout {args.rollout_steps} steps, hidden 64, "
         "2 minibatches x 4 epochs); SPS = env steps / wall time over the timed updates",
         "",
         "| backbone | SPS | rollout share of time | update seconds |",

@@ -73,7 +73,7 @@ def plan(dry_run: bool, output_dir: Path, peak_gbps: float) -> list[Step]:
     if dry_run:
         kernel_shapes = ["--device", "cpu", "--scan-shapes", "2x8x4", "--ssm-shapes", "2x8x4", "--state-size", "2",
                          "--rnn-shapes", "2x4", "--hidden-size", "16"]
-        ppo = ["--device", "cpu", "--num-envs", "2", "--updates", "1", "--backbones", "lstm", "s5"]
+        ppo = ["--device", "cpu", "--num-envs", "2", "--updates", "1", "--rollout-steps", "8", "--backbones", "lstm", "s5"]
         envs = ["--device", "cpu", "--num-envs", "16", "--repeats", "1", "--max-steps", "10", "--threads", "1",
                 "--envs", "endless-tmaze"]
         # Under the interpreter every cuda-marked test skips: this proves they still collect.
