@@ -46,6 +46,7 @@ import csv
 import io
 import math
 import sys
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -403,7 +404,8 @@ def plot(rows: list[dict], labels: list[str], title: str) -> bytes:
         legend_axis.axis("off")
         legend_axis.legend(*axis.get_legend_handles_labels(), fontsize="small", loc="upper center",
                            ncol=LEGEND_COLUMNS, frameon=False)
-    figure.suptitle(title)
+    # About 8 characters of the default font per inch: wrap so a long env name is not cut at the edges.
+    figure.suptitle(textwrap.fill(title, width=int(8 * 5.5 * len(panels))))
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=120)
     plt.close(figure)
