@@ -375,7 +375,8 @@ def plot(rows: list[dict], labels: list[str], title: str) -> bytes:
                        (("depth", "-"),)))
     # Each panel's legend gets its own row below the plots, sized to its entries, so it never covers them.
     legend_rows = max(math.ceil((len(labels) * len(probes) + 1) / LEGEND_COLUMNS) for _, _, probes in panels)
-    figure = plt.figure(figsize=(5.5 * len(panels), 3.8 + 0.2 * legend_rows), layout="constrained")
+    panel_width_inches = 5.5
+    figure = plt.figure(figsize=(panel_width_inches * len(panels), 3.8 + 0.2 * legend_rows), layout="constrained")
     grid = figure.add_gridspec(2, len(panels), height_ratios=(3.8, 0.2 * legend_rows))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     markers = "osD^vP*X"
@@ -405,7 +406,7 @@ def plot(rows: list[dict], labels: list[str], title: str) -> bytes:
         legend_axis.legend(*axis.get_legend_handles_labels(), fontsize="small", loc="upper center",
                            ncol=LEGEND_COLUMNS, frameon=False)
     # About 8 characters of the default font per inch: wrap so a long env name is not cut at the edges.
-    figure.suptitle(textwrap.fill(title, width=int(8 * 5.5 * len(panels))))
+    figure.suptitle(textwrap.fill(title, width=int(8 * panel_width_inches * len(panels))))
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=120)
     plt.close(figure)
